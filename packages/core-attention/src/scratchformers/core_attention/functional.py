@@ -114,7 +114,9 @@ def sdpa_attention_forward(
     if is_causal is None:
         is_causal = _is_causal(module, attention_mask, query.shape[2])
     if attention_mask is not None and attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask[..., : key.shape[2]].to(query.dtype)
+        # Clamp before casting: float32's most negative value is -inf in bfloat16 and float16.
+        hidden = torch.finfo(query.dtype).min
+        attention_mask = attention_mask[..., : key.shape[2]].clamp(min=hidden).to(query.dtype)
 
     output = F.scaled_dot_product_attention(
         query,
