@@ -8,7 +8,13 @@ from .functional import (
     repeat_kv,
     sdpa_attention_forward,
 )
-from .masks import build_attention_mask, cache_lengths, causal_mask, to_additive_mask
+from .masks import (
+    build_attention_mask,
+    cache_lengths,
+    causal_mask,
+    create_masks_for_generate,
+    to_additive_mask,
+)
 from .positions import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -29,6 +35,7 @@ __all__ = [
     "build_attention_mask",
     "cache_lengths",
     "causal_mask",
+    "create_masks_for_generate",
     "eager_attention_forward",
     "position_ids_from_padding_mask",
     "repeat_kv",

@@ -167,3 +167,34 @@ def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """
     hidden = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=mask.device)
     return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), hidden)
+
+
+def create_masks_for_generate(
+    config: object,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Cache | None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs: object,
+) -> torch.Tensor | None:
+    """The causal self-attention mask for ``generate()``, built by :func:`build_attention_mask`.
+
+    ``generate()`` prepares the mask itself before each step when the cache is static (so a
+    compiled forward sees fixed shapes), calling ``model.create_masks_for_generate`` when the
+    model has one. Decoder models set ``create_masks_for_generate =
+    staticmethod(create_masks_for_generate)`` so that this mask, too, comes from the one
+    builder. ``inputs_embeds`` only gives the batch size, query length, dtype and device.
+    """
+    batch_size, query_length = inputs_embeds.shape[:2]
+    past_length, key_length = cache_lengths(cache, query_length)
+    return build_attention_mask(
+        attention_mask,
+        batch_size=batch_size,
+        query_length=query_length,
+        key_length=key_length,
+        causal=True,
+        past_length=past_length,
+        device=inputs_embeds.device,
+        attn_implementation=getattr(config, "_attn_implementation", None) or "sdpa",
+        dtype=inputs_embeds.dtype,
+    )

@@ -102,8 +102,6 @@ class RotaryEmbedding(nn.Module):
     model forward and handed to every attention layer as ``position_embeddings``.
     """
 
-    inv_freq: torch.Tensor
-
     def __init__(self, head_dim: int, base: float = 10000.0, rotary_dim: int | None = None) -> None:
         super().__init__()
         rotary_dim = head_dim if rotary_dim is None else rotary_dim
@@ -114,9 +112,16 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim
         self.base = base
-        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim
-        # Not persistent: derived from the config, so it never goes into a checkpoint.
-        self.register_buffer("inv_freq", base**-exponents, persistent=False)
+
+    def inverse_frequencies(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``base ** (-2j / rotary_dim)`` for each channel pair ``j``.
+
+        Recomputed at each call rather than kept in a buffer: it is a handful of numbers, and
+        without a buffer there is nothing to go stale when a model is built on the meta device
+        or moved between devices and dtypes.
+        """
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device=device)
+        return self.base ** -(exponents / self.rotary_dim)
 
     @torch.no_grad()
     def forward(
@@ -125,7 +130,8 @@ class RotaryEmbedding(nn.Module):
         if position_ids.dim() == 1:
             position_ids = position_ids.unsqueeze(0)
         # Angles in float32 whatever the model dtype: bf16 positions lose whole integers past 256.
-        angles = position_ids.to(torch.float32)[..., None] * self.inv_freq.to(position_ids.device)
+        inverse_frequencies = self.inverse_frequencies(position_ids.device)
+        angles = position_ids.to(torch.float32)[..., None] * inverse_frequencies
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
