@@ -5,6 +5,7 @@ Sessions:
     tests        one package's own tests/, in a venv holding only that package and its declared
                  dependencies (from uv.lock), parametrized by package and Python
     integration  the root tests/ (parity against transformers) against the whole workspace
+    distributed  the slow root tests: the README's main job, two-process training, resume
     wheels       builds every wheel and sdist, installs each wheel alone in a fresh venv, imports it
 
 The default selection runs `tests` on the default Python only; the full Python matrix is
@@ -54,7 +55,7 @@ os.environ.update(OFFLINE)
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", f"tests-{DEFAULT_PYTHON}", "integration", "wheels"]
+nox.options.sessions = ["lint", f"tests-{DEFAULT_PYTHON}", "integration", "distributed", "wheels"]
 
 
 def _distribution(package: str) -> str:
@@ -106,7 +107,14 @@ def tests(session: nox.Session, package: str) -> None:
 def integration(session: nox.Session) -> None:
     """The root tests/: parity with transformers' reference code, across the workspace."""
     _sync(session, "--all-packages", "--group=dev")
-    session.run("pytest", "tests", *session.posargs)
+    session.run("pytest", "tests", "-m", "not slow", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def distributed(session: nox.Session) -> None:
+    """The slow end-to-end root tests: the main job, and two-process training via accelerate."""
+    _sync(session, "--all-packages", "--group=dev")
+    session.run("pytest", "tests", "-m", "slow", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)

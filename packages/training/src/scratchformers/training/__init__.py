@@ -1,0 +1,39 @@
+"""scratchformers.training: the shared Accelerate training loop, data helpers and CLI."""
+
+from .cli import run_recipe
+from .data import (
+    DataError,
+    causal_lm_blocks,
+    collate_blocks,
+    load_texts,
+    python_docs_corpus,
+    split_train_eval,
+    train_byte_level_bpe,
+)
+from .loop import Trainer, TrainingError, TrainingResult, parameter_groups, train
+from .recipe import CausalLMRecipe, Preset, Recipe, RecipeData, installed_recipes, load_recipe
+from .settings import TrainingSettings, parse_settings
+
+__all__ = [
+    "CausalLMRecipe",
+    "DataError",
+    "Preset",
+    "Recipe",
+    "RecipeData",
+    "Trainer",
+    "TrainingError",
+    "TrainingResult",
+    "TrainingSettings",
+    "causal_lm_blocks",
+    "collate_blocks",
+    "installed_recipes",
+    "load_recipe",
+    "load_texts",
+    "parameter_groups",
+    "parse_settings",
+    "python_docs_corpus",
+    "run_recipe",
+    "split_train_eval",
+    "train",
+    "train_byte_level_bpe",
+]

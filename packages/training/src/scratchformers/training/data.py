@@ -1,0 +1,196 @@
+"""Data helpers every recipe shares: corpora, tokenizers, and fixed-length blocks.
+
+The default corpus is real English that every Python installation carries, so training works
+with no network: the documentation topics of ``pydoc_data`` (the text of ``help('if')`` and
+friends) and the docstrings of the standard library, read with ``ast`` (nothing is imported).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import os
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+}
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message says which file or dataset and why."""
+
+
+def python_docs_corpus() -> list[str]:
+    """Documents of the default corpus: pydoc topics, then standard-library docstrings.
+
+    Ordered deterministically (topics by name, modules by path), so the same Python gives the
+    same corpus on every machine.
+    """
+    from pydoc_data.topics import topics
+
+    documents = [topics[name] for name in sorted(topics)]
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        documents.extend(_docstrings(path))
+    return [text.strip() for text in documents if len(text.strip()) > 40]
+
+
+def _docstrings(path: Path) -> Iterator[str]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            docstring = ast.get_docstring(node)
+            if docstring:
+                yield docstring
+
+
+def load_texts(source: str | None, text_column: str = "text") -> list[str]:
+    """The documents to train on.
+
+    ``source`` is ``None`` (the default corpus), a local text file, a folder (every ``.txt``,
+    ``.md`` and ``.rst`` file below it, one document per file), or a Hugging Face dataset id
+    (needs network; its ``train`` split and ``text_column``). Fails before any training with a
+    message naming the problem.
+    """
+    if source is None:
+        texts = python_docs_corpus()
+        origin = "the default corpus (pydoc topics and standard-library docstrings)"
+    elif Path(source).is_file():
+        texts = [Path(source).read_text(encoding="utf-8")]
+        origin = f"the file {source}"
+    elif Path(source).is_dir():
+        files = sorted(p for p in Path(source).rglob("*") if p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"the folder {source} holds no {'/'.join(TEXT_SUFFIXES)} files")
+        texts = [p.read_text(encoding="utf-8") for p in files]
+        origin = f"the folder {source}"
+    elif _looks_like_a_path(source):
+        raise DataError(f"dataset path {source} does not exist")
+    else:
+        texts = _hub_texts(source, text_column)
+        origin = f"the dataset {source}"
+    texts = [text for text in texts if text.strip()]
+    if not texts:
+        raise DataError(f"{origin} is empty: there is no text to train on")
+    return texts
+
+
+def _looks_like_a_path(source: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else that does not exist is a missing path.
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or bool(Path(source).suffix)
+
+
+def _hub_texts(dataset_id: str, text_column: str) -> list[str]:
+    try:
+        dataset = datasets.load_dataset(dataset_id, split="train")
+    except Exception as error:
+        raise DataError(
+            f"could not load the dataset {dataset_id!r} ({error}); it is neither a local path "
+            "nor a Hugging Face dataset reachable from here"
+        ) from error
+    if text_column not in dataset.column_names:
+        raise DataError(
+            f"the dataset {dataset_id!r} has no column {text_column!r}; "
+            f"its columns are {dataset.column_names} (choose one with --text-column)"
+        )
+    return list(dataset[text_column])
+
+
+def split_train_eval(texts: list[str], eval_fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """Hold out every ``1/eval_fraction``-th document (spread over the corpus, deterministic).
+
+    A corpus that is a single document is split by characters instead, so that one text file
+    still yields an evaluation set.
+    """
+    if len(texts) == 1:
+        text = texts[0]
+        cut = int(len(text) * (1 - eval_fraction))
+        return [text[:cut]], [text[cut:]]
+    every = max(2, round(1 / eval_fraction))
+    train = [text for i, text in enumerate(texts) if i % every != every - 1]
+    held_out = [text for i, text in enumerate(texts) if i % every == every - 1]
+    return train, held_out
+
+
+def train_byte_level_bpe(
+    texts: list[str], vocab_size: int, cache_dir: Path | None = None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts`` (any text encodes, nothing is unknown).
+
+    Training takes seconds, but the result is cached under ``cache_dir`` (default
+    ``~/.cache/scratchformers/tokenizers``), keyed by the texts and vocabulary size, so reruns
+    and every process of a distributed run get the identical tokenizer. The result saves with
+    ``save_pretrained`` and loads back with ``AutoTokenizer``. Special tokens: ``<pad>`` 0,
+    ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3.
+    """
+    digest = hashlib.sha256(f"{vocab_size}\0".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    cache_dir = cache_dir or Path.home() / ".cache" / "scratchformers" / "tokenizers"
+    cached = cache_dir / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}"
+    if (cached / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(cached)
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    # Write to a temporary folder and rename, so a concurrent process never reads half a file.
+    partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
+    wrapped.save_pretrained(partial)
+    # If another process finished first the rename fails; its tokenizer is the same one.
+    with contextlib.suppress(OSError):
+        partial.rename(cached)
+    return PreTrainedTokenizerFast.from_pretrained(cached)
+
+
+def causal_lm_blocks(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int
+) -> datasets.Dataset:
+    """Tokenize ``texts`` (each document ends with ``</s>``) and cut the stream into blocks.
+
+    Every block is exactly ``block_size`` tokens long: no padding, so every token is a training
+    signal and every process of a distributed run sees the same number of tokens per batch.
+    """
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(eos)
+    count = len(ids) // block_size
+    if count == 0:
+        raise DataError(
+            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
+        )
+    blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(count)]
+    return datasets.Dataset.from_dict({"input_ids": blocks})
+
+
+def collate_blocks(examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Batch equal-length blocks for a causal LM: the labels are the inputs (the model shifts)."""
+    input_ids = torch.tensor([example["input_ids"] for example in examples], dtype=torch.long)
+    return {"input_ids": input_ids, "labels": input_ids}

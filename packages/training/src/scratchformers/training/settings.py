@@ -1,0 +1,145 @@
+"""The settings of a training run: command-line flags on top of the recipe's preset."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe
+
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainingSettings:
+    """Everything the loop needs to know; built by :func:`parse_settings`.
+
+    ``batch_size`` is the global batch of one forward pass, split evenly across the processes
+    (so it must divide by their number); an optimizer step sees ``batch_size * grad_accum``
+    examples whatever the number of processes.
+    """
+
+    recipe: str
+    preset: str
+    output_dir: Path
+    max_steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"
+    dataset: str | None = None
+    text_column: str = "text"
+    eval_every: int = 50
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "output_dir": str(self.output_dir)}
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the flag when a setting cannot work."""
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"--mixed-precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
+
+
+def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentParser:
+    """The flags of ``scratchformers train <recipe>`` and ``python -m scratchformers.<pkg>.train``."""
+    presets = ", ".join(
+        f"{name} ({preset.training.get('max_steps', '?')} steps)"
+        for name, preset in recipe.presets.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"{recipe.description} Runs on a CPU, one GPU or many: start it with "
+        "`accelerate launch` for several processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--preset",
+        choices=sorted(recipe.presets),
+        default=recipe.default_preset,
+        help=f"model size and training defaults: {presets}",
+    )
+    add(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the model, checkpoints, metrics and plot go (default: outputs/<recipe>-<preset>)",
+    )
+    add(
+        "--dataset",
+        default=None,
+        help="a local text file or folder, or a Hugging Face dataset id (needs network); "
+        "default: an offline corpus that ships with Python",
+    )
+    add("--text-column", default="text", help="the text column of a Hugging Face dataset")
+    add("--max-steps", type=int, help="optimizer steps (default: the preset's)")
+    add("--batch-size", type=int, help="global batch per forward pass, split across processes")
+    add("--grad-accum", type=int, help="forward passes per optimizer step")
+    add("--lr", type=float, help="peak learning rate")
+    add("--warmup-steps", type=int, help="linear warmup steps")
+    add("--schedule", choices=SCHEDULES, help="learning-rate decay after warmup")
+    add("--weight-decay", type=float, help="AdamW weight decay (not applied to norms and biases)")
+    add("--max-grad-norm", type=float, help="gradient clipping norm")
+    add("--seed", type=int, default=0, help="seed for weights, data order and dropout")
+    add(
+        "--mixed-precision",
+        choices=MIXED_PRECISION,
+        default="no",
+        help="autocast dtype (bf16 on recent CPUs and GPUs, fp16 on GPUs)",
+    )
+    add("--eval-every", type=int, help="evaluate every N optimizer steps")
+    add("--save-every", type=int, help="checkpoint every N optimizer steps")
+    add("--keep-checkpoints", type=int, help="how many checkpoints to keep")
+    add("--log-every", type=int, help="log training metrics every N optimizer steps")
+    add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    return parser
+
+
+def parse_settings(
+    recipe: Recipe, argv: list[str] | None = None, prog: str | None = None
+) -> TrainingSettings:
+    """Parse the flags; anything not given comes from the preset, then from the defaults."""
+    arguments = vars(build_parser(recipe, prog).parse_args(argv))
+    preset = recipe.presets[arguments["preset"]]
+    known = {f.name for f in fields(TrainingSettings)}
+    unknown = set(preset.training) - known
+    if unknown:
+        raise ValueError(
+            f"preset {arguments['preset']!r} sets unknown training fields {sorted(unknown)}"
+        )
+    values = {
+        **preset.training,
+        **{k: v for k, v in arguments.items() if v is not None and k in known},
+    }
+    values["output_dir"] = (
+        arguments["output_dir"] or Path("outputs") / f"{recipe.name}-{arguments['preset']}"
+    )
+    settings = TrainingSettings(recipe=recipe.name, model=dict(preset.model), **values)
+    settings.check()
+    return settings

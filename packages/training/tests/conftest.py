@@ -1,0 +1,105 @@
+"""A toy recipe (a tiny transformers GPT-2 on a small generated corpus) for the loop's tests.
+
+The training package depends on no scratchformers model, so its tests train transformers'
+own GPT-2 at a tiny size: what is under test is the loop, not the model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from scratchformers.training import CausalLMRecipe, Preset, RecipeData, TrainingSettings
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "ran",
+    "to",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "house",
+    "tree",
+    "river",
+]
+
+
+class ToyRecipe(CausalLMRecipe):
+    name = "toy"
+    description = "A tiny GPT-2 for testing the loop."
+    presets = {
+        "tiny": Preset(
+            training={
+                "max_steps": 12,
+                "batch_size": 4,
+                "lr": 1e-2,
+                "warmup_steps": 2,
+                "eval_every": 4,
+                "save_every": 4,
+                "log_every": 2,
+            },
+            model={"vocab_size": 300, "block_size": 16, "max_eval_blocks": 8},
+        )
+    }
+
+    def build_model(self, settings: TrainingSettings, data: RecipeData) -> GPT2LMHeadModel:
+        tokenizer = data.processor
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=16,
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return GPT2LMHeadModel(config)
+
+    def samples(self, model: GPT2LMHeadModel, data: RecipeData) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A folder of small generated text files."""
+    rng = random.Random(0)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for index in range(30):
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(8)) + "." for _ in range(12)]
+        (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tokenizer cache and relative outputs stay inside the test's folder.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def recipe() -> ToyRecipe:
+    return ToyRecipe()

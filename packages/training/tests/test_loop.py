@@ -1,0 +1,196 @@
+"""The loop: it learns, logs, saves, resumes exactly, and stops clearly on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from scratchformers.training import Recipe, TrainingError, TrainingSettings, parse_settings, train
+from scratchformers.training import checkpoints as checkpoint_module
+
+
+def settings_for(recipe: Recipe, corpus: Path, output_dir: Path, *flags: str) -> TrainingSettings:
+    return parse_settings(
+        recipe, ["--dataset", str(corpus), "--output-dir", str(output_dir), *flags]
+    )
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(output_dir / "model.safetensors")
+
+
+def test_a_run_learns_and_leaves_everything_a_user_needs(
+    recipe: Recipe, corpus: Path, tmp_path: Path
+) -> None:
+    output_dir = tmp_path / "run"
+    result = train(recipe, settings_for(recipe, corpus, output_dir, "--max-steps", "24"))
+
+    assert result.final_metrics["eval_loss"] < 0.7 * result.first_eval_loss
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"step": 0, **{k: records[0][k] for k in ("eval_loss", "perplexity")}}
+    assert [r["step"] for r in records if "loss" in r] == list(range(2, 25, 2))
+    assert all(r["lr"] >= 0 and r["items_per_s"] > 0 for r in records if "loss" in r)
+    assert (output_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((output_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    card = (output_dir / "README.md").read_text()
+    assert "24 optimizer steps" in card and f"{result.first_eval_loss:.3f}" in card
+
+    model = AutoModelForCausalLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    assert tokenizer.eos_token == "</s>" and len(tokenizer) == model.config.vocab_size
+    assert not list(output_dir.glob("*.bin"))
+    # Only the newest checkpoints are kept.
+    kept = [p.name for p in checkpoint_module.complete_checkpoints(output_dir)]
+    assert kept == ["checkpoint-0000020", "checkpoint-0000024"]
+
+
+def test_weight_decay_skips_norms_and_biases() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from scratchformers.training import parameter_groups
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=8, n_layer=1, n_head=2, n_positions=8))
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {
+        "transformer.ln_f.weight",
+        "transformer.ln_f.bias",
+    }
+    total = sum(p.numel() for p in decay["params"] + no_decay["params"])
+    assert total == sum(p.numel() for p in model.parameters())  # tied weights counted once
+
+
+class Killed(BaseException):
+    """Stands in for the process being killed (not an Exception, so nothing catches it)."""
+
+
+def test_resume_after_a_stop_reaches_the_uninterrupted_weights(
+    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # grad-accum 2 with 13 batches an epoch: the resume point falls mid-epoch.
+    flags = ("--max-steps", "12", "--grad-accum", "2")
+    train(recipe, settings_for(recipe, corpus, tmp_path / "straight", *flags))
+
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, state, keep):
+        path = real_save(accelerator, output_dir, step, state, keep)
+        if step == 8:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(recipe, settings_for(recipe, corpus, tmp_path / "stopped", *flags))
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+    result = train(recipe, settings_for(recipe, corpus, tmp_path / "stopped", *flags, "--resume"))
+
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps), "the resumed run's metrics continue, without duplicates"
+    assert result.steps == 12
+
+
+def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(
+    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(recipe, settings_for(recipe, corpus, tmp_path / "straight"))
+    output_dir = tmp_path / "crashed"
+    real_rename = Path.rename
+
+    def die_before_the_rename(self: Path, target: Path):
+        if self.name == ".partial-checkpoint-0000008":
+            raise Killed
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", die_before_the_rename)
+    with pytest.raises(Killed):
+        train(recipe, settings_for(recipe, corpus, output_dir))
+    monkeypatch.setattr(Path, "rename", real_rename)
+
+    assert checkpoint_module.latest_checkpoint(output_dir).name == "checkpoint-0000004"
+    assert (output_dir / "checkpoints" / ".partial-checkpoint-0000008").is_dir()
+    train(recipe, settings_for(recipe, corpus, output_dir, "--resume"))
+    assert not (output_dir / "checkpoints" / ".partial-checkpoint-0000008").exists()
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(output_dir)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_build = type(recipe).build_model
+    calls = {"training_forwards": 0}
+
+    def build_model_that_diverges(self, settings, data):
+        model = real_build(self, settings, data)
+        forward = model.forward
+
+        def diverging_forward(*args, **kwargs):
+            output = forward(*args, **kwargs)
+            if model.training:
+                calls["training_forwards"] += 1
+                if calls["training_forwards"] == 6:
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.forward = diverging_forward
+        return model
+
+    monkeypatch.setattr(type(recipe), "build_model", build_model_that_diverges)
+    output_dir = tmp_path / "nan"
+    with pytest.raises(TrainingError, match=r"nan at step 6.*checkpoint-0000004"):
+        train(recipe, settings_for(recipe, corpus, output_dir))
+    assert checkpoint_module.latest_checkpoint(output_dir).name == "checkpoint-0000004"
+
+
+def test_bad_input_fails_before_training(recipe: Recipe, corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        train(recipe, settings_for(recipe, tmp_path / "no-such-folder", tmp_path / "a"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    with pytest.raises(ValueError, match="empty"):
+        train(recipe, settings_for(recipe, empty, tmp_path / "b"))
+    with pytest.raises(ValueError, match="--max-steps must be at least 1"):
+        settings_for(recipe, corpus, tmp_path / "c", "--max-steps", "0")
+    with pytest.raises(SystemExit):  # argparse rejects an unknown preset with a usage message
+        settings_for(recipe, corpus, tmp_path / "d", "--preset", "huge")
+
+    # An output folder holding another model is refused before any work.
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="did not train"):
+        train(recipe, settings_for(recipe, corpus, other))
+    previous = tmp_path / "previous-run"
+    train(recipe, settings_for(recipe, corpus, previous, "--max-steps", "2"))
+    run = json.loads((previous / "run.json").read_text())
+    run["model"]["block_size"] = 32
+    (previous / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="holds a different model"):
+        train(recipe, settings_for(recipe, corpus, previous))
+
+
+def test_presets_and_flags(recipe: Recipe) -> None:
+    settings = parse_settings(recipe, [])
+    assert settings.max_steps == 12 and settings.batch_size == 4
+    assert settings.output_dir == Path("outputs/toy-tiny")
+    settings = parse_settings(
+        recipe, ["--max-steps", "3", "--lr", "0.5", "--mixed-precision", "bf16"]
+    )
+    assert (settings.max_steps, settings.lr, settings.mixed_precision) == (3, 0.5, "bf16")
+    assert settings.model == recipe.presets["tiny"].model

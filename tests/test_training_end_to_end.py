@@ -1,0 +1,125 @@
+"""End to end: the README's main job, and training with two processes through accelerate launch.
+
+Marked ``slow``: they run in the ``distributed`` nox session (part of the default run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = (
+    Path(__file__).parents[1] / "packages/training/src/scratchformers/training/accelerate_configs"
+)
+SCRATCHFORMERS = str(Path(sys.executable).with_name("scratchformers"))
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_main_job_learns(tmp_path: Path) -> None:
+    """`scratchformers train basicformer` as the README runs it, on the tiny default preset."""
+    result = run([SCRATCHFORMERS, "train", "basicformer"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output_dir = tmp_path / "outputs" / "basicformer-tiny"
+    summary = json.loads((output_dir / "run.json").read_text())["summary"]
+    assert summary["final_eval_loss"] < 0.7 * summary["first_eval_loss"]
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "loss_curve.png",
+        "metrics.jsonl",
+        "README.md",
+    ):
+        assert (output_dir / name).is_file(), name
+    assert str(output_dir.relative_to(tmp_path) / "loss_curve.png") in result.stdout
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    from scratchformers.training import python_docs_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(python_docs_corpus()[:60]))
+    return path
+
+
+def train_command(corpus: Path, output_dir: Path, *flags: str) -> list[str]:
+    return [
+        "-m",
+        "scratchformers.basicformer.train",
+        "--dataset",
+        str(corpus),
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "3",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "8",
+        *flags,
+    ]
+
+
+def test_two_processes_match_one(small_corpus: Path, tmp_path: Path) -> None:
+    """Both ranks end identical, and equal a one-process run with the same global batch."""
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "cpu_2_processes.yaml"),
+    ]
+    two = run([*launch, *train_command(small_corpus, tmp_path / "two")], cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run([sys.executable, *train_command(small_corpus, tmp_path / "one")], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    two_summary = json.loads((tmp_path / "two" / "run.json").read_text())["summary"]
+    assert two_summary["num_processes"] == 2
+    fingerprints = two_summary["weight_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+
+    one_weights, two_weights = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
+    assert one_weights.keys() == two_weights.keys()
+    for name, tensor in one_weights.items():
+        torch.testing.assert_close(two_weights[name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+    one_summary = json.loads((tmp_path / "one" / "run.json").read_text())["summary"]
+    assert two_summary["final_eval_loss"] == pytest.approx(one_summary["final_eval_loss"], rel=1e-4)
+
+
+def test_a_batch_that_does_not_split_across_processes_fails_fast(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIGS / "cpu_2_processes.yaml"),
+    ]
+    result = run(
+        [*launch, *train_command(small_corpus, tmp_path / "odd", "--batch-size", "7")], cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert "--batch-size 7 does not divide across 2 processes" in result.stderr
+    assert not (tmp_path / "odd" / "checkpoints").exists()
