@@ -69,12 +69,18 @@ def _import_name(package: str) -> str:
 
 
 def _sync(session: nox.Session, *args: str) -> None:
-    """Install from uv.lock into this session's venv (never re-resolving: --frozen)."""
+    """Install from uv.lock into this session's venv (never re-resolving: --frozen).
+
+    Workspace packages are built and installed as wheels (--no-editable), as users get them;
+    uv would reuse a cached build of an unchanged version number, so they are always rebuilt.
+    """
+    rebuild = [f"--reinstall-package={_distribution(package)}" for package in PACKAGES]
     session.run_install(
         "uv",
         "sync",
         "--frozen",
         "--no-editable",
+        *rebuild,
         *args,
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
