@@ -194,3 +194,11 @@ def test_presets_and_flags(recipe: Recipe) -> None:
     )
     assert (settings.max_steps, settings.lr, settings.mixed_precision) == (3, 0.5, "bf16")
     assert settings.model == recipe.presets["tiny"].model
+
+
+def test_bf16_mixed_precision_trains(recipe: Recipe, corpus: Path, tmp_path: Path) -> None:
+    flags = ("--max-steps", "24", "--mixed-precision", "bf16")
+    result = train(recipe, settings_for(recipe, corpus, tmp_path / "bf16", *flags))
+    assert result.final_metrics["eval_loss"] < 0.8 * result.first_eval_loss
+    # The saved weights stay float32: autocast changes the compute, not the parameters.
+    assert all(t.dtype == torch.float32 for t in final_weights(tmp_path / "bf16").values())

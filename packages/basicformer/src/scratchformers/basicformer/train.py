@@ -23,7 +23,7 @@ class BasicFormerRecipe(CausalLMRecipe):
     name = "basicformer"
     description = "Train a BasicFormer causal language model from scratch."
     presets = {
-        # About a minute on 2 CPU cores; eval loss falls to about 55% of its start.
+        # About 40 s on 2 CPU cores; eval loss falls from 7.6 to 4.3 (56% of its start).
         "tiny": Preset(
             training={
                 "max_steps": 800,

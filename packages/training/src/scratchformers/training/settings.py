@@ -72,18 +72,25 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
         f"{name} ({preset.training.get('max_steps', '?')} steps)"
         for name, preset in recipe.presets.items()
     )
+    preset_values = recipe.presets[recipe.default_preset].training
+    field_defaults = {f.name: f.default for f in fields(TrainingSettings)}
+
+    def default(name: str) -> str:
+        if name in preset_values:
+            return f" (preset {recipe.default_preset}: {preset_values[name]})"
+        return f" (default: {field_defaults[name]})"
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description=f"{recipe.description} Runs on a CPU, one GPU or many: start it with "
-        "`accelerate launch` for several processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "`accelerate launch` for several processes. Flags not given come from the preset.",
     )
     add = parser.add_argument
     add(
         "--preset",
         choices=sorted(recipe.presets),
         default=recipe.default_preset,
-        help=f"model size and training defaults: {presets}",
+        help=f"model size and training defaults: {presets} (default: {recipe.default_preset})",
     )
     add(
         "--output-dir",
@@ -97,26 +104,50 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
         help="a local text file or folder, or a Hugging Face dataset id (needs network); "
         "default: an offline corpus that ships with Python",
     )
-    add("--text-column", default="text", help="the text column of a Hugging Face dataset")
-    add("--max-steps", type=int, help="optimizer steps (default: the preset's)")
-    add("--batch-size", type=int, help="global batch per forward pass, split across processes")
-    add("--grad-accum", type=int, help="forward passes per optimizer step")
-    add("--lr", type=float, help="peak learning rate")
-    add("--warmup-steps", type=int, help="linear warmup steps")
-    add("--schedule", choices=SCHEDULES, help="learning-rate decay after warmup")
-    add("--weight-decay", type=float, help="AdamW weight decay (not applied to norms and biases)")
-    add("--max-grad-norm", type=float, help="gradient clipping norm")
-    add("--seed", type=int, default=0, help="seed for weights, data order and dropout")
+    add(
+        "--text-column",
+        default="text",
+        help="the text column of a Hugging Face dataset (default: text)",
+    )
+    add("--max-steps", type=int, help="optimizer steps" + default("max_steps"))
+    add(
+        "--batch-size",
+        type=int,
+        help="global batch per forward pass, split across processes" + default("batch_size"),
+    )
+    add("--grad-accum", type=int, help="forward passes per optimizer step" + default("grad_accum"))
+    add("--lr", type=float, help="peak learning rate" + default("lr"))
+    add("--warmup-steps", type=int, help="linear warmup steps" + default("warmup_steps"))
+    add(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning-rate decay after warmup" + default("schedule"),
+    )
+    add(
+        "--weight-decay",
+        type=float,
+        help="AdamW weight decay, not applied to norms and biases" + default("weight_decay"),
+    )
+    add("--max-grad-norm", type=float, help="gradient clipping norm" + default("max_grad_norm"))
+    add("--seed", type=int, default=0, help="seed for weights, data order and dropout (default: 0)")
     add(
         "--mixed-precision",
         choices=MIXED_PRECISION,
         default="no",
-        help="autocast dtype (bf16 on recent CPUs and GPUs, fp16 on GPUs)",
+        help="autocast dtype: bf16 on recent CPUs and GPUs, fp16 on GPUs (default: no)",
     )
-    add("--eval-every", type=int, help="evaluate every N optimizer steps")
-    add("--save-every", type=int, help="checkpoint every N optimizer steps")
-    add("--keep-checkpoints", type=int, help="how many checkpoints to keep")
-    add("--log-every", type=int, help="log training metrics every N optimizer steps")
+    add("--eval-every", type=int, help="evaluate every N optimizer steps" + default("eval_every"))
+    add("--save-every", type=int, help="checkpoint every N optimizer steps" + default("save_every"))
+    add(
+        "--keep-checkpoints",
+        type=int,
+        help="how many checkpoints to keep" + default("keep_checkpoints"),
+    )
+    add(
+        "--log-every",
+        type=int,
+        help="log training metrics every N optimizer steps" + default("log_every"),
+    )
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     return parser
 
