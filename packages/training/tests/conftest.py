@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from scratchformers.training import CausalLMRecipe, Preset, RecipeData, TrainingSettings
@@ -93,11 +95,14 @@ def corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Tokenizer cache and relative outputs stay inside the test's folder.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
+    yield
+    # Accelerate keeps one state per process; each test is a fresh run with its own settings.
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture
