@@ -7,6 +7,12 @@ own GPT-2 at a tiny size: what is under test is the loop, not the model.
 from __future__ import annotations
 
 import os
+
+# Before transformers and datasets are imported: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +23,6 @@ from accelerate.state import AcceleratorState
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from scratchformers.training import CausalLMRecipe, Preset, RecipeData, TrainingSettings
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = [
     "the",

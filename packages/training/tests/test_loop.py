@@ -67,6 +67,26 @@ def test_weight_decay_skips_norms_and_biases() -> None:
     assert total == sum(p.numel() for p in model.parameters())  # tied weights counted once
 
 
+def count_training_batches(recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """From now on, count the training forward passes of the models ``recipe`` builds."""
+    real_build = type(recipe).build_model
+    counter = {"batches": 0}
+
+    def build_counting_model(self, settings, data):
+        model = real_build(self, settings, data)
+        forward = model.forward
+
+        def counting_forward(*args, **kwargs):
+            counter["batches"] += model.training
+            return forward(*args, **kwargs)
+
+        model.forward = counting_forward
+        return model
+
+    monkeypatch.setattr(type(recipe), "build_model", build_counting_model)
+    return counter
+
+
 class Killed(BaseException):
     """Stands in for the process being killed (not an Exception, so nothing catches it)."""
 
@@ -90,7 +110,9 @@ def test_resume_after_a_stop_reaches_the_uninterrupted_weights(
     with pytest.raises(Killed):
         train(recipe, settings_for(recipe, corpus, tmp_path / "stopped", *flags))
     monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+    counter = count_training_batches(recipe, monkeypatch)
     result = train(recipe, settings_for(recipe, corpus, tmp_path / "stopped", *flags, "--resume"))
+    assert counter["batches"] == (12 - 8) * 2, "the resumed run starts at step 8, not from scratch"
 
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
     assert straight.keys() == resumed.keys()
@@ -123,7 +145,9 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(
 
     assert checkpoint_module.latest_checkpoint(output_dir).name == "checkpoint-0000004"
     assert (output_dir / "checkpoints" / ".partial-checkpoint-0000008").is_dir()
+    counter = count_training_batches(recipe, monkeypatch)
     train(recipe, settings_for(recipe, corpus, output_dir, "--resume"))
+    assert counter["batches"] == 12 - 4, "the resumed run starts at step 4"
     assert not (output_dir / "checkpoints" / ".partial-checkpoint-0000008").exists()
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(output_dir)
     for name in straight:

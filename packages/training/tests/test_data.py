@@ -1,0 +1,78 @@
+"""The shared data helpers: corpora, sources, the held-out split, tokenizer, blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from scratchformers.training import (
+    DataError,
+    causal_lm_blocks,
+    collate_blocks,
+    load_texts,
+    python_docs_corpus,
+    split_train_eval,
+    train_byte_level_bpe,
+)
+
+
+def test_default_corpus_is_real_english_from_python_itself() -> None:
+    texts = python_docs_corpus()
+    assert len(texts) > 1000 and sum(map(len, texts)) > 500_000
+    assert any(text.startswith('The "return" statement') for text in texts)  # a pydoc topic
+    assert texts == python_docs_corpus()  # deterministic order
+    assert load_texts(None) == texts
+
+
+def test_sources_file_folder_and_errors(corpus: Path, tmp_path: Path) -> None:
+    files = sorted(corpus.glob("*.txt"))
+    assert load_texts(str(corpus)) == [p.read_text() for p in files]
+    assert load_texts(str(files[0])) == [files[0].read_text()]
+    with pytest.raises(DataError, match="does not exist"):
+        load_texts(str(tmp_path / "missing" / "file.txt"))
+    (tmp_path / "no-text").mkdir()
+    (tmp_path / "no-text" / "data.bin").write_bytes(b"\0")
+    with pytest.raises(DataError, match="holds no"):
+        load_texts(str(tmp_path / "no-text"))
+    # A hub id is tried with the datasets library; offline, that fails with a clear message.
+    with pytest.raises(DataError, match="could not load the dataset 'someone/no-such-dataset'"):
+        load_texts("someone/no-such-dataset")
+
+
+def test_held_out_split_is_disjoint_and_spread() -> None:
+    texts = [f"document {i}" for i in range(100)]
+    train, held_out = split_train_eval(texts, eval_fraction=0.1)
+    assert len(held_out) == 10 and set(train).isdisjoint(held_out)
+    assert sorted(train + held_out) == sorted(texts)
+    assert held_out[0] == "document 9" and held_out[-1] == "document 99"
+    (only_train,), (only_eval,) = split_train_eval(["abcdefghij" * 10])
+    assert only_train + only_eval == "abcdefghij" * 10 and len(only_eval) == 5
+
+
+def test_tokenizer_is_byte_level_cached_and_loads_with_auto(tmp_path: Path) -> None:
+    texts = ["The quick brown fox jumps over the lazy dog."] * 50 + ["Ünïcödé and emoji 🙂 too."]
+    tokenizer = train_byte_level_bpe(texts, vocab_size=300, cache_dir=tmp_path)
+    text = "Never seen: Ωmega 🙂!"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # bytes: nothing is unknown
+    assert [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id] == [0, 1, 2]
+    (cached,) = tmp_path.iterdir()
+    again = train_byte_level_bpe(texts, vocab_size=300, cache_dir=tmp_path)
+    assert again.get_vocab() == tokenizer.get_vocab() and len(list(tmp_path.iterdir())) == 1
+    reloaded = AutoTokenizer.from_pretrained(cached)
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_blocks_are_full_length_and_end_documents_with_eos(tmp_path: Path) -> None:
+    texts = ["one two three four five six seven", "eight nine ten"] * 20
+    tokenizer = train_byte_level_bpe(texts, vocab_size=280, cache_dir=tmp_path)
+    blocks = causal_lm_blocks(texts, tokenizer, block_size=8)
+    stream = [token for text in texts for token in [*tokenizer(text)["input_ids"], 2]]
+    assert len(blocks) == len(stream) // 8
+    assert [token for block in blocks["input_ids"] for token in block] == stream[: len(blocks) * 8]
+    batch = collate_blocks([blocks[0], blocks[1]])
+    assert torch.equal(batch["input_ids"], batch["labels"]) and batch["input_ids"].shape == (2, 8)
+    with pytest.raises(DataError, match="fewer than one block"):
+        causal_lm_blocks(["tiny"], tokenizer, block_size=512)
