@@ -8,6 +8,15 @@ from .functional import (
     repeat_kv,
     sdpa_attention_forward,
 )
+from .interop import (
+    CheckpointConverter,
+    checkpoint_dir,
+    export_checkpoint,
+    is_transformers_checkpoint,
+    load_transformers_checkpoint,
+    read_config,
+    read_safetensors,
+)
 from .masks import (
     build_attention_mask,
     cache_lengths,
@@ -27,6 +36,7 @@ from .positions import (
 
 __all__ = [
     "Attention",
+    "CheckpointConverter",
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionalEmbedding",
@@ -35,9 +45,15 @@ __all__ = [
     "build_attention_mask",
     "cache_lengths",
     "causal_mask",
+    "checkpoint_dir",
     "create_masks_for_generate",
     "eager_attention_forward",
+    "export_checkpoint",
+    "is_transformers_checkpoint",
+    "load_transformers_checkpoint",
     "position_ids_from_padding_mask",
+    "read_config",
+    "read_safetensors",
     "repeat_kv",
     "rotate_half",
     "sdpa_attention_forward",

@@ -1,0 +1,258 @@
+"""GPT-2, top to bottom: MLP, block, the stack, the language-model head.
+
+Module names follow transformers' GPT-2 (``transformer.wte``, ``h.<i>.ln_1``, ``attn``,
+``mlp.c_fc``, ...) so that its checkpoints map onto ours with little more than a transpose:
+GPT-2 stores its projections as ``Conv1D`` (``x @ W``) and fuses q, k and v into one ``c_attn``;
+here they are plain ``nn.Linear`` layers and the shared core's separate q/k/v/o projections
+(see ``convert.py``). Attention, masks, positions and the KV cache come from
+``scratchformers.core_attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+
+from scratchformers.core_attention import (
+    Attention,
+    LearnedPositionalEmbedding,
+    build_attention_mask,
+    cache_lengths,
+    create_masks_for_generate,
+    position_ids_from_padding_mask,
+)
+
+from .configuration import GPT2Config
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner)
+        self.act = ACT2FN[config.activation_function]
+        self.c_proj = nn.Linear(inner, config.n_embd)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class GPT2Block(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        head_dim = config.n_embd // config.n_head
+        scaling = head_dim**-0.5 if config.scale_attn_weights else 1.0
+        if config.scale_attn_by_inverse_layer_idx:
+            scaling /= layer_idx + 1
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(
+            config.n_embd,
+            config.n_head,
+            config=config,
+            is_causal=True,
+            dropout=config.attn_pdrop,
+            scaling=scaling,
+            layer_idx=layer_idx,
+        )
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = GPT2MLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, probabilities = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache)
+        hidden_states = hidden_states + self.resid_dropout(attended)
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, probabilities
+
+
+class GPT2PreTrainedModel(PreTrainedModel):
+    config_class = GPT2Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPT2Block"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    create_masks_for_generate = staticmethod(create_masks_for_generate)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's init: normal(0, initializer_range), and the residual output projections
+        scaled by 1/sqrt(2 * n_layer) so the residual stream does not grow with depth."""
+        super()._init_weights(module)
+        if isinstance(module, GPT2Block):
+            std = self.config.initializer_range / (2 * self.config.n_layer) ** 0.5
+            init.normal_(module.attn.o_proj.weight, mean=0.0, std=std)
+            init.normal_(module.mlp.c_proj.weight, mean=0.0, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
+        """Load our checkpoints, or transformers' GPT-2 ones (converted on load; hub ids too)."""
+        from .convert import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+
+class GPT2Model(GPT2PreTrainedModel):
+    """Token and position embeddings, ``n_layer`` blocks, a final LayerNorm."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        config.check()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = LearnedPositionalEmbedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ) -> BaseModelOutputWithPast | tuple:
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        output_attentions = (
+            config.output_attentions if output_attentions is None else output_attentions
+        )
+        if output_attentions and config._attn_implementation not in ("eager", None):
+            raise ValueError(
+                "output_attentions needs attn_implementation='eager' "
+                "(model.set_attn_implementation('eager'))"
+            )
+        output_hidden_states = (
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        if not use_cache:
+            cache = None
+
+        batch, length = inputs_embeds.shape[:2]
+        past_length, key_length = cache_lengths(cache, length)
+        if position_ids is None:
+            padding = (
+                attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            )
+            position_ids = position_ids_from_padding_mask(
+                padding, length, past_length, device=inputs_embeds.device
+            )
+        mask = build_attention_mask(
+            attention_mask,
+            batch_size=batch,
+            query_length=length,
+            key_length=key_length,
+            causal=True,
+            past_length=past_length,
+            device=inputs_embeds.device,
+            attn_implementation=config._attn_implementation,
+            dtype=inputs_embeds.dtype,
+        )
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+
+        all_hidden_states, all_attentions = [], []
+        for block in self.h:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states, probabilities = block(hidden_states, mask, cache=cache)
+            all_attentions.append(probabilities)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
+
+
+class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
+    """GPT-2 with its language-model head (tied to the token embedding)."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: object,
+    ) -> CausalLMOutputWithPast | tuple:
+        """``labels`` are the input ids (-100 to ignore); the shift happens inside."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache,
+            inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
+            loss = ForCausalLMLoss(logits, labels, self.config.vocab_size, **extra)
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
