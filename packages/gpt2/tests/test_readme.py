@@ -1,0 +1,33 @@
+"""The usage snippets of the READMEs run as written and do what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+PACKAGE_README = Path(__file__).parents[1] / "README.md"
+ROOT_README = Path(__file__).parents[3] / "README.md"
+
+
+def run_python_blocks(readme: Path) -> dict[str, object]:
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+    snippet = "\n".join(block for block in blocks if "scratchformers.gpt2" in block)
+    assert snippet, f"{readme} lost its gpt2 snippet"
+    namespace: dict[str, object] = {}
+    exec(compile(snippet, str(readme), "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("readme", [PACKAGE_README, ROOT_README], ids=["package", "root"])
+def test_readme_snippet_loads_generates_and_exports(
+    readme: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the snippets write checkpoints to the working directory
+    namespace = run_python_blocks(readme)
+    prompt, tokens = namespace["prompt"], namespace["tokens"]
+    assert torch.equal(tokens[:, : prompt.shape[1]], prompt) and tokens.shape[1] > prompt.shape[1]
+    assert (tmp_path / "gpt2-exported" / "model.safetensors").is_file()
+    assert type(namespace["back"]).__module__.startswith("transformers.")
