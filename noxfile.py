@@ -173,3 +173,14 @@ def wheels(session: nox.Session) -> None:
             f"import {_import_name(package)} as m; print(m.__name__, 'imports')",
             external=True,
         )
+
+
+@nox.session(python=DEFAULT_PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Speed against transformers with the same weights; writes benchmarks/RESULTS.md.
+
+    Not part of the default run: timings belong in a report, not in a pass/fail test.
+    Extra arguments go to the runner, e.g. `uv run nox -s bench -- --size gpt2`.
+    """
+    _sync(session, "--all-packages", "--group=dev")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 from safetensors.torch import load_file
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedConfig, PreTrainedModel
 
 StateDict = dict[str, torch.Tensor]
 
@@ -97,19 +97,27 @@ def load_transformers_checkpoint(
     model_class: type[PreTrainedModel],
     directory: Path,
     converter: CheckpointConverter,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = "auto",
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """Build ``model_class`` from a transformers checkpoint directory, converting on load.
 
-    Every parameter of our model must be filled: a missing or unexpected weight after the
-    conversion raises, naming the weights, rather than leaving random values behind.
+    As transformers' own ``from_pretrained`` does: the weights keep the dtype they were saved
+    in (``dtype="auto"``, or pass one), ``config_overrides`` set config fields, and the
+    checkpoint's ``generation_config.json`` comes along. Every parameter of our model must be
+    filled: a missing or unexpected weight after the conversion raises, naming the weights,
+    rather than leaving random values behind.
     """
     config = converter.config_from_transformers(read_config(directory))
     for name, value in config_overrides.items():
+        if not hasattr(config, name):
+            raise TypeError(f"from_pretrained() got an unexpected argument {name!r}")
         setattr(config, name, value)
-    model = model_class(config)
     state = converter.state_from_transformers(read_safetensors(directory))
+    if dtype in (None, "auto"):
+        floating = [t.dtype for t in state.values() if t.is_floating_point()]
+        dtype = floating[0] if floating else torch.float32
+    model = model_class(config).to(dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {key for key in missing if _is_tied(model, key)}
     missing = [key for key in missing if key not in tied]
@@ -118,8 +126,8 @@ def load_transformers_checkpoint(
             f"the checkpoint in {directory} does not fit {model_class.__name__}: "
             f"missing {missing[:8]}, unexpected {unexpected[:8]}"
         )
-    if dtype is not None:
-        model = model.to(dtype)
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     return model.eval()
 
 

@@ -131,14 +131,19 @@ def load_pretrained(
     """``from_pretrained`` for our GPT-2 classes: transformers' checkpoints are converted."""
     from .modeling import GPT2LMHeadModel, GPT2PreTrainedModel
 
-    hub_kwargs = {k: kwargs[k] for k in ("revision", "cache_dir", "token") if k in kwargs}
+    hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
     directory = checkpoint_dir(name_or_path, **hub_kwargs)
     converter = _converter(with_head=issubclass(cls, GPT2LMHeadModel))
     if not is_transformers_checkpoint(directory, converter):
-        return super(GPT2PreTrainedModel, cls).from_pretrained(directory, *args, **kwargs)
-    model = load_transformers_checkpoint(cls, directory, converter, kwargs.get("dtype"))
-    if kwargs.get("attn_implementation"):
-        model.set_attn_implementation(kwargs["attn_implementation"])
+        return super(GPT2PreTrainedModel, cls).from_pretrained(
+            directory, *args, **hub_kwargs, **kwargs
+        )
+    attn_implementation = kwargs.pop("attn_implementation", None)
+    model = load_transformers_checkpoint(
+        cls, directory, converter, kwargs.pop("dtype", "auto"), **kwargs
+    )
+    if attn_implementation:
+        model.set_attn_implementation(attn_implementation)
     return model
 
 

@@ -1,0 +1,1 @@
+"""Side-by-side speed of scratchformers against transformers (see __main__.py)."""

@@ -1,0 +1,259 @@
+"""Speed and memory of our models against transformers' with the same weights.
+
+    uv run python -m benchmarks                       # small models, CPU, writes benchmarks/RESULTS.md
+    uv run python -m benchmarks --size gpt2           # GPT-2 (124M) shape
+    uv run python -m benchmarks --device cuda --size gpt2-medium --compile
+
+Every row loads identical weights into ours and into transformers' class, then measures, with
+the two sides interleaved: forward throughput, a training step (forward + backward + AdamW),
+``generate()`` tokens/s at batch 1 and 8 with the cache (same variant on both sides, and each
+side's fastest variant against the other's), peak memory of a training step, model FLOPs
+utilisation against the machine's fp32 matmul peak measured in the same run, and the cost of
+one generated token as the context grows, with and without the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import GenerationConfig
+
+from .measure import (
+    forward,
+    forward_flops,
+    generate,
+    interleaved_medians,
+    matmul_peak_flops,
+    training_step,
+)
+from .memory import measure_in_subprocess
+from .report import write_report
+from .rows import ROWS, SIZES, Row
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Results:
+    """Everything measured, for the report."""
+
+    settings: dict[str, object]
+    machine: dict[str, str]
+    peak_flops: float
+    speed: list[dict[str, object]] = field(default_factory=list)
+    mfu: list[dict[str, object]] = field(default_factory=list)
+    growth: list[dict[str, object]] = field(default_factory=list)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="small", help="model shape (default: small)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=sorted(ROWS))
+    parser.add_argument(
+        "--batch", type=int, default=4, help="batch of the forward and training rows"
+    )
+    parser.add_argument("--length", type=int, default=128, help="sequence length of those rows")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt length for generate()")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generate() adds")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile'd static-cache generation to the best-against-best race",
+    )
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    return parser.parse_args()
+
+
+def machine_info(device: torch.device) -> dict[str, str]:
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu threads": str(torch.get_num_threads()),
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def speed_rows(
+    row: Row, args: argparse.Namespace, device: torch.device, peak: float, results: Results
+) -> None:
+    sides = {"ours": row.ours, "theirs": row.theirs}
+    batch = torch.randint(1, row.vocab_size, (args.batch, args.length), device=device)
+    tokens = args.batch * args.length
+
+    seconds = interleaved_medians(
+        {s: lambda m=m: forward(m, batch) for s, m in sides.items()}, args.repeats, device
+    )
+    add_speed(results, row, "forward", "tokens/s", {s: tokens / t for s, t in seconds.items()})
+    flops = forward_flops(row.n_layer, row.n_embd, row.vocab_size, args.batch, args.length)
+    results.mfu.append(
+        {
+            "row": row.name,
+            "ours": flops / seconds["ours"] / peak,
+            "theirs": flops / seconds["theirs"] / peak,
+            "ours_gflops": flops / seconds["ours"] / 1e9,
+            "theirs_gflops": flops / seconds["theirs"] / 1e9,
+        }
+    )
+
+    trainees = {s: copy.deepcopy(m).train() for s, m in sides.items()}
+    optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in trainees.items()}
+    seconds = interleaved_medians(
+        {s: lambda s=s: training_step(trainees[s], optimizers[s], batch) for s in trainees},
+        args.repeats,
+        device,
+    )
+    add_speed(
+        results, row, "training step", "tokens/s", {s: tokens / t for s, t in seconds.items()}
+    )
+    # Memory in a fresh process per side: a process that already ran a step reuses its memory.
+    memory = {
+        side: measure_in_subprocess(row.name, args.size, side, args.batch, args.length, args.device)
+        for side in sides
+    }
+    if all(memory.values()):
+        add_speed(results, row, "training step peak memory", "MB", memory, lower_is_better=True)
+
+    if not row.generative:
+        return
+    for generate_batch in (1, 8):
+        prompt = torch.randint(1, row.vocab_size, (generate_batch, args.prompt), device=device)
+        new = args.new_tokens * generate_batch
+        variants = {"dynamic": {}, "static": {"cache_implementation": "static"}}
+        if args.compile:
+            variants["static + compile"] = {
+                "cache_implementation": "static",
+                "compile_config": transformers.CompileConfig(fullgraph=True),
+            }
+        workloads = {
+            (side, variant): (
+                lambda m=model, o=options, p=prompt: generate(m, p, args.new_tokens, **o)
+            )
+            for variant, options in variants.items()
+            for side, model in sides.items()
+        }
+        seconds = interleaved_medians(workloads, args.repeats, device)
+        rate = {key: new / t for key, t in seconds.items()}
+        add_speed(
+            results,
+            row,
+            f"generate batch {generate_batch} (dynamic cache)",
+            "tokens/s",
+            {s: rate[(s, "dynamic")] for s in sides},
+        )
+        best = {s: max((rate[(s, v)], v) for v in variants) for s in sides}
+        add_speed(
+            results,
+            row,
+            f"generate batch {generate_batch}, best against best",
+            "tokens/s",
+            {s: best[s][0] for s in sides},
+            variants={s: best[s][1] for s in sides},
+        )
+
+
+def add_speed(
+    results: Results,
+    row: Row,
+    workload: str,
+    unit: str,
+    values: dict[str, float],
+    lower_is_better: bool = False,
+    variants: dict[str, str] | None = None,
+) -> None:
+    ratio = (
+        values["theirs"] / values["ours"] if lower_is_better else values["ours"] / values["theirs"]
+    )
+    results.speed.append(
+        {
+            "row": row.name,
+            "workload": workload,
+            "unit": unit,
+            "ours": values["ours"],
+            "theirs": values["theirs"],
+            "ratio": ratio,
+            "variants": variants or {},
+        }
+    )
+    print(
+        f"  {row.name:12s} {workload:45s} ours {values['ours']:12,.1f}  theirs {values['theirs']:12,.1f} {unit:9s} ratio {ratio:.2f}"
+    )
+
+
+def growth_rows(row: Row, args: argparse.Namespace, device: torch.device, results: Results) -> None:
+    """Seconds per generated token at growing context, with and without the cache (ours)."""
+    steps = 8
+    limit = row.ours.config.max_position_embeddings - steps
+    for context in sorted({min(c, limit) for c in (64, 128, 256, 512, 1024)}):
+        prompt = torch.randint(1, row.vocab_size, (1, context), device=device)
+        per_token = {}
+        for label, use_cache in (("with cache", True), ("without cache", False)):
+            seconds = interleaved_medians(
+                {
+                    "long": lambda u=use_cache, p=prompt: generate(row.ours, p, steps, use_cache=u),
+                    "short": lambda u=use_cache, p=prompt: generate(row.ours, p, 1, use_cache=u),
+                },
+                max(3, args.repeats // 2),
+                device,
+            )
+            per_token[label] = max(seconds["long"] - seconds["short"], 0.0) / (steps - 1)
+        results.growth.append({"row": row.name, "context": context, **per_token})
+        print(
+            f"  {row.name:12s} context {context:5d}: {per_token['with cache'] * 1e3:7.2f} ms/token with cache, "
+            f"{per_token['without cache'] * 1e3:7.2f} without"
+        )
+
+
+def main() -> None:
+    args = parse_arguments()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"measuring the fp32 matmul peak on {device} ...")
+    peak = matmul_peak_flops(device)
+    print(f"  {peak / 1e9:,.0f} GFLOP/s")
+    results = Results(
+        settings=vars(args) | {"output": str(args.output)},
+        machine=machine_info(device),
+        peak_flops=peak,
+    )
+    for name in args.rows:
+        row = ROWS[name](SIZES[args.size])
+        row.ours.to(device)
+        row.theirs.to(device)
+        for model in (row.ours, row.theirs):
+            model.generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
+        print(f"{name}: ours against {row.reference}")
+        speed_rows(row, args, device, peak, results)
+        growth_rows(row, args, device, results)
+    write_report(results, args.output)
+    print(
+        f"wrote {args.output} and its plots; median ratio "
+        f"{statistics.median(r['ratio'] for r in results.speed):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Timing, FLOP counting and memory, the same way for both sides of a row.
+
+Every measurement alternates ours and theirs within one loop (ours, theirs, ours, theirs, ...)
+so that a noisy neighbour on a shared machine slows both alike; the median of the repeats is
+reported.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(
+    workloads: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each workload, timed in alternation."""
+    for _ in range(warmup):
+        for run in workloads.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in workloads}
+    for _ in range(repeats):
+        for name, run in workloads.items():
+            synchronize(device)
+            started = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def matmul_peak_flops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """fp32 matmul FLOP/s of this machine, measured now: the ceiling for MFU."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    seconds = interleaved_medians({"matmul": lambda: a @ b}, repeats, device, warmup=3)["matmul"]
+    return 2 * size**3 / seconds
+
+
+def forward_flops(n_layer: int, n_embd: int, vocab_size: int, batch: int, length: int) -> float:
+    """Matmul FLOPs of one causal-LM forward: projections, MLP, attention scores and the head.
+
+    Per token and layer: 2 * 12 * d^2 for q/k/v/o and the 4x MLP; attention adds 2 * 2 * T * d
+    for QK^T and PV over T keys (counted in full, as the kernels compute it); the LM head
+    2 * d * V per token.
+    """
+    tokens = batch * length
+    per_layer = 24 * n_embd**2 * tokens + 4 * length * n_embd * tokens
+    return n_layer * per_layer + 2 * n_embd * vocab_size * tokens
+
+
+def _proc_status_mb(key: str) -> float:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def peak_memory_mb(run: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory of one call above what was in use before it.
+
+    On a GPU, the CUDA allocator's peak. On the CPU, PyTorch keeps no such statistic, so Linux's
+    resident-set high-water mark is reset (``/proc/self/clear_refs``) and read back after the
+    call; ``None`` where that is not available.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _proc_status_mb("VmRSS")
+    except OSError:
+        return None
+    run()
+    return max(0.0, _proc_status_mb("VmHWM") - before)
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> None:
+    loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def forward(model: nn.Module, batch: torch.Tensor) -> None:
+    model(input_ids=batch, use_cache=False)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **options: object) -> None:
+    model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        **options,
+    )

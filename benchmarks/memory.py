@@ -1,0 +1,49 @@
+"""Peak memory of one training step, measured in a fresh process for each side of a row.
+
+A fresh process matters on the CPU: freed memory stays in the process (the allocator keeps it),
+so after a first step the resident-set peak no longer moves. Run by the benchmark as
+``python -m benchmarks.memory <row> <size> <side> <batch> <length> <device>``; prints megabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from .measure import peak_memory_mb, training_step
+from .rows import ROWS, SIZES
+
+
+def measure_in_subprocess(
+    row: str, size: str, side: str, batch: int, length: int, device: str
+) -> float | None:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        row,
+        size,
+        side,
+        str(batch),
+        str(length),
+        device,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    row_name, size, side, batch, length, device_name = sys.argv[1:]
+    device = torch.device(device_name)
+    row = ROWS[row_name](SIZES[size])
+    model = (row.ours if side == "ours" else row.theirs).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(1, row.vocab_size, (int(batch), int(length)), device=device)
+    print(json.dumps(peak_memory_mb(lambda: training_step(model, optimizer, tokens), device)))
+
+
+if __name__ == "__main__":
+    main()

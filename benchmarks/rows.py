@@ -1,0 +1,127 @@
+"""The benchmark rows: each is one of our models and transformers' model with the same weights.
+
+A row builds both sides from one size and returns them loaded with identical weights, so that
+every number compares the same computation. A model package that lands later joins the
+benchmark by adding a function to ``ROWS``; the runner does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import transformers
+from torch import nn
+
+SIZES = {
+    # Small enough for 2 CPU cores; the default.
+    "small": {"n_embd": 256, "n_layer": 4, "n_head": 4, "vocab_size": 8192, "n_positions": 1024},
+    # GPT-2 (124M) shape.
+    "gpt2": {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257, "n_positions": 1024},
+    # GPT-2 medium shape.
+    "gpt2-medium": {
+        "n_embd": 1024,
+        "n_layer": 24,
+        "n_head": 16,
+        "vocab_size": 50257,
+        "n_positions": 1024,
+    },
+}
+
+
+@dataclass
+class Row:
+    """One comparison: ``ours`` and ``theirs`` compute the same function with the same weights."""
+
+    name: str
+    reference: str  # what we compare against, in words
+    ours: nn.Module
+    theirs: nn.Module
+    generative: bool
+    n_layer: int
+    n_embd: int
+    vocab_size: int
+
+
+def _gpt2_reference(size: dict[str, int]) -> transformers.GPT2LMHeadModel:
+    config = transformers.GPT2Config(**size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def gpt2_row(size: dict[str, int]) -> Row:
+    """Our GPT-2 against transformers' GPT-2, loaded from the same checkpoint layout."""
+    from scratchformers.gpt2 import GPT2LMHeadModel
+    from scratchformers.gpt2.convert import config_from_transformers, state_from_transformers
+
+    theirs = _gpt2_reference(size)
+    ours = GPT2LMHeadModel(config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(state_from_transformers(theirs.state_dict()), strict=False)
+    return Row(
+        "gpt2",
+        "transformers GPT2LMHeadModel",
+        ours.eval(),
+        theirs,
+        True,
+        size["n_layer"],
+        size["n_embd"],
+        size["vocab_size"],
+    )
+
+
+def basicformer_row(size: dict[str, int]) -> Row:
+    """BasicFormer configured as GPT-2 (learned positions, pre-norm, gelu_new, biases, tied
+    embeddings) against transformers' GPT-2 with the same weights."""
+    from scratchformers.basicformer import BasicFormerConfig, BasicFormerForCausalLM
+    from scratchformers.gpt2.convert import state_from_transformers
+
+    theirs = _gpt2_reference(size)
+    config = BasicFormerConfig(
+        vocab_size=size["vocab_size"],
+        hidden_size=size["n_embd"],
+        num_hidden_layers=size["n_layer"],
+        num_attention_heads=size["n_head"],
+        max_position_embeddings=size["n_positions"],
+        hidden_act="gelu_new",
+        position_embedding_type="learned",
+        norm_position="pre",
+        pad_token_id=None,
+        bos_token_id=theirs.config.bos_token_id,
+        eos_token_id=theirs.config.eos_token_id,
+    )
+    ours = BasicFormerForCausalLM(config)
+    renames = {
+        "transformer.wte.": "model.decoder.embed_tokens.",
+        "transformer.wpe.": "model.decoder.embed_positions.",
+        "transformer.ln_f.": "model.decoder.final_norm.",
+        ".ln_1.": ".self_attn_norm.",
+        ".attn.": ".self_attn.",
+        ".ln_2.": ".mlp_norm.",
+        ".mlp.c_fc.": ".mlp.up_proj.",
+        ".mlp.c_proj.": ".mlp.down_proj.",
+        "transformer.h.": "model.decoder.layers.",
+    }
+    state = {}
+    for name, tensor in state_from_transformers(theirs.state_dict()).items():
+        for old, new in renames.items():
+            name = name.replace(old, new)
+        state[name] = tensor
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    return Row(
+        "basicformer",
+        "transformers GPT2LMHeadModel (same weights)",
+        ours.eval(),
+        theirs,
+        True,
+        size["n_layer"],
+        size["n_embd"],
+        size["vocab_size"],
+    )
+
+
+ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
+    "gpt2": gpt2_row,
+    "basicformer": basicformer_row,
+}
