@@ -164,6 +164,8 @@ def wheels(session: nox.Session) -> None:
             f"--python={python}",
             f"--find-links={dist}",
             f"--constraint={constraints}",
+            # Our wheels keep their version number between builds: never take a cached one.
+            *[f"--refresh-package={_distribution(p)}" for p in PACKAGES],
             str(wheel),
             external=True,
         )
