@@ -45,7 +45,15 @@ class Row:
 
 
 def _gpt2_reference(size: dict[str, int]) -> transformers.GPT2LMHeadModel:
-    config = transformers.GPT2Config(**size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    special = size["vocab_size"] - 1  # GPT-2's <|endoftext|> is its last token
+    config = transformers.GPT2Config(
+        **size,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=special,
+        eos_token_id=special,
+    )
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
 
