@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,41 @@ def test_a_batch_that_does_not_split_across_processes_fails_fast(
     assert result.returncode != 0
     assert "--batch-size 7 does not divide across 2 processes" in result.stderr
     assert not (tmp_path / "odd" / "checkpoints").exists()
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a real training process after its first checkpoint, resume it, compare."""
+    flags = ("--max-steps", "60", "--save-every", "3", "--eval-every", "30")
+    straight = run(
+        [sys.executable, *train_command(small_corpus, tmp_path / "straight", *flags)], cwd=tmp_path
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    output_dir = tmp_path / "killed"
+    command = [sys.executable, *train_command(small_corpus, output_dir, *flags)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = output_dir / "checkpoints" / "checkpoint-0000003" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (output_dir / "model.safetensors").exists()
+
+    resumed = run(
+        [sys.executable, *train_command(small_corpus, output_dir, *flags, "--resume")], cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    expected, actual = (
+        load_file(tmp_path / "straight" / "model.safetensors"),
+        load_file(output_dir / "model.safetensors"),
+    )
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
