@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 
 def write_report(results: Results, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     ratios_png = path.with_name("ratios.png")
     growth_png = path.with_name("cost_growth.png")
     _plot_ratios(results, ratios_png)
