@@ -93,23 +93,40 @@ def is_transformers_checkpoint(directory: Path, converter: CheckpointConverter) 
     return read_config(directory).get("model_type") == converter.transformers_model_type
 
 
+# from_pretrained() arguments that only steer transformers' own loader; nothing to do here.
+_LOADER_ONLY = {
+    "low_cpu_mem_usage",
+    "trust_remote_code",
+    "local_files_only",
+    "force_download",
+    "use_safetensors",
+    "_from_auto",
+    "_from_pipeline",
+}
+
+
 def load_transformers_checkpoint(
     model_class: type[PreTrainedModel],
     directory: Path,
     converter: CheckpointConverter,
     dtype: torch.dtype | str | None = "auto",
+    attn_implementation: str | None = None,
+    device_map: str | torch.device | None = None,
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """Build ``model_class`` from a transformers checkpoint directory, converting on load.
 
     As transformers' own ``from_pretrained`` does: the weights keep the dtype they were saved
-    in (``dtype="auto"``, or pass one), ``config_overrides`` set config fields, and the
-    checkpoint's ``generation_config.json`` comes along. Every parameter of our model must be
-    filled: a missing or unexpected weight after the conversion raises, naming the weights,
-    rather than leaving random values behind.
+    in (``dtype="auto"``, or pass one), ``attn_implementation`` picks the backend,
+    ``device_map`` may name one device, other keywords set config fields, and the checkpoint's
+    ``generation_config.json`` comes along. Every parameter of our model must be filled: a
+    missing or unexpected weight after the conversion raises, naming the weights, rather than
+    leaving random values behind.
     """
     config = converter.config_from_transformers(read_config(directory))
     for name, value in config_overrides.items():
+        if name in _LOADER_ONLY:
+            continue
         if not hasattr(config, name):
             raise TypeError(f"from_pretrained() got an unexpected argument {name!r}")
         setattr(config, name, value)
@@ -128,7 +145,34 @@ def load_transformers_checkpoint(
         )
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory)
+    if attn_implementation:
+        model.set_attn_implementation(attn_implementation)
+    if isinstance(device_map, str | torch.device) and device_map != "auto":
+        model = model.to(device_map)
     return model.eval()
+
+
+def from_pretrained_or_convert(
+    cls: type[PreTrainedModel],
+    base_class: type[PreTrainedModel],
+    name_or_path: str | os.PathLike[str],
+    converter: CheckpointConverter,
+    *args: Any,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """The ``from_pretrained`` of a mirrored model class ``cls``.
+
+    Our own directories (and hub ids of them) go to transformers' loader as usual
+    (``base_class`` is the class whose ``from_pretrained`` is overridden); a directory of the
+    transformers architecture it mirrors is converted with ``converter``.
+    """
+    hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
+    directory = checkpoint_dir(name_or_path, **hub_kwargs)
+    if not is_transformers_checkpoint(directory, converter):
+        return super(base_class, cls).from_pretrained(directory, *args, **hub_kwargs, **kwargs)
+    if args:
+        raise TypeError("a transformers checkpoint is converted from keyword arguments only")
+    return load_transformers_checkpoint(cls, directory, converter, **kwargs)
 
 
 def _is_tied(model: PreTrainedModel, key: str) -> bool:

@@ -27,10 +27,8 @@ from transformers import PreTrainedModel
 from scratchformers.core_attention.interop import (
     CheckpointConverter,
     StateDict,
-    checkpoint_dir,
     export_checkpoint,
-    is_transformers_checkpoint,
-    load_transformers_checkpoint,
+    from_pretrained_or_convert,
 )
 
 from .configuration import GPT2Config
@@ -131,20 +129,10 @@ def load_pretrained(
     """``from_pretrained`` for our GPT-2 classes: transformers' checkpoints are converted."""
     from .modeling import GPT2LMHeadModel, GPT2PreTrainedModel
 
-    hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
-    directory = checkpoint_dir(name_or_path, **hub_kwargs)
     converter = _converter(with_head=issubclass(cls, GPT2LMHeadModel))
-    if not is_transformers_checkpoint(directory, converter):
-        return super(GPT2PreTrainedModel, cls).from_pretrained(
-            directory, *args, **hub_kwargs, **kwargs
-        )
-    attn_implementation = kwargs.pop("attn_implementation", None)
-    model = load_transformers_checkpoint(
-        cls, directory, converter, kwargs.pop("dtype", "auto"), **kwargs
+    return from_pretrained_or_convert(
+        cls, GPT2PreTrainedModel, name_or_path, converter, *args, **kwargs
     )
-    if attn_implementation:
-        model.set_attn_implementation(attn_implementation)
-    return model
 
 
 def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
