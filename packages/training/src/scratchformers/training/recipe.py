@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,7 +52,6 @@ class RecipeData:
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
     processor: Any  # the tokenizer or image processor, saved with the model
     description: str  # for the model card: what the data was
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Recipe:
