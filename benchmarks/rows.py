@@ -42,6 +42,12 @@ class Row:
     n_layer: int
     n_embd: int
     vocab_size: int
+    # Shapes that differ from GPT-2's, for counting FLOPs: the MLP width (None = 4 * n_embd),
+    # the width of the k and v projections (kv heads * head_dim; None = n_embd), and whether
+    # the MLP is gated (three matrices, gate/up/down, instead of two).
+    n_inner: int | None = None
+    kv_width: int | None = None
+    gated_mlp: bool = False
 
 
 def _gpt2_reference(size: dict[str, int]) -> transformers.GPT2LMHeadModel:
@@ -129,7 +135,50 @@ def basicformer_row(size: dict[str, int]) -> Row:
     )
 
 
+def basicformer_llama_row(size: dict[str, int]) -> Row:
+    """BasicFormer configured as a Llama (rotary, RMSNorm, gated SiLU MLP, grouped-query
+    attention with half as many key/value heads, no biases, untied head) against transformers'
+    Llama with the same weights."""
+    from scratchformers.basicformer import BasicFormerForCausalLM
+    from scratchformers.basicformer.llama import basicformer_state_from_llama, config_from_llama
+
+    width, heads = size["n_embd"], size["n_head"]
+    kv_heads = max(1, heads // 2)
+    inner = -(-round(8 / 3 * width) // 64) * 64  # Llama's 8/3 * d, rounded up to a multiple of 64
+    special = size["vocab_size"] - 1
+    config = transformers.LlamaConfig(
+        vocab_size=size["vocab_size"],
+        hidden_size=width,
+        num_hidden_layers=size["n_layer"],
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=inner,
+        max_position_embeddings=size["n_positions"],
+        bos_token_id=special,
+        eos_token_id=special,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.LlamaForCausalLM(config).eval()
+    ours = BasicFormerForCausalLM(config_from_llama(theirs.config))
+    ours.load_state_dict(basicformer_state_from_llama(theirs.state_dict()))  # strict
+    return Row(
+        "basicformer-llama",
+        "transformers LlamaForCausalLM (same weights)",
+        ours.eval(),
+        theirs,
+        True,
+        size["n_layer"],
+        width,
+        size["vocab_size"],
+        n_inner=inner,
+        kv_width=kv_heads * (width // heads),
+        gated_mlp=True,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
+    "basicformer-llama": basicformer_llama_row,
 }

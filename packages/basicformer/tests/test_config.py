@@ -29,6 +29,8 @@ TINY = {"vocab_size": 101, "hidden_size": 48, "num_hidden_layers": 1, "num_atten
         ({"num_attention_heads": 3, "num_key_value_heads": 2}, "num_key_value_heads"),
         ({"position_embedding_type": "alibi"}, "position_embedding_type"),
         ({"norm_position": "sandwich"}, "norm_position"),
+        ({"norm_type": "batchnorm"}, "norm_type"),
+        ({"mlp_type": "swiglu"}, "mlp_type"),
         ({"hidden_act": "swishy"}, "hidden_act"),
         ({"is_decoder": True, "is_encoder_decoder": True}, "is_encoder_decoder"),
         ({"add_cross_attention": True}, "add_cross_attention"),

@@ -8,6 +8,8 @@ from transformers.activations import ACT2FN
 
 POSITION_EMBEDDING_TYPES = ("none", "learned", "sinusoidal", "rotary")
 NORM_POSITIONS = ("pre", "post")
+NORM_TYPES = ("layernorm", "rmsnorm")
+MLP_TYPES = ("plain", "gated")
 
 
 @strict
@@ -33,13 +35,17 @@ class BasicFormerConfig(PreTrainedConfig):
         head_dim: width of one head; ``None`` = ``hidden_size // num_attention_heads``.
         intermediate_size: width of the MLP; ``None`` = ``4 * hidden_size``.
         hidden_act: the MLP activation, any name in ``transformers.activations.ACT2FN``.
+        mlp_type: ``"plain"`` (``down_proj(act(up_proj(x)))``, GPT-2/BERT style) or ``"gated"``
+            (``down_proj(act(gate_proj(x)) * up_proj(x))``, Llama's SwiGLU with ``"silu"``).
         max_position_embeddings: longest sequence (a hard limit for learned positions).
         position_embedding_type: ``"none"``, ``"learned"``, ``"sinusoidal"`` or ``"rotary"``.
         rope_theta: the rotary base.
         norm_position: ``"pre"`` (normalise the input of each sub-layer, GPT-2 style, with a
             final norm) or ``"post"`` (normalise after each residual addition, as in the
             original Transformer and BERT).
-        layer_norm_eps: LayerNorm epsilon.
+        norm_type: ``"layernorm"`` (``nn.LayerNorm``, weight and bias) or ``"rmsnorm"``
+            (``nn.RMSNorm``, weight only, as in Llama) for every norm of the model.
+        layer_norm_eps: the norms' epsilon (Llama's ``rms_norm_eps`` with ``"rmsnorm"``).
         dropout: dropout on embeddings and sub-layer outputs.
         attention_dropout: dropout on attention probabilities.
         attention_bias: biases on the q/k/v/o projections.
@@ -65,10 +71,12 @@ class BasicFormerConfig(PreTrainedConfig):
     head_dim: int | None = None
     intermediate_size: int | None = None
     hidden_act: str = "gelu"
+    mlp_type: str = "plain"
     max_position_embeddings: int = 512
     position_embedding_type: str = "learned"
     rope_theta: float | int = 10000.0
     norm_position: str = "pre"
+    norm_type: str = "layernorm"
     layer_norm_eps: float | int = 1e-5
     dropout: float | int = 0.0
     attention_dropout: float | int = 0.0
@@ -123,6 +131,10 @@ class BasicFormerConfig(PreTrainedConfig):
             raise ValueError(f"rotary positions need an even head_dim, got head_dim={head_dim}")
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"norm_position={self.norm_position!r} is not one of {NORM_POSITIONS}")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type={self.norm_type!r} is not one of {NORM_TYPES}")
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(f"mlp_type={self.mlp_type!r} is not one of {MLP_TYPES}")
         if self.hidden_act not in ACT2FN:
             raise ValueError(
                 f"hidden_act={self.hidden_act!r} is not a known activation; "

@@ -43,18 +43,26 @@ from .configuration import BasicFormerConfig
 
 
 class BasicFormerMLP(nn.Module):
-    """The position-wise feed-forward block: widen, activate, narrow."""
+    """The position-wise feed-forward block: widen, activate, narrow.
+
+    ``mlp_type="gated"`` (Llama's SwiGLU, with ``hidden_act="silu"``) widens twice and lets one
+    branch, activated, gate the other: ``down_proj(act(gate_proj(x)) * up_proj(x))``.
+    """
 
     def __init__(self, config: BasicFormerConfig) -> None:
         super().__init__()
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        width, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        gated = config.mlp_type == "gated"
+        self.gate_proj = nn.Linear(width, inner, bias=bias) if gated else None
+        self.up_proj = nn.Linear(width, inner, bias=bias)
         self.act = ACT2FN[config.hidden_act]
-        self.down_proj = nn.Linear(
-            config.intermediate_size, config.hidden_size, bias=config.mlp_bias
-        )
+        self.down_proj = nn.Linear(inner, width, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.up_proj(hidden_states)))
+        if self.gate_proj is None:
+            return self.down_proj(self.act(self.up_proj(hidden_states)))
+        gate = self.act(self.gate_proj(hidden_states))
+        return self.down_proj(gate * self.up_proj(hidden_states))
 
 
 def make_attention(
@@ -79,6 +87,13 @@ def make_attention(
     )
 
 
+def make_norm(config: BasicFormerConfig) -> nn.LayerNorm | nn.RMSNorm:
+    """The norm the config names (``norm_type``), over the width of the residual stream."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
 class BasicFormerLayer(GradientCheckpointingLayer):
     """Self attention, then (in a decoder with an encoder) cross attention, then the MLP.
 
@@ -91,18 +106,17 @@ class BasicFormerLayer(GradientCheckpointingLayer):
     ) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        width, eps = config.hidden_size, config.layer_norm_eps
         self.self_attn = make_attention(config, layer_idx, causal=causal)
-        self.self_attn_norm = nn.LayerNorm(width, eps=eps)
+        self.self_attn_norm = make_norm(config)
         self.cross_attn = make_attention(config, layer_idx, cross=True) if cross_attention else None
-        self.cross_attn_norm = nn.LayerNorm(width, eps=eps) if cross_attention else None
+        self.cross_attn_norm = make_norm(config) if cross_attention else None
         self.mlp = BasicFormerMLP(config)
-        self.mlp_norm = nn.LayerNorm(width, eps=eps)
+        self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def residual(
         self,
-        norm: nn.LayerNorm,
+        norm: nn.LayerNorm | nn.RMSNorm,
         sublayer: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
         hidden_states: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -184,11 +198,7 @@ class BasicFormerStack(nn.Module):
             for i in range(config.num_hidden_layers)
         )
         # Pre-norm leaves the residual stream un-normalised, so the stack ends with a norm.
-        self.final_norm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-            if config.norm_position == "pre"
-            else None
-        )
+        self.final_norm = make_norm(config) if config.norm_position == "pre" else None
 
     def forward(
         self,
