@@ -2,12 +2,15 @@
 
     uv run python -m benchmarks                       # small models, CPU, writes benchmarks/RESULTS.md
     uv run python -m benchmarks --size gpt2           # GPT-2 (124M) shape
-    uv run python -m benchmarks --device cuda --size gpt2-medium --compile
+    uv run python -m benchmarks --device cuda --size gpt2-medium
+    uv run python -m benchmarks --rows gpt2 --no-compile   # quick: no torch.compile variants
 
 Every row loads identical weights into ours and into transformers' class, then measures, with
 the two sides interleaved: forward throughput, a training step (forward + backward + AdamW),
 ``generate()`` tokens/s at batch 1 and 8 with the cache (same variant on both sides, and each
-side's fastest variant against the other's), peak memory of a training step, model FLOPs
+side's fastest variant against the other's: dynamic cache, static cache, and static cache with
+``torch.compile`` through transformers' ``compile_config``, which our models run through their
+lean decode loop, ``scratchformers.core_attention.decoding``), peak memory of a training step, model FLOPs
 utilisation against the machine's fp32 matmul peak measured in the same run, and the cost of
 one generated token as the context grows, with and without the cache.
 """
@@ -73,9 +76,10 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generate() adds")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement")
     parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="add torch.compile'd static-cache generation to the best-against-best race",
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="leave out the torch.compile'd static-cache generate() variants (faster to run)",
     )
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     return parser.parse_args()
@@ -108,7 +112,16 @@ def speed_rows(
         {s: lambda m=m: forward(m, batch) for s, m in sides.items()}, args.repeats, device
     )
     add_speed(results, row, "forward", "tokens/s", {s: tokens / t for s, t in seconds.items()})
-    flops = forward_flops(row.n_layer, row.n_embd, row.vocab_size, args.batch, args.length)
+    flops = forward_flops(
+        row.n_layer,
+        row.n_embd,
+        row.vocab_size,
+        args.batch,
+        args.length,
+        n_inner=row.n_inner,
+        kv_width=row.kv_width,
+        gated_mlp=row.gated_mlp,
+    )
     results.mfu.append(
         {
             "row": row.name,
@@ -142,12 +155,7 @@ def speed_rows(
     for generate_batch in (1, 8):
         prompt = torch.randint(1, row.vocab_size, (generate_batch, args.prompt), device=device)
         new = args.new_tokens * generate_batch
-        variants = {"dynamic": {}, "static": {"cache_implementation": "static"}}
-        if args.compile:
-            variants["static + compile"] = {
-                "cache_implementation": "static",
-                "compile_config": compile_config(device),
-            }
+        variants = generate_variants(device, args.compile)
         workloads = {
             (side, variant): (
                 lambda m=model, o=options, p=prompt: generate(m, p, args.new_tokens, **o)
@@ -162,8 +170,17 @@ def speed_rows(
             row,
             f"generate batch {generate_batch} (dynamic cache)",
             "tokens/s",
-            {s: rate[(s, "dynamic")] for s in sides},
+            {s: rate[(s, "dynamic cache")] for s in sides},
         )
+        for variant in variants:
+            if variant != "dynamic cache":
+                add_speed(
+                    results,
+                    row,
+                    f"generate batch {generate_batch} ({variant})",
+                    "tokens/s",
+                    {s: rate[(s, variant)] for s in sides},
+                )
         best = {s: max((rate[(s, v)], v) for v in variants) for s in sides}
         add_speed(
             results,
@@ -175,12 +192,38 @@ def speed_rows(
         )
 
 
-def compile_config(device: torch.device) -> transformers.CompileConfig:
+def generate_variants(device: torch.device, compile: bool) -> dict[str, dict[str, object]]:
+    """The ``generate()`` options raced on both sides, by name.
+
+    Both sides get the same options. With ``compile``: transformers' ``CompileConfig`` as it
+    stands (CUDA graphs on a GPU, inductor's default mode on a CPU) and, on a CPU, the same with
+    inductor's C++ wrapper, so that each side's best compiled setting is in the race.
+    """
+    variants: dict[str, dict[str, object]] = {
+        "dynamic cache": {},
+        "static cache": {"cache_implementation": "static"},
+    }
+    if not compile:
+        return variants
+    variants["static cache + compile"] = {
+        "cache_implementation": "static",
+        "compile_config": compile_config(device),
+    }
+    if device.type == "cpu":
+        variants["static cache + compile (C++ wrapper)"] = {
+            "cache_implementation": "static",
+            "compile_config": compile_config(device, options={"cpp_wrapper": True}),
+        }
+    return variants
+
+
+def compile_config(
+    device: torch.device, options: dict[str, object] | None = None
+) -> transformers.CompileConfig:
     """transformers' compile settings for generate(); on a CPU its auto-compile is off unless
     asked for through this private flag (it only compiles on GPUs and TPUs by default)."""
-    config = transformers.CompileConfig(
-        fullgraph=True, mode="default" if device.type == "cpu" else "reduce-overhead"
-    )
+    mode = None if options else "default" if device.type == "cpu" else "reduce-overhead"
+    config = transformers.CompileConfig(fullgraph=True, dynamic=False, mode=mode, options=options)
     config._compile_all_devices = True
     return config
 

@@ -49,15 +49,30 @@ def matmul_peak_flops(device: torch.device, size: int = 2048, repeats: int = 10)
     return 2 * size**3 / seconds
 
 
-def forward_flops(n_layer: int, n_embd: int, vocab_size: int, batch: int, length: int) -> float:
+def forward_flops(
+    n_layer: int,
+    n_embd: int,
+    vocab_size: int,
+    batch: int,
+    length: int,
+    n_inner: int | None = None,
+    kv_width: int | None = None,
+    gated_mlp: bool = False,
+) -> float:
     """Matmul FLOPs of one causal-LM forward: projections, MLP, attention scores and the head.
 
-    Per token and layer: 2 * 12 * d^2 for q/k/v/o and the 4x MLP; attention adds 2 * 2 * T * d
-    for QK^T and PV over T keys (counted in full, as the kernels compute it); the LM head
-    2 * d * V per token.
+    Per token and layer (a multiply-add is 2 FLOPs): 2 * 2 * d^2 for q and o, 2 * 2 * d * kv for
+    k and v (kv = kv heads * head_dim; d without grouped-query attention), 2 * m * d * n_inner
+    for the MLP's m matrices (2, or 3 when gated); attention adds 2 * 2 * T * d for QK^T and PV
+    over T keys (counted in full, as the kernels compute it); the LM head 2 * d * V per token.
+    With GPT-2's shapes the layer term is the familiar 24 * d^2.
     """
     tokens = batch * length
-    per_layer = 24 * n_embd**2 * tokens + 4 * length * n_embd * tokens
+    n_inner = n_inner or 4 * n_embd
+    kv_width = kv_width or n_embd
+    mlp_matrices = 3 if gated_mlp else 2
+    projections = 4 * n_embd**2 + 4 * n_embd * kv_width + 2 * mlp_matrices * n_embd * n_inner
+    per_layer = projections * tokens + 4 * length * n_embd * tokens
     return n_layer * per_layer + 2 * n_embd * vocab_size * tokens
 
 

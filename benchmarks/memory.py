@@ -8,6 +8,7 @@ so after a first step the resident-set peak no longer moves. Run by the benchmar
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -18,6 +19,17 @@ from .rows import ROWS, SIZES
 
 
 def measure_in_subprocess(
+    row: str, size: str, side: str, batch: int, length: int, device: str, repeats: int = 3
+) -> float | None:
+    """Median over ``repeats`` fresh processes: the resident-set peak moves by several MB from
+    run to run on a CPU."""
+    runs = [_measure_once(row, size, side, batch, length, device) for _ in range(repeats)]
+    if any(run is None for run in runs):
+        return None
+    return statistics.median(runs)
+
+
+def _measure_once(
     row: str, size: str, side: str, batch: int, length: int, device: str
 ) -> float | None:
     command = [

@@ -21,7 +21,7 @@ def write_report(results: Results, path: Path) -> None:
         "",
         "Produced by `uv run python -m benchmarks` "
         f"(`--size {settings['size']} --device {settings['device']}`"
-        + (" --compile" if settings["compile"] else "")
+        + ("" if settings["compile"] else " --no-compile")
         + f"). Batch {settings['batch']} x {settings['length']} tokens for the forward and training rows; "
         f"`generate()` adds {settings['new_tokens']} tokens to a {settings['prompt']}-token prompt, greedy. "
         f"Medians of {settings['repeats']} repeats, ours and theirs interleaved in one run. "
@@ -33,6 +33,13 @@ def write_report(results: Results, path: Path) -> None:
         f"| fp32 matmul peak (measured in this run) | {results.peak_flops / 1e9:,.0f} GFLOP/s |",
         "",
         "## Speed and memory",
+        "",
+        "`generate()` variants, the same options on both sides: *dynamic cache*; *static cache*; "
+        "*static cache + compile* (transformers' `compile_config`, which our models run through "
+        "their lean decode loop, `scratchformers.core_attention.decoding`, compiling one decode "
+        "step); on a CPU also *static cache + compile (C++ wrapper)*, the same with inductor's "
+        "`cpp_wrapper` option, which our loop picks by itself on a CPU. *Best against best* "
+        "races each side's fastest variant.",
         "",
         "| model | workload | ours | transformers | unit | ratio |",
         "| --- | --- | ---: | ---: | --- | ---: |",

@@ -31,3 +31,11 @@ def test_readme_snippet_loads_generates_and_exports(
     assert torch.equal(tokens[:, : prompt.shape[1]], prompt) and tokens.shape[1] > prompt.shape[1]
     assert (tmp_path / "gpt2-exported" / "model.safetensors").is_file()
     assert type(namespace["back"]).__module__.startswith("transformers.")
+
+
+def test_root_readme_lean_generate_gives_the_same_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace = run_python_blocks(ROOT_README)
+    assert torch.equal(namespace["fast_tokens"], namespace["tokens"])

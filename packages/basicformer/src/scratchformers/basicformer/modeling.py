@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -30,8 +29,10 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from scratchformers.core_attention import (
     Attention,
+    LeanGenerationMixin,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
+    activation,
     build_attention_mask,
     cache_lengths,
     create_masks_for_generate,
@@ -55,7 +56,7 @@ class BasicFormerMLP(nn.Module):
         gated = config.mlp_type == "gated"
         self.gate_proj = nn.Linear(width, inner, bias=bias) if gated else None
         self.up_proj = nn.Linear(width, inner, bias=bias)
-        self.act = ACT2FN[config.hidden_act]
+        self.act = activation(config.hidden_act)
         self.down_proj = nn.Linear(inner, width, bias=bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -549,7 +550,7 @@ class BasicFormerForMaskedLM(BasicFormerPreTrainedModel):
         return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
 
-class BasicFormerForCausalLM(BasicFormerPreTrainedModel, GenerationMixin):
+class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
     """A causal decoder with a language-modelling head: next-token prediction and ``generate()``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}

@@ -1,7 +1,9 @@
 """scratchformers.core_attention: the attention, mask, position and KV-cache core shared by
 every scratchformers model."""
 
+from .activations import activation
 from .attention import Attention
+from .decoding import LeanGenerationMixin, compile_options, lean_sample
 from .functional import (
     attention_function,
     eager_attention_forward,
@@ -38,20 +40,24 @@ from .positions import (
 __all__ = [
     "Attention",
     "CheckpointConverter",
+    "LeanGenerationMixin",
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
     "SinusoidalPositionalEmbedding",
+    "activation",
     "apply_rotary",
     "attention_function",
     "build_attention_mask",
     "cache_lengths",
     "causal_mask",
     "checkpoint_dir",
+    "compile_options",
     "create_masks_for_generate",
     "eager_attention_forward",
     "export_checkpoint",
     "from_pretrained_or_convert",
     "is_transformers_checkpoint",
+    "lean_sample",
     "load_transformers_checkpoint",
     "position_ids_from_padding_mask",
     "read_config",

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -23,7 +22,9 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from scratchformers.core_attention import (
     Attention,
+    LeanGenerationMixin,
     LearnedPositionalEmbedding,
+    activation,
     build_attention_mask,
     cache_lengths,
     create_masks_for_generate,
@@ -38,7 +39,7 @@ class GPT2MLP(nn.Module):
         super().__init__()
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, inner)
-        self.act = ACT2FN[config.activation_function]
+        self.act = activation(config.activation_function)
         self.c_proj = nn.Linear(inner, config.n_embd)
         self.dropout = nn.Dropout(config.resid_pdrop)
 
@@ -204,7 +205,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel, GenerationMixin):
+class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
     """GPT-2 with its language-model head (tied to the token embedding)."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
