@@ -19,7 +19,7 @@ from .rows import ROWS, SIZES
 
 
 def measure_in_subprocess(
-    row: str, size: str, side: str, batch: int, length: int, device: str, repeats: int = 3
+    row: str, size: str, side: str, batch: int, length: int, device: str, repeats: int = 5
 ) -> float | None:
     """Median over ``repeats`` fresh processes: the resident-set peak moves by several MB from
     run to run on a CPU."""
