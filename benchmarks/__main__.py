@@ -32,7 +32,6 @@ from transformers import GenerationConfig
 
 from .measure import (
     forward,
-    forward_flops,
     generate,
     interleaved_medians,
     matmul_peak_flops,
@@ -105,23 +104,17 @@ def speed_rows(
     row: Row, args: argparse.Namespace, device: torch.device, peak: float, results: Results
 ) -> None:
     sides = {"ours": row.ours, "theirs": row.theirs}
-    batch = torch.randint(1, row.vocab_size, (args.batch, args.length), device=device)
-    tokens = args.batch * args.length
+    inputs = row.inputs(args.batch, args.length, device)
+    items = row.items(args.batch, args.length)
+    rate = f"{row.unit}/s"
+    # The short workloads get more repeats: they are cheap, and the machine is noisy.
+    repeats = max(args.repeats, 15)
 
     seconds = interleaved_medians(
-        {s: lambda m=m: forward(m, batch) for s, m in sides.items()}, args.repeats, device
+        {s: lambda m=m: forward(m, inputs) for s, m in sides.items()}, repeats, device
     )
-    add_speed(results, row, "forward", "tokens/s", {s: tokens / t for s, t in seconds.items()})
-    flops = forward_flops(
-        row.n_layer,
-        row.n_embd,
-        row.vocab_size,
-        args.batch,
-        args.length,
-        n_inner=row.n_inner,
-        kv_width=row.kv_width,
-        gated_mlp=row.gated_mlp,
-    )
+    add_speed(results, row, "forward", rate, {s: items / t for s, t in seconds.items()})
+    flops = row.forward_flops(args.batch, args.length)
     results.mfu.append(
         {
             "row": row.name,
@@ -134,17 +127,27 @@ def speed_rows(
 
     trainees = {s: copy.deepcopy(m).train() for s, m in sides.items()}
     optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in trainees.items()}
+    training_inputs = row.training_inputs(inputs)
     seconds = interleaved_medians(
-        {s: lambda s=s: training_step(trainees[s], optimizers[s], batch) for s in trainees},
-        args.repeats,
+        {
+            s: lambda s=s: training_step(trainees[s], optimizers[s], training_inputs)
+            for s in trainees
+        },
+        repeats,
         device,
     )
-    add_speed(
-        results, row, "training step", "tokens/s", {s: tokens / t for s, t in seconds.items()}
-    )
+    add_speed(results, row, "training step", rate, {s: items / t for s, t in seconds.items()})
     # Memory in a fresh process per side: a process that already ran a step reuses its memory.
     memory = {
-        side: measure_in_subprocess(row.name, args.size, side, args.batch, args.length, args.device)
+        side: measure_in_subprocess(
+            row.name,
+            args.size,
+            side,
+            args.batch,
+            args.length,
+            args.device,
+            repeats=min(5, args.repeats),
+        )
         for side in sides
     }
     if all(memory.values()):

@@ -49,7 +49,7 @@ def matmul_peak_flops(device: torch.device, size: int = 2048, repeats: int = 10)
     return 2 * size**3 / seconds
 
 
-def forward_flops(
+def causal_lm_flops(
     n_layer: int,
     n_embd: int,
     vocab_size: int,
@@ -104,16 +104,18 @@ def peak_memory_mb(run: Callable[[], object], device: torch.device) -> float | N
     return max(0.0, _proc_status_mb("VmHWM") - before)
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> None:
-    loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, object]
+) -> None:
+    loss = model(**inputs).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
-def forward(model: nn.Module, batch: torch.Tensor) -> None:
-    model(input_ids=batch, use_cache=False)
+def forward(model: nn.Module, inputs: dict[str, object]) -> None:
+    model(**inputs)
 
 
 @torch.no_grad()

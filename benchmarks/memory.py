@@ -53,8 +53,8 @@ def main() -> None:
     row = ROWS[row_name](SIZES[size])
     model = (row.ours if side == "ours" else row.theirs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(1, row.vocab_size, (int(batch), int(length)), device=device)
-    print(json.dumps(peak_memory_mb(lambda: training_step(model, optimizer, tokens), device)))
+    inputs = row.training_inputs(row.inputs(int(batch), int(length), device))
+    print(json.dumps(peak_memory_mb(lambda: training_step(model, optimizer, inputs), device)))
 
 
 if __name__ == "__main__":

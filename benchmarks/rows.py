@@ -14,7 +14,11 @@ import torch
 import transformers
 from torch import nn
 
+from .measure import causal_lm_flops
+
 SIZES = {
+    # For checking that the runner works, in seconds; its numbers mean little.
+    "tiny": {"n_embd": 32, "n_layer": 2, "n_head": 2, "vocab_size": 128, "n_positions": 128},
     # Small enough for 2 CPU cores; the default.
     "small": {"n_embd": 256, "n_layer": 4, "n_head": 4, "vocab_size": 8192, "n_positions": 1024},
     # GPT-2 (124M) shape.
@@ -48,6 +52,36 @@ class Row:
     n_inner: int | None = None
     kv_width: int | None = None
     gated_mlp: bool = False
+    unit: str = "tokens"  # what the forward and training throughputs count
+
+    # What the runner asks of a row. These fit language models; a row for another kind of
+    # model (images, two towers) subclasses Row and overrides them, and the runner stays as is.
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        """Keyword arguments of one forward pass: random token ids, no cache."""
+        input_ids = torch.randint(1, self.vocab_size, (batch, length), device=device)
+        return {"input_ids": input_ids, "use_cache": False}
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        """``inputs`` plus what makes the model return a loss (next-token labels)."""
+        return inputs | {"labels": inputs["input_ids"]}
+
+    def items(self, batch: int, length: int) -> int:
+        """How many ``unit`` one forward of ``inputs(batch, length)`` processes."""
+        return batch * length
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        """Matmul FLOPs of one forward of ``inputs(batch, length)``."""
+        return causal_lm_flops(
+            self.n_layer,
+            self.n_embd,
+            self.vocab_size,
+            batch,
+            length,
+            n_inner=self.n_inner,
+            kv_width=self.kv_width,
+            gated_mlp=self.gated_mlp,
+        )
 
 
 def _gpt2_reference(size: dict[str, int]) -> transformers.GPT2LMHeadModel:

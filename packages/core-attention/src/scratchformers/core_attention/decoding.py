@@ -33,7 +33,7 @@ import torch
 from transformers import GenerationConfig, GenerationMixin, StaticCache
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import LogitsProcessorList
-from transformers.generation.stopping_criteria import StoppingCriteriaList
+from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 
 from .masks import cache_lengths
 
@@ -243,6 +243,13 @@ def lean_sample(
     pad_token = generation_config._pad_token_tensor
     has_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
     unfinished = torch.ones(batch_size, dtype=torch.bool, device=device)
+    # With only a length limit, when to stop is known without looking at the tokens, so the
+    # loop never waits for the device to finish a step before queueing the next.
+    length_only = all(isinstance(criterion, MaxLengthCriteria) for criterion in stopping_criteria)
+    length_limit = min(
+        [criterion.max_length for criterion in stopping_criteria if length_only]
+        + [generation_config.max_length]
+    )
     while True:
         scores = logits_processor(sequences[:, :length], logits)
         if generation_config.do_sample:
@@ -253,9 +260,12 @@ def lean_sample(
             next_tokens = torch.where(unfinished, next_tokens, pad_token)
         sequences[:, length] = next_tokens
         length += 1
-        unfinished &= ~stopping_criteria(sequences[:, :length], scores)
-        if not bool(unfinished.any()):
+        if length >= length_limit:
             break
+        if not length_only:
+            unfinished &= ~stopping_criteria(sequences[:, :length], scores)
+            if not bool(unfinished.any()):  # waits for the device: only when a row can stop early
+                break
         next_positions += 1
         logits = step(next_tokens[:, None], next_positions, key_padding, cache)
     return sequences[:, :length]

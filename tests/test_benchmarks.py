@@ -1,0 +1,49 @@
+"""The benchmark runner works end to end and counts FLOPs right. No timing is asserted: speed
+is reported in benchmarks/RESULTS.md, never tested."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not a package
+
+from benchmarks.rows import ROWS, SIZES  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_forward_flops_count_every_matmul_of_the_model(name: str) -> None:
+    """2 FLOPs per weight of every linear layer and token, plus QK^T and PV, for any row."""
+    row = ROWS[name](SIZES["tiny"])
+    batch, length = 3, 17
+    tokens = batch * length
+    # transformers' GPT-2 projections are Conv1D modules, its head and Llama's are Linear.
+    matmuls = [m for m in row.theirs.modules() if type(m).__name__ in ("Linear", "Conv1D")]
+    weights = sum(m.weight.numel() for m in matmuls)
+    attention = row.n_layer * 4 * length * row.n_embd * tokens
+    assert row.forward_flops(batch, length) == 2 * weights * tokens + attention
+
+
+def test_runner_writes_results_and_plots(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    command = [sys.executable, "-m", "benchmarks", "--size", "tiny", "--no-compile"]
+    command += ["--repeats", "1", "--output", str(output)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+
+    report = output.read_text()
+    for name in ROWS:
+        rows = [line for line in report.splitlines() if line.startswith(f"| {name} |")]
+        workloads = " ".join(rows)
+        for workload in ("forward", "training step", "peak memory", "generate batch 1"):
+            assert workload in workloads, f"{name}: no {workload!r} row in the report"
+        assert "best against best" in workloads and "generate batch 8" in workloads
+        ratios = [float(r) for r in re.findall(r"\*\*([0-9.]+)\*\*", workloads)]
+        assert ratios and all(r > 0 for r in ratios), rows
+    assert "MFU" in report and "matmul peak" in report
+    for plot in ("ratios.png", "cost_growth.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
