@@ -341,6 +341,20 @@ def test_compiled_step_equals_transformers_and_is_reused(pair) -> None:
     assert pair.ours.__dict__["_lean_compiled_steps"] == {key: step}
 
 
+def test_each_model_compiles_its_own_step(make_pair: Callable) -> None:
+    """Dynamo's recompile limit counts per code object; every model gets its own, so a second
+    model is compiled too instead of silently running eagerly once the limit is spent."""
+    first, second = make_pair(**SIZES, seed=1), make_pair(**SIZES, seed=2)
+    input_ids, mask = left_padded((5, 3))
+    options = {**GREEDY, "compile_config": transformers.CompileConfig(fullgraph=True)}
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for pair in (first, second):
+            graphs = counters["stats"]["unique_graphs"]
+            ours = lean_generate(pair.ours, input_ids, mask, **options)
+            assert counters["stats"]["unique_graphs"] == graphs + 1
+            assert torch.equal(ours, pair.theirs.generate(input_ids, attention_mask=mask, **GREEDY))
+
+
 def test_disable_compile_keeps_the_step_eager(pair) -> None:
     input_ids, mask = left_padded()
     options = {

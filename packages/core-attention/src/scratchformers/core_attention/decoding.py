@@ -27,6 +27,7 @@ transformers unchanged.
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any
 
 import torch
@@ -142,8 +143,28 @@ class LeanGenerationMixin(GenerationMixin):
         key = repr(sorted(options.items()))
         compiled = self.__dict__.setdefault("_lean_compiled_steps", {})
         if key not in compiled:
-            compiled[key] = torch.compile(self._lean_decode_step, **options)
+            step = _with_own_code(type(self)._lean_decode_step).__get__(self)
+            compiled[key] = torch.compile(step, **options)
         return compiled[key]
+
+
+def _with_own_code(function: Any) -> Any:
+    """A copy of ``function`` with a code object of its own.
+
+    Dynamo keeps compiled code, and its recompile limit, per code object, and a method has one
+    code object for every instance: without a copy, all models in a process would share one
+    cache, and past ``torch._dynamo.config.recompile_limit`` (model, shape) pairs the next
+    model's step would silently run uncompiled.
+    """
+    copy = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    return copy
 
 
 def _fallback(
