@@ -31,7 +31,7 @@ import types
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, GenerationMixin, StaticCache
+from transformers import CompileConfig, GenerationConfig, GenerationMixin, StaticCache
 from transformers.generation.configuration_utils import GenerationMode
 from transformers.generation.logits_process import LogitsProcessorList
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
@@ -42,8 +42,13 @@ _LEAN_MODES = (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
 # What generate() hands a decoding method for a decoder-only model; anything else (images,
 # token_type_ids, ...) means the model needs transformers' general input preparation.
 _LEAN_MODEL_KWARGS = {"attention_mask", "position_ids", "cache", "use_cache", "logits_to_keep"}
-_OUTPUT_OPTIONS = ("return_dict_in_generate", "output_scores", "output_logits")
-_OUTPUT_OPTIONS += ("output_attentions", "output_hidden_states")
+_OUTPUT_OPTIONS = (
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "output_attentions",
+    "output_hidden_states",
+)
 
 
 def compile_options(compile_config: Any, device: torch.device) -> dict[str, Any]:
@@ -72,7 +77,8 @@ def _should_compile(model: GenerationMixin, generation_config: GenerationConfig)
 
 
 def _sharded(model: GenerationMixin) -> bool:
-    """Whether generate() would synchronise processes each step (ZeRO-3 or FSDP over several)."""
+    """Whether this runs in a process group, where generate() may have to keep processes in
+    step (ZeRO-3, FSDP); the lean loop cannot, so it leaves every multi-process call alone."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     return torch.distributed.get_world_size() > 1
@@ -137,8 +143,6 @@ class LeanGenerationMixin(GenerationMixin):
         repeated ``generate()`` calls reuse the compiled code)."""
         if not _should_compile(self, generation_config):
             return self._lean_decode_step
-        from transformers import CompileConfig
-
         options = compile_options(generation_config.compile_config or CompileConfig(), self.device)
         key = repr(sorted(options.items()))
         compiled = self.__dict__.setdefault("_lean_compiled_steps", {})
@@ -156,37 +160,15 @@ def _with_own_code(function: Any) -> Any:
     cache, and past ``torch._dynamo.config.recompile_limit`` (model, shape) pairs the next
     model's step would silently run uncompiled.
     """
-    copy = types.FunctionType(
+    clone = types.FunctionType(
         function.__code__.replace(),
         function.__globals__,
         function.__name__,
         function.__defaults__,
         function.__closure__,
     )
-    copy.__kwdefaults__ = function.__kwdefaults__
-    return copy
-
-
-def _fallback(
-    model: GenerationMixin,
-    input_ids: torch.Tensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    synced_gpus: bool,
-    streamer: Any,
-    model_kwargs: dict[str, Any],
-) -> Any:
-    return GenerationMixin._sample(
-        model,
-        input_ids,
-        logits_processor=logits_processor,
-        stopping_criteria=stopping_criteria,
-        generation_config=generation_config,
-        synced_gpus=synced_gpus,
-        streamer=streamer,
-        **model_kwargs,
-    )
+    clone.__kwdefaults__ = function.__kwdefaults__
+    return clone
 
 
 @torch.no_grad()
@@ -210,20 +192,21 @@ def lean_sample(
     covered = (
         isinstance(cache, StaticCache)
         and not synced_gpus
+        and streamer is None
         and model_kwargs.get("use_cache", True)
         and set(model_kwargs) <= _LEAN_MODEL_KWARGS
         and not any(getattr(generation_config, name, False) for name in _OUTPUT_OPTIONS)
     )
     if not covered:
-        return _fallback(
+        return GenerationMixin._sample(
             model,
             input_ids,
-            logits_processor,
-            stopping_criteria,
-            generation_config,
-            synced_gpus,
-            streamer,
-            model_kwargs,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
+            generation_config=generation_config,
+            synced_gpus=synced_gpus,
+            streamer=streamer,
+            **model_kwargs,
         )
 
     batch_size, prompt_length = input_ids.shape
