@@ -1,21 +1,21 @@
 """BasicFormer: one readable transformer that is an encoder, a decoder, or both.
 
 Reading order: the MLP, one layer (self attention, optional cross attention, MLP, each a
-residual sub-layer), a stack of layers with its positions and masks, then the Hugging Face
-models: the bare ``BasicFormerModel`` and the three task models. Attention, masks, positions
-and the KV cache all come from ``scratchformers.core_attention``; nothing here writes its own
-attention math.
+residual sub-layer), the encoder and decoder stacks with their positions and masks, then the
+Hugging Face models: the bare ``BasicFormerModel`` and the three task models. Attention, masks,
+positions and the KV cache come from ``scratchformers.core_attention``; ``output_hidden_states``,
+``output_attentions`` and ``return_dict`` from transformers' own output machinery. Nothing here
+writes its own attention math or output plumbing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -26,18 +26,20 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    TokenEmbedding,
     activation,
-    build_attention_mask,
-    cache_lengths,
     create_masks_for_generate,
-    position_ids_from_padding_mask,
-    sinusoidal_position_embedding,
+    cross_attention_mask,
+    prepare_attention_inputs,
 )
 
 from .configuration import BasicFormerConfig
@@ -98,8 +100,8 @@ def make_norm(config: BasicFormerConfig) -> nn.LayerNorm | nn.RMSNorm:
 class BasicFormerLayer(GradientCheckpointingLayer):
     """Self attention, then (in a decoder with an encoder) cross attention, then the MLP.
 
-    Each of the three is a residual sub-layer. Pre-norm: ``x + f(norm(x))``; post-norm:
-    ``norm(x + f(x))``.
+    Each is a residual sub-layer. Pre-norm normalises a sub-layer's input, ``x + f(norm(x))``;
+    post-norm (the original Transformer, BERT) normalises after the addition, ``norm(x + f(x))``.
     """
 
     def __init__(
@@ -115,19 +117,6 @@ class BasicFormerLayer(GradientCheckpointingLayer):
         self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def residual(
-        self,
-        norm: nn.LayerNorm | nn.RMSNorm,
-        sublayer: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
-        hidden_states: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Apply one sub-layer with its residual connection and its norm."""
-        if self.pre_norm:
-            output, probabilities = sublayer(norm(hidden_states))
-            return hidden_states + self.dropout(output), probabilities
-        output, probabilities = sublayer(hidden_states)
-        return norm(hidden_states + self.dropout(output)), probabilities
-
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -136,71 +125,88 @@ class BasicFormerLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns the new hidden states and the self- and cross-attention probabilities
-        (``None`` unless the backend is eager)."""
-        hidden_states, self_probabilities = self.residual(
-            self.self_attn_norm,
-            lambda x: self.self_attn(
-                x, attention_mask, position_embeddings=position_embeddings, cache=cache
-            ),
-            hidden_states,
-        )
-        cross_probabilities = None
-        if self.cross_attn is not None:
-            hidden_states, cross_probabilities = self.residual(
-                self.cross_attn_norm,
-                lambda x: self.cross_attn(
-                    x, encoder_attention_mask, key_value_states=encoder_hidden_states, cache=cache
-                ),
-                hidden_states,
-            )
-        hidden_states, _ = self.residual(
-            self.mlp_norm, lambda x: (self.mlp(x), None), hidden_states
-        )
-        return hidden_states, self_probabilities, cross_probabilities
+        **kwargs: object,
+    ) -> torch.Tensor:
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            mask, rotary = attention_mask, position_embeddings
+            return self.self_attn(x, mask, position_embeddings=rotary, cache=cache, **kwargs)[0]
+
+        def attend_to_encoder(x: torch.Tensor) -> torch.Tensor:
+            mask, encoder = encoder_attention_mask, encoder_hidden_states
+            return self.cross_attn(x, mask, key_value_states=encoder, cache=cache, **kwargs)[0]
+
+        x, cross = hidden_states, self.cross_attn is not None
+        if self.pre_norm:
+            x = x + self.dropout(attend(self.self_attn_norm(x)))
+            if cross:
+                x = x + self.dropout(attend_to_encoder(self.cross_attn_norm(x)))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+        x = self.self_attn_norm(x + self.dropout(attend(x)))
+        if cross:
+            x = self.cross_attn_norm(x + self.dropout(attend_to_encoder(x)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
 
 
-class BasicFormerStack(nn.Module):
-    """A stack of layers with its positions: an encoder, or a (causal) decoder.
+class BasicFormerPreTrainedModel(PreTrainedModel):
+    """What every BasicFormer model shares: the config class, weight init, backend support."""
+
+    config_class = BasicFormerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BasicFormerLayer"]
+    # Every backend the core's Attention can call; transformers checks each one's kernels.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Static-cache generation builds its masks with the core's builder, like every forward.
+    create_masks_for_generate = staticmethod(create_masks_for_generate)
+
+
+class BasicFormerStack(BasicFormerPreTrainedModel):
+    """A stack of layers with its positions; :class:`BasicFormerEncoder` (bidirectional) and
+    :class:`BasicFormerDecoder` (causal, optionally attending to an encoder) are its two kinds.
 
     The stack that reads token ids owns the token embedding (``embed_tokens``). In an
     encoder-decoder the encoder owns it and the decoder receives embeddings made with it, so the
     shared table is stored once.
     """
 
+    causal: ClassVar[bool]
+
     def __init__(
         self,
         config: BasicFormerConfig,
         *,
-        causal: bool,
         cross_attention: bool = False,
         owns_token_embedding: bool = True,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.causal = causal
+        super().__init__(config)
         self.cross_attention = cross_attention
+        width, kind = config.hidden_size, config.position_embedding_type
         self.embed_tokens = (
-            nn.Embedding(config.vocab_size, config.hidden_size) if owns_token_embedding else None
+            TokenEmbedding(config.vocab_size, width) if owns_token_embedding else None
         )
-        kind = config.position_embedding_type
-        self.embed_positions = (
-            LearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
-            if kind == "learned"
-            else None
-        )
+        self.embed_positions = None
+        if kind == "learned":
+            self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, width)
+        elif kind == "sinusoidal":
+            self.embed_positions = SinusoidalPositionalEmbedding(width)
         self.rotary = (
             RotaryEmbedding(config.head_dim, base=config.rope_theta) if kind == "rotary" else None
         )
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            BasicFormerLayer(config, i, causal=causal, cross_attention=cross_attention)
+            BasicFormerLayer(config, i, causal=self.causal, cross_attention=cross_attention)
             for i in range(config.num_hidden_layers)
         )
         # Pre-norm leaves the residual stream un-normalised, so the stack ends with a norm.
         self.final_norm = make_norm(config) if config.norm_position == "pre" else None
+        self.post_init()
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -210,100 +216,46 @@ class BasicFormerStack(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        use_cache: bool | None = None,
         **kwargs: object,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+    ) -> BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions:
         """Run the stack. ``attention_mask`` is the 2D padding mask (1 = token, 0 = padding)
         over the cached and the new tokens, or a prepared 4D mask."""
         inputs_embeds = self._embed(input_ids, inputs_embeds)
-        batch, length = inputs_embeds.shape[:2]
         if self.cross_attention and encoder_hidden_states is None and not _has_cross_cache(cache):
             raise ValueError(
                 "this decoder has cross attention: pass encoder_hidden_states (the encoder output)"
             )
-        implementation = self.config._attn_implementation
-        if output_attentions and implementation not in ("eager", None):
-            raise ValueError(
-                f"output_attentions needs the eager backend, but attn_implementation="
-                f"{implementation!r}; load the model with attn_implementation='eager' or call "
-                "model.set_attn_implementation('eager')"
-            )
-
-        past_length, key_length = cache_lengths(cache, length)
-        padding_mask = (
-            attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        cache = self._cache(cache, use_cache)
+        position_ids, mask = prepare_attention_inputs(
+            self.config, inputs_embeds, attention_mask, cache, position_ids, causal=self.causal
         )
-        if position_ids is None:
-            position_ids = position_ids_from_padding_mask(
-                padding_mask, length, past_length, device=inputs_embeds.device
-            )
+        cross_mask = cross_attention_mask(self.config, inputs_embeds, encoder_attention_mask)
 
         hidden_states = inputs_embeds
         if self.embed_positions is not None:
-            hidden_states = hidden_states + self.embed_positions(position_ids)
-        elif self.config.position_embedding_type == "sinusoidal":
-            hidden_states = hidden_states + sinusoidal_position_embedding(
-                position_ids, self.config.hidden_size, dtype=hidden_states.dtype
+            hidden_states = hidden_states + self.embed_positions(position_ids).to(
+                inputs_embeds.dtype
             )
-        rotary = self.rotary(position_ids, hidden_states.dtype) if self.rotary is not None else None
+        rotary = self.rotary(position_ids, inputs_embeds.dtype) if self.rotary is not None else None
         hidden_states = self.dropout(hidden_states)
-
-        mask_options = {
-            "batch_size": batch,
-            "query_length": length,
-            "device": hidden_states.device,
-            "attn_implementation": implementation,
-            "dtype": hidden_states.dtype,
-        }
-        self_mask = build_attention_mask(
-            attention_mask,
-            key_length=key_length,
-            causal=self.causal,
-            past_length=past_length,
-            **mask_options,
-        )
-        cross_mask = None
-        if self.cross_attention and encoder_attention_mask is not None:
-            cross_mask = build_attention_mask(
-                encoder_attention_mask,
-                key_length=encoder_attention_mask.shape[-1],
-                causal=False,
-                **mask_options,
-            )
-
-        all_hidden_states: list[torch.Tensor] = []
-        all_attentions: list[torch.Tensor | None] = []
-        all_cross_attentions: list[torch.Tensor | None] = []
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states, self_probabilities, cross_probabilities = layer(
+            hidden_states = layer(
                 hidden_states,
-                self_mask,
+                mask,
                 rotary,
                 encoder_hidden_states,
                 cross_mask,
                 cache=cache,
+                **kwargs,
             )
-            all_attentions.append(self_probabilities)
-            all_cross_attentions.append(cross_probabilities)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-
-        output = BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states,
-            cache=cache,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            cross_attentions=(
-                tuple(all_cross_attentions) if output_attentions and self.cross_attention else None
-            ),
+        if not self.causal:
+            return BaseModelOutput(last_hidden_state=hidden_states)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states, cache=cache
         )
-        return output if return_dict else output.to_tuple()
 
     def _embed(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None
@@ -314,11 +266,36 @@ class BasicFormerStack(nn.Module):
             return inputs_embeds
         if self.embed_tokens is None:
             raise ValueError("this stack has no token embedding of its own: pass inputs_embeds")
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}"
-            )
         return self.embed_tokens(input_ids)
+
+    def _cache(self, cache: Cache | None, use_cache: bool | None) -> Cache | None:
+        """The KV cache this call fills: none for an encoder or without ``use_cache``."""
+        if not (self.causal and use_cache):
+            return None
+        if cache is not None:
+            return cache
+        if self.cross_attention:
+            return EncoderDecoderCache(DynamicCache(), DynamicCache())
+        return DynamicCache()
+
+
+class BasicFormerEncoder(BasicFormerStack):
+    """The bidirectional stack: every token sees every other (padding aside)."""
+
+    causal = False
+    _can_record_outputs = {"hidden_states": BasicFormerLayer, "attentions": Attention}
+
+
+class BasicFormerDecoder(BasicFormerStack):
+    """The causal stack, with cross attention over an encoder's output when built with it."""
+
+    causal = True
+    # Self and cross attention are the same class: the recorder tells them apart by name.
+    _can_record_outputs = {
+        "hidden_states": BasicFormerLayer,
+        "attentions": OutputRecorder(Attention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(Attention, index=1, layer_name="cross_attn"),
+    }
 
 
 def _has_cross_cache(cache: Cache | None) -> bool:
@@ -336,23 +313,10 @@ def shift_tokens_right(
     return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
 
 
-class BasicFormerPreTrainedModel(PreTrainedModel):
-    """What every BasicFormer model shares: the config class, weight init, backend support."""
-
-    config_class = BasicFormerConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["BasicFormerLayer"]
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    # Static-cache generation builds its masks with the core's builder, like every forward.
-    create_masks_for_generate = staticmethod(create_masks_for_generate)
-
-
 class BasicFormerModel(BasicFormerPreTrainedModel):
     """A whole BasicFormer without a task head, in the mode its config names.
 
-    * encoder (default): ``self.encoder``, bidirectional; returns ``BaseModelOutput``-like output;
+    * encoder (default): ``self.encoder``, bidirectional; returns ``BaseModelOutput``;
     * decoder (``is_decoder``): ``self.decoder``, causal, with cross attention over
       ``encoder_hidden_states`` when ``add_cross_attention``;
     * encoder-decoder (``is_encoder_decoder``): both, the decoder attending to the encoder;
@@ -365,11 +329,10 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
         self.encoder = None
         self.decoder = None
         if not config.is_decoder:
-            self.encoder = BasicFormerStack(config, causal=False)
+            self.encoder = BasicFormerEncoder(config)
         if config.is_decoder or config.is_encoder_decoder:
-            self.decoder = BasicFormerStack(
+            self.decoder = BasicFormerDecoder(
                 config,
-                causal=True,
                 cross_attention=config.is_encoder_decoder or config.add_cross_attention,
                 owns_token_embedding=not config.is_encoder_decoder,
             )
@@ -381,9 +344,10 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         (self.encoder or self.decoder).embed_tokens = value
 
-    def get_encoder(self, modality: str | None = None) -> BasicFormerStack | None:
+    def get_encoder(self, modality: str | None = None) -> BasicFormerEncoder | None:
         return self.encoder
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -399,63 +363,28 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs: object,
-    ) -> BaseModelOutputWithPastAndCrossAttentions | Seq2SeqModelOutput | tuple:
+    ) -> BaseModelOutput | BaseModelOutputWithPastAndCrossAttentions | Seq2SeqModelOutput:
         """Encoder and decoder-only modes read ``input_ids``/``attention_mask``/``position_ids``;
         the encoder-decoder mode reads those for the encoder (or takes ``encoder_outputs``) and the
         ``decoder_*`` ones for the decoder. ``encoder_hidden_states``/``encoder_attention_mask``
         feed a decoder-only model's cross attention."""
-        config = self.config
-        output_attentions = (
-            config.output_attentions if output_attentions is None else output_attentions
-        )
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = config.return_dict if return_dict is None else return_dict
-        is_generating_decoder = self.decoder is not None
-        use_cache = (config.use_cache if use_cache is None else use_cache) and is_generating_decoder
-        if use_cache and cache is None:
-            cache = (
-                EncoderDecoderCache(DynamicCache(), DynamicCache())
-                if self.decoder.cross_attention
-                else DynamicCache()
-            )
-        if not use_cache:
-            cache = None
-        flags = {
-            "output_attentions": output_attentions,
-            "output_hidden_states": output_hidden_states,
-            "return_dict": True,
-        }
-
-        if not config.is_encoder_decoder:
-            stack = self.encoder or self.decoder
-            output = stack(
-                input_ids,
-                attention_mask,
-                position_ids,
-                inputs_embeds,
+        inputs = (input_ids, attention_mask, position_ids, inputs_embeds)
+        if not self.config.is_encoder_decoder and self.encoder is not None:
+            return self.encoder(*inputs, return_dict=True, **kwargs)
+        if not self.config.is_encoder_decoder:
+            return self.decoder(
+                *inputs,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,
                 cache=cache,
-                **flags,
+                use_cache=use_cache,
+                return_dict=True,
+                **kwargs,
             )
-            if self.encoder is not None:
-                output = BaseModelOutput(
-                    last_hidden_state=output.last_hidden_state,
-                    hidden_states=output.hidden_states,
-                    attentions=output.attentions,
-                )
-            return output if return_dict else output.to_tuple()
 
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(
-                input_ids, attention_mask, position_ids, inputs_embeds, **flags
-            )
+            encoder_outputs = self.encoder(*inputs, return_dict=True, **kwargs)
         elif isinstance(encoder_outputs, tuple):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
         if decoder_inputs_embeds is None:
@@ -471,9 +400,11 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
             cache=cache,
-            **flags,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
         )
-        output = Seq2SeqModelOutput(
+        return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
             cache=decoder_outputs.cache,
             decoder_hidden_states=decoder_outputs.hidden_states,
@@ -483,7 +414,6 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _set_mode(
@@ -515,6 +445,7 @@ class BasicFormerForMaskedLM(BasicFormerPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -522,32 +453,22 @@ class BasicFormerForMaskedLM(BasicFormerPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs: object,
-    ) -> MaskedLMOutput | tuple:
+    ) -> MaskedLMOutput:
         """``labels``: the token to predict at each position, -100 where nothing is predicted."""
         outputs = self.model(
-            input_ids,
-            attention_mask,
-            position_ids,
-            inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            input_ids, attention_mask, position_ids, inputs_embeds, return_dict=True, **kwargs
         )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = ForMaskedLMLoss(logits, labels, self.config.vocab_size, **_loss_kwargs(kwargs))
-        output = MaskedLMOutput(
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
@@ -562,6 +483,7 @@ class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -571,12 +493,9 @@ class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: object,
-    ) -> CausalLMOutputWithCrossAttentions | tuple:
+    ) -> CausalLMOutputWithCrossAttentions:
         """``labels`` are the input ids themselves (-100 to ignore a position); the shift that
         makes position ``t`` predict token ``t + 1`` happens inside."""
         outputs = self.model(
@@ -586,23 +505,20 @@ class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
             inputs_embeds,
             cache=cache,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            loss = ForCausalLMLoss(logits, labels, self.config.vocab_size, **_loss_kwargs(kwargs))
-        output = CausalLMOutputWithCrossAttentions(
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithCrossAttentions(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
 
 
 class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
@@ -615,11 +531,14 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = BasicFormerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # The decoder already reads the labels shifted right, so logits and labels line up.
+        self.loss_type = "ForMaskedLM"
         self.post_init()
 
-    def get_encoder(self, modality: str | None = None) -> BasicFormerStack:
+    def get_encoder(self, modality: str | None = None) -> BasicFormerEncoder:
         return self.model.encoder
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -632,12 +551,9 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: object,
-    ) -> Seq2SeqLMOutput | tuple:
+    ) -> Seq2SeqLMOutput:
         """``labels`` are the target ids (-100 to ignore); without ``decoder_input_ids`` the
         decoder reads them shifted right (teacher forcing)."""
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
@@ -654,16 +570,14 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
             encoder_outputs=encoder_outputs,
             cache=cache,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            loss = ForMaskedLMLoss(logits, labels, self.config.vocab_size, **_loss_kwargs(kwargs))
-        output = Seq2SeqLMOutput(
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
@@ -674,17 +588,3 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
         )
-        return output if _return_dict(self.config, return_dict) else output.to_tuple()
-
-
-def _return_dict(config: BasicFormerConfig, return_dict: bool | None) -> bool:
-    return config.return_dict if return_dict is None else return_dict
-
-
-def _loss_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
-    # Trainers pass the token count of the whole accumulated batch, for an exact mean.
-    return (
-        {"num_items_in_batch": kwargs["num_items_in_batch"]}
-        if "num_items_in_batch" in kwargs
-        else {}
-    )

@@ -128,7 +128,9 @@ class Attention(nn.Module):
             cache: a transformers ``Cache``; an ``EncoderDecoderCache`` in encoder-decoder
                 models. Self-attention keys/values are appended to it; cross-attention ones
                 are stored once and reused.
-            **kwargs: passed to the attention function (e.g. ``output_attentions``).
+            **kwargs: passed to the attention function. With ``output_attentions=True`` (or the
+                config's ``output_attentions``), a backend that returns no probabilities is an
+                error rather than an empty result.
 
         Returns:
             ``(output, probabilities)``: output ``(batch, queries, hidden_size)``, and the
@@ -164,8 +166,22 @@ class Attention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
+        if probabilities is None and self._probabilities_requested(kwargs):
+            raise ValueError(
+                f"output_attentions needs the eager backend, but attn_implementation="
+                f"{self.attn_implementation!r} returns no attention probabilities; load the model "
+                "with attn_implementation='eager' or call model.set_attn_implementation('eager')"
+            )
         output = output.reshape(batch, query_length, -1)
         return self.o_proj(output), probabilities
+
+    def _probabilities_requested(self, kwargs: dict[str, object]) -> bool:
+        # Models pass their keyword arguments down to every layer, so a call's
+        # output_attentions arrives here; without one, the config's default applies.
+        requested = kwargs.get("output_attentions")
+        if requested is None:
+            requested = getattr(self.config, "output_attentions", False)
+        return bool(requested)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         """``(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)``."""

@@ -35,25 +35,32 @@ def position_ids_from_padding_mask(
 
 
 class LearnedPositionalEmbedding(nn.Embedding):
-    """One trained vector per position (GPT-2, BERT, ViT's patch positions).
+    """One trained vector per position (GPT-2, BERT, ViT's patch positions, BART).
+
+    ``offset`` reserves that many rows before position 0: BART's and MBART's tables hold
+    ``max_position_embeddings + 2`` rows and look position ``p`` up at row ``p + 2`` (a
+    leftover of fairseq, which numbered positions after the padding index). Keeping the offset
+    here lets such checkpoints load unchanged.
 
     Unlike a bare ``nn.Embedding``, a position past the table raises an error that names the
     limit, instead of an opaque index error (or a device-side assert on a GPU).
     """
 
-    def __init__(self, num_positions: int, embedding_dim: int) -> None:
-        super().__init__(num_positions, embedding_dim)
+    def __init__(self, num_positions: int, embedding_dim: int, offset: int = 0) -> None:
+        super().__init__(num_positions + offset, embedding_dim)
+        self.offset = offset
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        limit = self.num_embeddings - self.offset
         if not torch.compiler.is_compiling() and position_ids.numel() > 0:
             largest = int(position_ids.max())
-            if largest >= self.num_embeddings:
+            if largest >= limit:
                 raise ValueError(
                     f"position {largest} is out of range: this model has max_position_embeddings="
-                    f"{self.num_embeddings}, so sequences (prompt plus generated tokens) must be at "
-                    f"most {self.num_embeddings} tokens long"
+                    f"{limit}, so sequences (prompt plus generated tokens) must be at "
+                    f"most {limit} tokens long"
                 )
-        return super().forward(position_ids)
+        return super().forward(position_ids + self.offset if self.offset else position_ids)
 
 
 def sinusoidal_position_embedding(

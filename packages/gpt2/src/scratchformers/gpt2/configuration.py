@@ -5,6 +5,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import GPT2Config as TransformersGPT2Config
 
+from scratchformers.core_attention import check_config
+
 UNSUPPORTED = {"add_cross_attention": "GPT-2 with cross attention (use scratchformers-encdec)"}
 
 
@@ -29,8 +31,7 @@ class GPT2Config(TransformersGPT2Config):
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the field for a config this GPT-2 cannot honour."""
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        check_config(self)
         for field, what in UNSUPPORTED.items():
             if getattr(self, field, False):
                 raise ValueError(f"{field}=True is not supported: {what}")

@@ -15,20 +15,20 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
+    TokenEmbedding,
     activation,
-    build_attention_mask,
-    cache_lengths,
     create_masks_for_generate,
-    position_ids_from_padding_mask,
+    prepare_attention_inputs,
 )
 
 from .configuration import GPT2Config
@@ -75,11 +75,12 @@ class GPT2Block(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, probabilities = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache)
+        **kwargs: object,
+    ) -> torch.Tensor:
+        attended, _ = self.attn(self.ln_1(hidden_states), attention_mask, cache=cache, **kwargs)
         hidden_states = hidden_states + self.resid_dropout(attended)
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
-        return hidden_states, probabilities
+        return hidden_states
 
 
 class GPT2PreTrainedModel(PreTrainedModel):
@@ -87,9 +88,14 @@ class GPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPT2Block"]
+    # Every backend the core's Attention can call; transformers checks each one's kernels.
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # output_hidden_states / output_attentions are recorded by transformers' hooks.
+    _can_record_outputs = {"hidden_states": GPT2Block, "attentions": Attention}
     create_masks_for_generate = staticmethod(create_masks_for_generate)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -115,7 +121,7 @@ class GPT2Model(GPT2PreTrainedModel):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__(config)
         config.check()
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = TokenEmbedding(config.vocab_size, config.n_embd)
         self.wpe = LearnedPositionalEmbedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layer))
@@ -128,6 +134,8 @@ class GPT2Model(GPT2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
 
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -136,73 +144,25 @@ class GPT2Model(GPT2PreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs: object,
-    ) -> BaseModelOutputWithPast | tuple:
-        config = self.config
+    ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        output_attentions = (
-            config.output_attentions if output_attentions is None else output_attentions
-        )
-        if output_attentions and config._attn_implementation not in ("eager", None):
-            raise ValueError(
-                "output_attentions needs attn_implementation='eager' "
-                "(model.set_attn_implementation('eager'))"
-            )
-        output_hidden_states = (
-            config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        use_cache = config.use_cache if use_cache is None else use_cache
-        if use_cache and cache is None:
-            cache = DynamicCache(config=config)
         if not use_cache:
             cache = None
-
-        batch, length = inputs_embeds.shape[:2]
-        past_length, key_length = cache_lengths(cache, length)
-        if position_ids is None:
-            padding = (
-                attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-            )
-            position_ids = position_ids_from_padding_mask(
-                padding, length, past_length, device=inputs_embeds.device
-            )
-        mask = build_attention_mask(
-            attention_mask,
-            batch_size=batch,
-            query_length=length,
-            key_length=key_length,
-            causal=True,
-            past_length=past_length,
-            device=inputs_embeds.device,
-            attn_implementation=config._attn_implementation,
-            dtype=inputs_embeds.dtype,
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
+        position_ids, mask = prepare_attention_inputs(
+            self.config, inputs_embeds, attention_mask, cache, position_ids, causal=True
         )
+
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
-
-        all_hidden_states, all_attentions = [], []
         for block in self.h:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            hidden_states, probabilities = block(hidden_states, mask, cache=cache)
-            all_attentions.append(probabilities)
+            hidden_states = block(hidden_states, mask, cache=cache, **kwargs)
         hidden_states = self.ln_f(hidden_states)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            cache=cache,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-        )
-        return_dict = config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
@@ -214,8 +174,10 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
         super().__init__(config)
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.loss_type = "ForCausalLM"  # transformers' shifted next-token loss
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -225,12 +187,9 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: object,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (-100 to ignore); the shift happens inside."""
         outputs = self.transformer(
             input_ids,
@@ -239,21 +198,17 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
             cache,
             inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            extra = {k: kwargs[k] for k in ("num_items_in_batch",) if k in kwargs}
-            loss = ForCausalLMLoss(logits, labels, self.config.vocab_size, **extra)
-        output = CausalLMOutputWithPast(
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
