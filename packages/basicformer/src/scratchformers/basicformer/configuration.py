@@ -6,6 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from scratchformers.core_attention import check_config
+
 POSITION_EMBEDDING_TYPES = ("none", "learned", "sinusoidal", "rotary")
 NORM_POSITIONS = ("pre", "post")
 NORM_TYPES = ("layernorm", "rmsnorm")
@@ -107,20 +109,7 @@ class BasicFormerConfig(PreTrainedConfig):
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the field if the config cannot build a model."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                f"{self.num_attention_heads}; change one of them or set head_dim"
-            )
-        kv_heads = self.num_key_value_heads or self.num_attention_heads
-        if kv_heads < 1 or self.num_attention_heads % kv_heads:
-            raise ValueError(
-                f"num_key_value_heads={self.num_key_value_heads} must divide "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
+        check_config(self)
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(
                 f"position_embedding_type={self.position_embedding_type!r} is not one of "
@@ -150,6 +139,3 @@ class BasicFormerConfig(PreTrainedConfig):
                 "add_cross_attention=True needs is_decoder=True: only a decoder attends to an "
                 "encoder (an encoder-decoder model has cross attention already)"
             )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

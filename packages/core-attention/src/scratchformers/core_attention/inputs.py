@@ -71,18 +71,18 @@ def check_config(config: PreTrainedConfig) -> None:
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ValueError(f"{_field_name(config, name)} must be at least 1, got {value}")
     heads = getattr(config, "num_attention_heads", None)
-    kv_heads = getattr(config, "num_key_value_heads", None)
-    if heads and kv_heads and heads % kv_heads:
-        raise ValueError(
-            f"{_field_name(config, 'num_key_value_heads')}={kv_heads} must divide "
-            f"{_field_name(config, 'num_attention_heads')}={heads}"
-        )
     width = getattr(config, "hidden_size", None)
     if heads and width and getattr(config, "head_dim", None) is None and width % heads:
         raise ValueError(
             f"{_field_name(config, 'hidden_size')}={width} is not divisible by "
             f"{_field_name(config, 'num_attention_heads')}={heads}; change one of them"
             + (" or set head_dim" if hasattr(config, "head_dim") else "")
+        )
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if heads and kv_heads and heads % kv_heads:
+        raise ValueError(
+            f"{_field_name(config, 'num_key_value_heads')}={kv_heads} must divide "
+            f"{_field_name(config, 'num_attention_heads')}={heads}"
         )
     for name in _EPSILONS:
         value = getattr(config, name, None)
