@@ -442,7 +442,7 @@ def _flat_hparams(settings: TrainingSettings) -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(
                 {
-                    f"model.{k}": v
+                    f"{key}.{k}": v
                     for k, v in value.items()
                     if isinstance(v, int | float | str | bool)
                 }
