@@ -56,7 +56,7 @@ class ToyClassifier(PreTrainedModel):
         self.linear = torch.nn.Linear(config.features, config.features)
         self.post_init()
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+    def forward(self, features: torch.Tensor) -> SequenceClassifierOutput:
         return SequenceClassifierOutput(logits=self.linear(features))
 
 

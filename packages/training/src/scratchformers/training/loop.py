@@ -7,8 +7,8 @@ on N GPUs, on several machines, or sharded with FSDP, depending only on how it i
 One run: check the settings and the output folder, build the data, the model and the optimizer
 (the recipe's part), then optimizer steps on the recipe's loss with gradient accumulation,
 clipping and a warmup schedule; evaluation with the recipe's metrics, logging and atomic
-checkpoints every N steps; at the end the model saved with
-``save_pretrained`` beside its tokenizer, a model card, metrics and a loss-curve PNG.
+checkpoints every N steps; at the end the model saved with ``save_pretrained`` beside its
+tokenizer, a model card, metrics and a loss-curve PNG.
 """
 
 from __future__ import annotations
