@@ -34,7 +34,7 @@ def test_a_run_learns_and_leaves_everything_a_user_needs(
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 0, **{k: records[0][k] for k in ("eval_loss", "perplexity")}}
     assert [r["step"] for r in records if "loss" in r] == list(range(2, 25, 2))
-    assert all(r["lr"] >= 0 and r["items_per_s"] > 0 for r in records if "loss" in r)
+    assert all(r["lr"] >= 0 and r["tokens_per_s"] > 0 for r in records if "loss" in r)
     assert (output_dir / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((output_dir / "tensorboard").rglob("events.out.tfevents.*"))
     card = (output_dir / "README.md").read_text()

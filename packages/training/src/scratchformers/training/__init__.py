@@ -10,22 +10,36 @@ from .data import (
     split_train_eval,
     train_byte_level_bpe,
 )
-from .loop import Trainer, TrainingError, TrainingResult, parameter_groups, train
-from .recipe import CausalLMRecipe, Preset, Recipe, RecipeData, installed_recipes, load_recipe
+from .distributed import gather_with_gradients
+from .loop import Trainer, TrainingError, TrainingResult, train
+from .recipe import (
+    CausalLMRecipe,
+    EvalResults,
+    Preset,
+    Recipe,
+    RecipeData,
+    SizedDataset,
+    installed_recipes,
+    load_recipe,
+    parameter_groups,
+)
 from .settings import TrainingSettings, parse_settings
 
 __all__ = [
     "CausalLMRecipe",
     "DataError",
+    "EvalResults",
     "Preset",
     "Recipe",
     "RecipeData",
+    "SizedDataset",
     "Trainer",
     "TrainingError",
     "TrainingResult",
     "TrainingSettings",
     "causal_lm_blocks",
     "collate_blocks",
+    "gather_with_gradients",
     "installed_recipes",
     "load_recipe",
     "load_texts",

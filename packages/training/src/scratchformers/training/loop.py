@@ -4,10 +4,11 @@ Accelerate is the distributed engine: the same code runs as one process, as N CP
 on N GPUs, on several machines, or sharded with FSDP, depending only on how it is launched
 (``accelerate launch --config_file ...``). Nothing here talks to ``torch.distributed``.
 
-One run: check the settings and the output folder, build the data and the model (the recipe's
-part), then optimizer steps with gradient accumulation, clipping and a warmup schedule;
-evaluation, logging and atomic checkpoints every N steps; at the end the model saved with
-``save_pretrained`` beside its tokenizer, a model card, metrics and a loss-curve PNG.
+One run: check the settings and the output folder, build the data, the model and the optimizer
+(the recipe's part), then optimizer steps on the recipe's loss with gradient accumulation,
+clipping and a warmup schedule; evaluation with the recipe's metrics, logging and atomic
+checkpoints every N steps; at the end the model saved with ``save_pretrained`` beside its
+tokenizer, a model card, metrics and a loss-curve PNG.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from . import checkpoints
-from .recipe import Recipe, RecipeData
+from .recipe import EvalResults, Recipe, RecipeData
 from .reporting import PLOT_FILE, MetricsLog, plot_losses, write_model_card
 from .settings import TrainingSettings
 
@@ -47,22 +48,6 @@ class TrainingResult:
     final_metrics: dict[str, float]
     samples: list[str]
     wall_time_s: float
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay matrices (linear and embedding weights), never norms or biases.
-
-    A parameter with fewer than two dimensions is a bias or a norm scale; shrinking those
-    toward zero only hurts. Tied parameters appear once.
-    """
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.dim() >= 2 else no_decay).append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -141,9 +126,7 @@ class Trainer:
         with accelerator.main_process_first():
             data = self.recipe.build_data(settings)
         model = self.recipe.build_model(settings, data)
-        optimizer = torch.optim.AdamW(
-            parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
-        )
+        optimizer = self.recipe.build_optimizer(model, settings)
         scheduler = get_scheduler(
             settings.schedule if settings.schedule != "constant" else "constant_with_warmup",
             optimizer,
@@ -169,7 +152,7 @@ class Trainer:
 
         step, first_eval_loss = self._start(model, optimizer)
         if step == 0:
-            first_eval_loss = self._evaluate(model, eval_loader, step)["eval_loss"]
+            first_eval_loss = self._evaluate(model, eval_loader, step).get("eval_loss")
         final_metrics = self._train(
             model, optimizer, scheduler, train_loader, eval_loader, step, first_eval_loss
         )
@@ -179,7 +162,8 @@ class Trainer:
 
     def _eval_loader(self, data: RecipeData) -> DataLoader:
         """Full batches only, each split evenly across the processes, so that the mean of the
-        per-process losses is the mean over the whole held-out set, for any process count."""
+        per-process losses is the mean over the whole held-out set, and the examples evaluated
+        are the same, for any process count. Any map-style dataset with a length works."""
         processes = self.accelerator.num_processes
         batch_size = min(self.settings.batch_size, len(data.eval) // processes * processes)
         if batch_size == 0:
@@ -187,7 +171,7 @@ class Trainer:
                 f"the held-out set has {len(data.eval)} examples, fewer than the {processes} "
                 "processes; use more data"
             )
-        held_out = data.eval.select(range(len(data.eval) // batch_size * batch_size))
+        held_out = Subset(data.eval, range(len(data.eval) // batch_size * batch_size))
         return DataLoader(held_out, batch_size=batch_size, collate_fn=data.collate)
 
     def _start(
@@ -227,6 +211,7 @@ class Trainer:
         first_eval_loss: float | None,
     ) -> dict[str, float]:
         settings, accelerator = self.settings, self.accelerator
+        rate_key = f"{self.recipe.item_unit}_per_s"
         progress = tqdm(
             total=settings.max_steps,
             initial=step,
@@ -249,7 +234,7 @@ class Trainer:
             batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
             for batch in batches:
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = self.recipe.compute_loss(model, batch)
                     mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
                     if not torch.isfinite(mean_loss):
                         self._stop_on_bad_loss(float(mean_loss), step + 1)
@@ -271,13 +256,15 @@ class Trainer:
                         "step": step,
                         "loss": float(torch.stack(window_losses).mean()),
                         "lr": scheduler.get_last_lr()[0],
-                        "items_per_s": window_items / max(elapsed, 1e-9),
+                        rate_key: window_items / max(elapsed, 1e-9),
                     }
                     self._log(record)
                     progress.set_postfix(
-                        loss=f"{record['loss']:.3f}",
-                        lr=f"{record['lr']:.2e}",
-                        tok_s=f"{record['items_per_s']:,.0f}",
+                        {
+                            "loss": f"{record['loss']:.3f}",
+                            "lr": f"{record['lr']:.2e}",
+                            f"{self.recipe.item_unit}/s": f"{record[rate_key]:,.0f}",
+                        }
                     )
                     window_losses, window_items, window_started = [], 0, time.perf_counter()
                 if step % settings.eval_every == 0 or step == settings.max_steps:
@@ -309,16 +296,35 @@ class Trainer:
     def _evaluate(
         self, model: torch.nn.Module, eval_loader: DataLoader, step: int
     ) -> dict[str, float]:
+        """Run the recipe's ``eval_step`` on every held-out batch and log its metrics."""
         model.eval()
-        total, count = 0.0, 0
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        parts: dict[str, list[Any]] = {}
         for batch in eval_loader:
-            loss = model(**batch).loss
-            losses = self.accelerator.gather(loss.detach().reshape(1))
-            total += float(losses.sum())
-            count += losses.numel()
-        metrics = self.recipe.eval_metrics(total / max(count, 1))
+            for key, value in self.recipe.eval_step(model, batch).items():
+                if isinstance(value, torch.Tensor) and value.dim() == 0:
+                    # One batch mean from each process; the batches are full and split evenly,
+                    # so the plain mean of all of them is the mean over the held-out set.
+                    values = self.accelerator.gather(value.detach().reshape(1))
+                    totals[key] = totals.get(key, 0.0) + float(values.sum())
+                    counts[key] = counts.get(key, 0) + values.numel()
+                else:
+                    parts.setdefault(key, []).append(self._gather_examples(value))
+        results = EvalResults(
+            means={key: totals[key] / counts[key] for key in totals},
+            gathered={key: _join(pieces) for key, pieces in parts.items()},
+        )
+        metrics = self.recipe.eval_metrics(results)
         self._log({"step": step, **metrics})
         return metrics
+
+    def _gather_examples(self, value: torch.Tensor | list[Any]) -> torch.Tensor | list[Any]:
+        """Every process's per-example outputs of one batch, kept on the CPU so that the
+        predictions of a large held-out set do not fill the accelerator's memory."""
+        if isinstance(value, torch.Tensor):
+            return self.accelerator.gather_for_metrics(value.detach()).cpu()
+        return self.accelerator.gather_for_metrics(list(value), use_gather_object=True)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.is_main:
@@ -349,7 +355,8 @@ class Trainer:
         )
         samples: list[str] = []
         if self.is_main:
-            data.processor.save_pretrained(output_dir)
+            if data.processor is not None:
+                data.processor.save_pretrained(output_dir)
             unwrapped.eval()
             samples = self.recipe.samples(unwrapped, data)
             summary = {
@@ -357,6 +364,9 @@ class Trainer:
                 "num_processes": accelerator.num_processes,
                 "wall_time_s": wall_time_s,
                 "parameters": sum(p.numel() for p in unwrapped.parameters()),
+                "trainable_parameters": sum(
+                    p.numel() for p in unwrapped.parameters() if p.requires_grad
+                ),
                 "first_eval_loss": first_eval_loss,
                 "final_eval_loss": final_metrics.get("eval_loss"),
                 "final_metrics": final_metrics,
@@ -418,6 +428,13 @@ class Trainer:
         self.accelerator.print(message)
 
 
+def _join(pieces: list[torch.Tensor | list[Any]]) -> torch.Tensor | list[Any]:
+    """One output's per-batch pieces as one tensor (joined on the example dimension) or list."""
+    if isinstance(pieces[0], torch.Tensor):
+        return torch.cat(pieces)
+    return [item for piece in pieces for item in piece]
+
+
 def _flat_hparams(settings: TrainingSettings) -> dict[str, Any]:
     """TensorBoard's hparams take scalars and strings only."""
     flat: dict[str, Any] = {}
@@ -425,7 +442,7 @@ def _flat_hparams(settings: TrainingSettings) -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(
                 {
-                    f"model.{k}": v
+                    f"{key}.{k}": v
                     for k, v in value.items()
                     if isinstance(v, int | float | str | bool)
                 }

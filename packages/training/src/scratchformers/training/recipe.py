@@ -1,19 +1,22 @@
 """Recipes: the model-specific part of a training run, and where they are found.
 
 The loop in :mod:`scratchformers.training.loop` is the same for every model. A recipe says
-what differs: how to build the data (and the tokenizer or processor), the model, the batches,
-and what to show at the end. Each trainable package keeps its recipe in
+what differs: its command-line flags, how to build the data (and the tokenizer or processor),
+the model, the optimizer, the loss, the evaluation metrics, the unit of its throughput, and
+what to show at the end. Every hook but ``build_data`` and ``build_model`` has a default that
+trains a Hugging Face model on its own ``loss``. Each trainable package keeps its recipe in
 ``scratchformers/<package>/train.py`` and announces it with an entry point in the
 ``scratchformers.recipes`` group, so ``scratchformers train --help`` lists what is installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from transformers import PreTrainedModel
@@ -27,8 +30,6 @@ from .data import (
 )
 
 if TYPE_CHECKING:
-    import datasets
-
     from .settings import TrainingSettings
 
 ENTRY_POINT_GROUP = "scratchformers.recipes"
@@ -43,53 +44,125 @@ class Preset:
     model: dict[str, Any]
 
 
+class SizedDataset(Protocol):
+    """A map-style dataset: a ``torch.utils.data.Dataset`` with a length, or a
+    ``datasets.Dataset``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 @dataclass
 class RecipeData:
     """What a recipe's ``build_data`` returns."""
 
-    train: datasets.Dataset
-    eval: datasets.Dataset
-    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
-    processor: Any  # the tokenizer or image processor, saved with the model
+    train: SizedDataset
+    eval: SizedDataset
+    collate: Callable[[list[Any]], dict[str, Any]]
+    processor: Any  # the tokenizer or image processor saved with the model, or None
     description: str  # for the model card: what the data was
+
+
+@dataclass
+class EvalResults:
+    """What ``Recipe.eval_step`` returned over the whole held-out set, from every process.
+
+    ``means`` holds each scalar output (a batch mean such as ``"loss"``) averaged over the
+    batches and processes. ``gathered`` holds each per-example output (a tensor whose first
+    dimension is the batch, or a list such as decoded strings) gathered across the processes
+    with ``accelerator.gather_for_metrics`` and joined over the batches, in held-out order.
+    """
+
+    means: dict[str, float]
+    gathered: dict[str, torch.Tensor | list[Any]]
 
 
 class Recipe:
     """Base class of recipes. Subclasses set ``name``, ``description`` and ``presets`` and
-    implement ``build_data`` and ``build_model``."""
+    implement ``build_data`` and ``build_model``; the other hooks have working defaults."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     presets: ClassVar[dict[str, Preset]]
     default_preset: ClassVar[str] = "tiny"
     auto_class: ClassVar[str] = "AutoModel"  # how users load the result, for the model card
+    item_unit: ClassVar[str] = "examples"  # what count_items counts: the throughput's unit
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the recipe's own flags; their values land in ``settings.recipe_options``,
+        keyed by their ``dest`` (``--mask-ratio`` -> ``"mask_ratio"``), and in run.json."""
 
     def build_data(self, settings: TrainingSettings) -> RecipeData:
+        """The training and held-out sets, how to batch them, and the processor."""
         raise NotImplementedError
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> PreTrainedModel:
+        """The model to train; parameters with ``requires_grad=False`` stay frozen."""
         raise NotImplementedError
 
-    def count_items(self, batch: dict[str, torch.Tensor]) -> int:
-        """How many items (tokens, for language models) a batch holds, for the items/s rate."""
-        return (
-            batch["input_ids"].numel() if "input_ids" in batch else len(next(iter(batch.values())))
+    def build_optimizer(
+        self, model: torch.nn.Module, settings: TrainingSettings
+    ) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters, with weight decay on matrices only."""
+        return torch.optim.AdamW(
+            parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
         )
 
-    def eval_metrics(self, eval_loss: float) -> dict[str, float]:
-        """The recipe's metrics, from the mean evaluation loss."""
-        return {"eval_loss": eval_loss}
+    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """The scalar loss of one batch (this process's share of it); the model's own by
+        default. A loss that needs every process's examples gathers them with
+        :func:`scratchformers.training.gather_with_gradients`."""
+        return model(**batch).loss
+
+    def count_items(self, batch: dict[str, Any]) -> int:
+        """How many ``item_unit`` this process's share of a batch holds, for the throughput:
+        the examples, by default."""
+        return len(next(iter(batch.values())))
+
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """What to keep from one held-out batch: 0-dim tensors (batch means, averaged into
+        ``EvalResults.means``) and per-example tensors or lists (predictions, labels, decoded
+        text, gathered into ``EvalResults.gathered``). Per-example tensors must have the same
+        shape on every process (pad them). Runs under ``torch.no_grad()``. By default only
+        the loss of ``compute_loss``."""
+        return {"loss": self.compute_loss(model, batch)}
+
+    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
+        """The metrics of one evaluation, from everything ``eval_step`` kept; ``eval_loss``
+        is plotted against the training loss."""
+        return {"eval_loss": results.means["loss"]}
 
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
         """A few outputs to print at the end of training (none by default)."""
         return []
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters: decay matrices (linear and embedding
+    weights), never norms or biases.
+
+    A parameter with fewer than two dimensions is a bias or a norm scale; shrinking those
+    toward zero only hurts. Tied parameters appear once; frozen ones (``requires_grad=False``,
+    such as a LoRA base model) not at all.
+    """
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 class CausalLMRecipe(Recipe):
-    """A causal language model on a text corpus: byte-level BPE, fixed-length blocks, and the
-    eval metric perplexity. Model packages subclass it and write ``build_model``."""
+    """A causal language model on a text corpus (``--dataset``, ``--text-column``): byte-level
+    BPE, fixed-length blocks, throughput in tokens, and the eval metric perplexity. Model
+    packages subclass it and write ``build_model``."""
 
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    item_unit: ClassVar[str] = "tokens"
 
     sample_prompts: ClassVar[tuple[str, ...]] = (
         "The return statement",
@@ -97,9 +170,23 @@ class CausalLMRecipe(Recipe):
         "This module provides",
     )
 
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        data = parser.add_argument_group("data")
+        data.add_argument(
+            "--dataset",
+            default=None,
+            help="a local text file or folder, or a Hugging Face dataset id (needs network); "
+            "default: an offline corpus that ships with Python",
+        )
+        data.add_argument(
+            "--text-column",
+            default="text",
+            help="the text column of a Hugging Face dataset (default: text)",
+        )
+
     def build_data(self, settings: TrainingSettings) -> RecipeData:
-        options = settings.model
-        texts = load_texts(settings.dataset, settings.text_column)
+        options, dataset = settings.model, settings.recipe_options["dataset"]
+        texts = load_texts(dataset, settings.recipe_options["text_column"])
         train_texts, eval_texts = split_train_eval(texts)
         tokenizer = train_byte_level_bpe(train_texts, options["vocab_size"])
         block_size = options["block_size"]
@@ -107,9 +194,7 @@ class CausalLMRecipe(Recipe):
         held_out = causal_lm_blocks(eval_texts, tokenizer, block_size)
         if "max_eval_blocks" in options:
             held_out = held_out.select(range(min(len(held_out), options["max_eval_blocks"])))
-        source = (
-            settings.dataset or "pydoc topics and standard-library docstrings (offline default)"
-        )
+        source = dataset or "pydoc topics and standard-library docstrings (offline default)"
         return RecipeData(
             train=train,
             eval=held_out,
@@ -121,7 +206,11 @@ class CausalLMRecipe(Recipe):
             ),
         )
 
-    def eval_metrics(self, eval_loss: float) -> dict[str, float]:
+    def count_items(self, batch: dict[str, Any]) -> int:
+        return batch["input_ids"].numel()
+
+    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
+        eval_loss = results.means["loss"]
         return {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
 
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:

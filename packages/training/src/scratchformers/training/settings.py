@@ -11,6 +11,8 @@ from .recipe import Recipe
 
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+# The TrainingSettings fields that no loop flag sets: a recipe flag may use these names.
+NOT_FLAGS = frozenset({"recipe", "model", "recipe_options"})
 
 
 @dataclass
@@ -35,14 +37,14 @@ class TrainingSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"
-    dataset: str | None = None
-    text_column: str = "text"
     eval_every: int = 50
     save_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: bool = False
     model: dict[str, Any] = field(default_factory=dict)
+    # The values of the recipe's own flags (Recipe.add_arguments), by dest.
+    recipe_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "output_dir": str(self.output_dir)}
@@ -98,17 +100,6 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
         default=None,
         help="where the model, checkpoints, metrics and plot go (default: outputs/<recipe>-<preset>)",
     )
-    add(
-        "--dataset",
-        default=None,
-        help="a local text file or folder, or a Hugging Face dataset id (needs network); "
-        "default: an offline corpus that ships with Python",
-    )
-    add(
-        "--text-column",
-        default="text",
-        help="the text column of a Hugging Face dataset (default: text)",
-    )
     add("--max-steps", type=int, help="optimizer steps" + default("max_steps"))
     add(
         "--batch-size",
@@ -149,28 +140,36 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
         help="log training metrics every N optimizer steps" + default("log_every"),
     )
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    recipe.add_arguments(parser)
     return parser
 
 
 def parse_settings(
     recipe: Recipe, argv: list[str] | None = None, prog: str | None = None
 ) -> TrainingSettings:
-    """Parse the flags; anything not given comes from the preset, then from the defaults."""
+    """Parse the flags; anything not given comes from the preset, then from the defaults.
+
+    Every flag that is not the loop's own belongs to the recipe and lands, default or given,
+    in ``settings.recipe_options``.
+    """
     arguments = vars(build_parser(recipe, prog).parse_args(argv))
     preset = recipe.presets[arguments["preset"]]
-    known = {f.name for f in fields(TrainingSettings)}
-    unknown = set(preset.training) - known
+    loop_flags = {f.name for f in fields(TrainingSettings)} - NOT_FLAGS
+    recipe_options = {k: v for k, v in arguments.items() if k not in loop_flags}
+    unknown = set(preset.training) - loop_flags
     if unknown:
         raise ValueError(
             f"preset {arguments['preset']!r} sets unknown training fields {sorted(unknown)}"
         )
     values = {
         **preset.training,
-        **{k: v for k, v in arguments.items() if v is not None and k in known},
+        **{k: v for k, v in arguments.items() if v is not None and k in loop_flags},
     }
     values["output_dir"] = (
         arguments["output_dir"] or Path("outputs") / f"{recipe.name}-{arguments['preset']}"
     )
-    settings = TrainingSettings(recipe=recipe.name, model=dict(preset.model), **values)
+    settings = TrainingSettings(
+        recipe=recipe.name, model=dict(preset.model), recipe_options=recipe_options, **values
+    )
     settings.check()
     return settings
