@@ -129,6 +129,16 @@ def test_a_config_object(lm_dir: Path, our_class: type, assert_matches: Callable
         THEIRS[our_class].from_pretrained(lm_dir, config=config, output_attentions=True)
 
 
+def test_a_config_path(
+    make_theirs: Callable, lm_dir: Path, tmp_path: Path, assert_matches: Callable
+) -> None:
+    """A config read from elsewhere (here: a wider epsilon), weights from the directory."""
+    make_theirs(layer_norm_epsilon=0.25, **ODD).config.save_pretrained(tmp_path / "config")
+    ours, theirs = load_both(GPT2LMHeadModel, lm_dir, config=str(tmp_path / "config"))
+    assert type(ours.config) is GPT2Config and ours.config.layer_norm_epsilon == 0.25
+    assert_matches(outputs(ours), outputs(theirs))
+
+
 def test_config_fields_as_keywords(lm_dir: Path, our_class: type, assert_matches: Callable) -> None:
     """Keywords naming config fields set them, numerics included."""
     ours, theirs = load_both(our_class, lm_dir, output_hidden_states=True, layer_norm_epsilon=0.3)

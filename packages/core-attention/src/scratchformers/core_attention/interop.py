@@ -68,10 +68,13 @@ class CheckpointConverter:
             them: ``WeightRenaming`` and ``WeightConverter`` (with ``Transpose``, ``Chunk``,
             ...), patterns matched anywhere in a key, so that one list serves files with and
             without the base model's prefix. The export applies them in reverse.
-        config_renames: their config field -> ours, for fields whose names differ.
+        config_renames: their config field -> ours, for fields whose names differ (a
+            subclass overrides ``config_from_transformers`` and ``config_to_transformers``
+            where more than names differ).
         ignore_unexpected: regular expressions for keys of their checkpoints that are not
-            weights (old buffers, say): left out of the loading info, as transformers'
-            ``_keys_to_ignore_on_load_unexpected`` does.
+            weights (old buffers, say): left out of the loading info ``from_pretrained``
+            returns. transformers' load report, logged during the load, still lists them; a
+            model class's ``_keys_to_ignore_on_load_unexpected`` silences that too.
     """
 
     transformers_model_type: str
@@ -123,19 +126,7 @@ def from_pretrained_or_convert(
     fields applied to it (unknown keywords still fail, as in transformers).
     """
     load = super(base_class, cls).from_pretrained
-    if pretrained_model_name_or_path is None:
-        return load(None, *model_args, **kwargs)
-    if isinstance(converters, CheckpointConverter):
-        converters = (converters,)
-    download = {name: kwargs[name] for name in DownloadKwargs.__annotations__ if name in kwargs}
-    try:
-        checkpoint, _ = cls.config_class.get_config_dict(pretrained_model_name_or_path, **download)
-    except OSError:
-        if not isinstance(kwargs.get("config"), PreTrainedConfig):
-            raise
-        checkpoint = {}  # next to a config object, transformers needs no config.json
-    by_type = {converter.transformers_model_type: converter for converter in converters}
-    converter = by_type.get(checkpoint.get("model_type"))
+    converter, checkpoint = _converter_for(cls, pretrained_model_name_or_path, converters, kwargs)
     if converter is None:
         return load(pretrained_model_name_or_path, *model_args, **kwargs)
 
@@ -145,9 +136,9 @@ def from_pretrained_or_convert(
     config = kwargs.pop("config", None)
     if not isinstance(config, PreTrainedConfig):
         if config is not None:
-            checkpoint, _ = cls.config_class.get_config_dict(config, **download)
+            checkpoint, _ = cls.config_class.get_config_dict(config, **_download_kwargs(kwargs))
         config = _config_from_transformers(cls, converter, checkpoint, kwargs)
-    config = copy.deepcopy(config)
+    config = copy.deepcopy(config)  # the caller's config object stays as it was given
     config.model_type = conversion_key(cls, converter)
     register_checkpoint_conversion_mapping(
         config.model_type, list(converter.weight_conversions), overwrite=True
@@ -160,7 +151,7 @@ def from_pretrained_or_convert(
         output_loading_info=True,
         **kwargs,
     )
-    del model.config.model_type  # back to our class's
+    del model.config.model_type  # the key only routed this load: back to our class's
     # transformers would revert the conversions in save_pretrained (its GGUF loader drops them
     # the same way): our saves stay in our layout.
     model._weight_conversions = None
@@ -175,6 +166,35 @@ def from_pretrained_or_convert(
             f"of {cls.__name__}: {missing[:8]}"
         )
     return (model, info) if wants_info else model
+
+
+def _download_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: kwargs[name] for name in DownloadKwargs.__annotations__ if name in kwargs}
+
+
+def _converter_for(
+    cls: type[PreTrainedModel],
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
+    converters: CheckpointConverter | Sequence[CheckpointConverter],
+    kwargs: Mapping[str, Any],
+) -> tuple[CheckpointConverter | None, dict[str, Any]]:
+    """The converter for the checkpoint's layout (``None`` for ours), and its config.json,
+    read as transformers reads it (local, cached or from the hub; ``subfolder``,
+    ``revision``, ...)."""
+    if pretrained_model_name_or_path is None:
+        return None, {}
+    try:
+        checkpoint, _ = cls.config_class.get_config_dict(
+            pretrained_model_name_or_path, **_download_kwargs(kwargs)
+        )
+    except OSError:
+        if not isinstance(kwargs.get("config"), PreTrainedConfig):
+            raise
+        return None, {}  # next to a config object transformers needs no config.json: ours
+    if isinstance(converters, CheckpointConverter):
+        converters = (converters,)
+    by_type = {converter.transformers_model_type: converter for converter in converters}
+    return by_type.get(checkpoint.get("model_type")), checkpoint
 
 
 def _config_from_transformers(
