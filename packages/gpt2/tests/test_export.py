@@ -82,6 +82,16 @@ def test_export_of_our_base_model(
     assert_matches(got, expected, mask, what="hidden state")
 
 
+def test_export_keeps_the_dtype(make_pair: Callable, tmp_path: Path) -> None:
+    """A model cast to bfloat16 exports bfloat16 weights, and a config.json that says so."""
+    model = make_pair(n_embd=40, n_head=5).ours.to(torch.bfloat16)
+    out = export_to_transformers(model, tmp_path)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert {p.dtype for p in theirs.parameters()} == {torch.bfloat16}
+    assert torch.equal(theirs.transformer.wte.weight, model.transformer.wte.weight)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"tie_word_embeddings": False, "n_embd": 40, "n_head": 5, "n_layer": 3}],

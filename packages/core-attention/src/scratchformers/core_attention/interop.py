@@ -254,7 +254,7 @@ def export_checkpoint(
         reverse=True,
     )
     theirs, info = their_class.from_pretrained(
-        None, config=config, state_dict=state, output_loading_info=True
+        None, config=config, state_dict=state, dtype=model.dtype, output_loading_info=True
     )
     if info["missing_keys"] or info["unexpected_keys"]:
         raise ValueError(
