@@ -40,6 +40,8 @@ from .modeling import GPT2LMHeadModel, GPT2Model, GPT2PreTrainedModel
 
 _QKV = ("q_proj", "k_proj", "v_proj")
 
+# Their names and layouts -> ours, applied by transformers' loader while it reads their files
+# (and in reverse by the export). Every pattern matches with or without "transformer.".
 WEIGHT_CONVERSIONS = (
     WeightConverter(
         "attn.c_attn.weight",
@@ -55,6 +57,7 @@ WEIGHT_CONVERSIONS = (
     WeightConverter("mlp.c_proj.weight", "mlp.c_proj.weight", operations=[Transpose(0, 1)]),
 )
 
+# What our GPT-2 mirrors, for from_pretrained and export_to_transformers.
 CONVERTER = CheckpointConverter(
     transformers_model_type="gpt2",
     transformers_classes={
