@@ -45,7 +45,9 @@ def test_export_of_our_model_loads_in_transformers(
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "gpt2"
     assert config["n_inner"] == 56 and config["n_embd"] == 40 and config["n_head"] == 5
-    theirs = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    theirs, info = transformers.GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    theirs.eval()
     assert (
         type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.GPT2LMHeadModel
     )
@@ -68,7 +70,9 @@ def test_export_of_our_base_model(
 ) -> None:
     model = GPT2Model(make_config(initializer_range=0.2)).eval()
     out = export_to_transformers(model, tmp_path)
-    theirs = transformers.GPT2Model.from_pretrained(out).eval()
+    theirs, info = transformers.GPT2Model.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    theirs.eval()
     input_ids, mask, _ = padded_batch()
     with torch.no_grad():
         got = model(input_ids, attention_mask=mask).last_hidden_state
@@ -76,6 +80,16 @@ def test_export_of_our_base_model(
             input_ids, attention_mask=mask, position_ids=their_positions(mask)
         ).last_hidden_state
     assert_matches(got, expected, mask, what="hidden state")
+
+
+def test_export_keeps_the_dtype(make_pair: Callable, tmp_path: Path) -> None:
+    """A model cast to bfloat16 exports bfloat16 weights, and a config.json that says so."""
+    model = make_pair(n_embd=40, n_head=5).ours.to(torch.bfloat16)
+    out = export_to_transformers(model, tmp_path)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(out)
+    assert {p.dtype for p in theirs.parameters()} == {torch.bfloat16}
+    assert torch.equal(theirs.transformer.wte.weight, model.transformer.wte.weight)
 
 
 @pytest.mark.parametrize(
@@ -166,8 +180,8 @@ def test_conversion_maps_every_weight_to_transformers_names(make_pair: Callable)
 def test_state_conversion_round_trips(
     n_embd: int, n_inner: int, n_layer: int, with_prefix: bool
 ) -> None:
-    """For any shapes, ours -> theirs -> ours and theirs -> ours -> theirs are the identity;
-    GPT2Model files (no ``transformer.`` prefix) get the prefix."""
+    """For any shapes, ours -> theirs -> ours and theirs -> ours -> theirs are the identity,
+    with or without the ``transformer.`` prefix (GPT2Model files have none)."""
     generator = torch.Generator().manual_seed(n_embd * 100 + n_inner * 10 + n_layer)
 
     def random(*shape: int) -> torch.Tensor:
@@ -189,26 +203,18 @@ def test_state_conversion_round_trips(
             f"{layer}mlp.c_proj.bias": random(n_embd),
         }
     ours = state_from_transformers(theirs)
-    assert all(name.startswith("transformer.") for name in ours)
-    assert ours["transformer.h.0.mlp.c_fc.weight"].shape == (n_inner, n_embd)
+    assert all(name.startswith(prefix) and "c_attn" not in name for name in ours)
+    assert ours[f"{prefix}h.0.mlp.c_fc.weight"].shape == (n_inner, n_embd)
     assert torch.equal(
-        ours["transformer.h.0.attn.v_proj.bias"],
-        theirs[f"{prefix}h.0.attn.c_attn.bias"][2 * n_embd :],
+        ours[f"{prefix}h.0.attn.v_proj.bias"], theirs[f"{prefix}h.0.attn.c_attn.bias"][2 * n_embd :]
+    )
+    assert torch.equal(
+        ours[f"{prefix}h.0.attn.o_proj.weight"], theirs[f"{prefix}h.0.attn.c_proj.weight"].t()
     )
     back = state_to_transformers(ours)
-    expected = {f"transformer.{k.removeprefix('transformer.')}": v for k, v in theirs.items()}
-    assert back.keys() == expected.keys()
-    for name, tensor in expected.items():
+    assert back.keys() == theirs.keys()
+    for name, tensor in theirs.items():
         assert torch.equal(back[name], tensor), name
     again = state_from_transformers(back)
     assert again.keys() == ours.keys()
     assert all(torch.equal(again[name], tensor) for name, tensor in ours.items())
-
-
-def test_old_checkpoints_causal_mask_buffers_are_dropped() -> None:
-    theirs = {
-        "h.0.attn.bias": torch.ones(1, 1, 4, 4),
-        "h.0.attn.masked_bias": torch.tensor(-1e4),
-        "wte.weight": torch.ones(3, 2),
-    }
-    assert set(state_from_transformers(theirs)) == {"transformer.wte.weight"}

@@ -1,198 +1,266 @@
 """Loading transformers' checkpoints into mirrored models, and writing them back.
 
-Every mirrored package (gpt2, bert-mlm, vit, ...) has the same interop shape:
+Every mirrored package (gpt2, bert, vit, ...) has the same interop shape:
 
 * ``OurModel.from_pretrained(path)`` takes our own directories *and* directories written by
   the matching transformers class (or a hub id of one), converting the latter on load;
 * ``export_to_transformers(model, out_dir)`` writes a directory the transformers class loads.
 
-What differs per architecture is small: the transformers ``model_type`` it mirrors, how its
-config maps to ours, and how parameter names and layouts map. A package states those in a
-:class:`CheckpointConverter`; this module does the rest. Only safetensors are read: a
-checkpoint that has nothing but pickled ``.bin`` weights is refused, never unpickled.
+A package states only what differs, in a :class:`CheckpointConverter`: the transformers
+``model_type`` and classes it mirrors, config fields whose names differ, and the weight renames
+and layout changes, in transformers' own vocabulary (``WeightRenaming``, ``WeightConverter``
+with ``Transpose``, ``Chunk``, ...). Why the rest is built the way it is:
+
+* Both kinds of directory load through transformers' own ``from_pretrained``, so that every
+  one of its arguments (``dtype``, ``device_map``, ``subfolder``, ``revision``, sharded files,
+  ``output_loading_info``, ...) behaves as it does for transformers' classes. For their
+  checkpoints, transformers' loader applies the package's conversions while it reads the
+  tensors; nothing here opens a weight file.
+* The conversions apply to loads of *their* checkpoints only. transformers looks conversions up
+  by ``config.model_type`` and reverts them in ``save_pretrained``: registered under our model
+  type they would write every save of ours in their layout, and transpose the (possibly square)
+  MLP matrices of our own checkpoints on load. So they are registered under a key of their own,
+  ``"<our model_type><-<their model_type>"``, which only the config of a converted load carries,
+  and the loaded model forgets them: our saves stay in our layout.
+* Whose layout a directory holds is read from its config.json (``model_type``), never guessed
+  from tensor names or shapes.
+* From their checkpoints only safetensors are read: pickled ``.bin`` weights are refused, never
+  unpickled. A converted load that leaves a weight unfilled raises, naming it, where
+  transformers would warn and leave random values.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-from huggingface_hub import snapshot_download
-from safetensors.torch import load_file
-from transformers import GenerationConfig, PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightTransform, revert_weight_conversion
+from transformers.utils.hub import DownloadKwargs
 
 StateDict = dict[str, torch.Tensor]
+
+# config.json entries that describe the file rather than the model.
+_BOOKKEEPING = ("model_type", "architectures", "transformers_version", "_name_or_path")
+# from_pretrained() arguments that are config attributes too, but belong to the loader:
+# it sets them on the config itself (dtype="auto" follows the weights).
+_LOADER_OWNED = ("dtype", "torch_dtype")
 
 
 @dataclass(frozen=True)
 class CheckpointConverter:
-    """How one architecture maps between transformers' checkpoints and ours.
+    """How one architecture's checkpoints map between transformers and a mirrored package.
 
     Attributes:
-        transformers_model_type: the ``model_type`` in the config.json of their checkpoints.
-        transformers_model_class: their model class (used by the export).
-        config_from_transformers: their config dict -> our config object.
-        config_to_transformers: our config -> their config object.
-        state_from_transformers: their state dict -> ours (names and layouts).
-        state_to_transformers: ours -> theirs.
+        transformers_model_type: the ``model_type`` in the config.json of their checkpoints;
+            a directory whose config.json says so is converted on load.
+        transformers_classes: our model class -> theirs, for the export (a subclass of ours
+            exports as ours does).
+        weight_conversions: their names and layouts -> ours, as transformers' loader applies
+            them: ``WeightRenaming`` and ``WeightConverter`` (with ``Transpose``, ``Chunk``,
+            ...), patterns matched anywhere in a key, so that one list serves files with and
+            without the base model's prefix. The export applies them in reverse.
+        config_renames: their config field -> ours, for fields whose names differ (a
+            subclass overrides ``config_from_transformers`` and ``config_to_transformers``
+            where more than names differ).
+        ignore_unexpected: regular expressions for keys of their checkpoints that are not
+            weights (old buffers, say): left out of the loading info ``from_pretrained``
+            returns. transformers' load report, logged during the load, still lists them; a
+            model class's ``_keys_to_ignore_on_load_unexpected`` silences that too.
     """
 
     transformers_model_type: str
-    transformers_model_class: type[PreTrainedModel]
-    config_from_transformers: Callable[[dict[str, Any]], PreTrainedConfig]
-    config_to_transformers: Callable[[PreTrainedConfig], PreTrainedConfig]
-    state_from_transformers: Callable[[StateDict], StateDict]
-    state_to_transformers: Callable[[StateDict], StateDict]
+    transformers_classes: Mapping[type[PreTrainedModel], type[PreTrainedModel]]
+    weight_conversions: Sequence[WeightTransform]
+    config_renames: Mapping[str, str] = field(default_factory=dict)
+    ignore_unexpected: Sequence[str] = ()
+
+    def transformers_class(self, model_class: type[PreTrainedModel]) -> type[PreTrainedModel]:
+        """The transformers class that ``model_class`` mirrors."""
+        for klass in model_class.__mro__:
+            if klass in self.transformers_classes:
+                return self.transformers_classes[klass]
+        raise TypeError(f"{model_class.__name__} mirrors no {self.transformers_model_type} class")
+
+    def config_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Their config.json fields -> ours."""
+        return _renamed(config, self.config_renames)
+
+    def config_to_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Our config fields -> theirs."""
+        return _renamed(config, {ours: theirs for theirs, ours in self.config_renames.items()})
 
 
-def checkpoint_dir(name_or_path: str | os.PathLike[str], **hub_kwargs: Any) -> Path:
-    """A local checkpoint directory: ``name_or_path`` itself, or a hub repo fetched (config,
-    safetensors weights and tokenizer files only) into the Hugging Face cache."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{name_or_path} is not a checkpoint directory")
-    allowed = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"]
-    return Path(snapshot_download(str(name_or_path), allow_patterns=allowed, **hub_kwargs))
+def _renamed(config: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    return {renames.get(k, k): v for k, v in config.items() if k not in _BOOKKEEPING}
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json, so it is not a model checkpoint")
-    return json.loads(config_file.read_text())
-
-
-def read_safetensors(directory: Path) -> StateDict:
-    """All weights of a checkpoint directory, from one file or from a sharded index."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(single)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: StateDict = {}
-        for shard in shards:
-            state.update(load_file(directory / shard))
-        return state
-    if list(directory.glob("*.bin")):
-        raise ValueError(
-            f"{directory} holds only pickled .bin weights; scratchformers reads safetensors only "
-            "(convert them with transformers: load the model there and save_pretrained it again)"
-        )
-    raise FileNotFoundError(f"{directory} has no model.safetensors")
-
-
-def is_transformers_checkpoint(directory: Path, converter: CheckpointConverter) -> bool:
-    return read_config(directory).get("model_type") == converter.transformers_model_type
-
-
-# from_pretrained() arguments that only steer transformers' own loader; nothing to do here.
-_LOADER_ONLY = {
-    "low_cpu_mem_usage",
-    "trust_remote_code",
-    "local_files_only",
-    "force_download",
-    "use_safetensors",
-    "_from_auto",
-    "_from_pipeline",
-}
-
-
-def load_transformers_checkpoint(
-    model_class: type[PreTrainedModel],
-    directory: Path,
-    converter: CheckpointConverter,
-    dtype: torch.dtype | str | None = "auto",
-    attn_implementation: str | None = None,
-    device_map: str | torch.device | None = None,
-    **config_overrides: Any,
-) -> PreTrainedModel:
-    """Build ``model_class`` from a transformers checkpoint directory, converting on load.
-
-    As transformers' own ``from_pretrained`` does: the weights keep the dtype they were saved
-    in (``dtype="auto"``, or pass one), ``attn_implementation`` picks the backend,
-    ``device_map`` may name one device, other keywords set config fields, and the checkpoint's
-    ``generation_config.json`` comes along. Every parameter of our model must be filled: a
-    missing or unexpected weight after the conversion raises, naming the weights, rather than
-    leaving random values behind.
-    """
-    config = converter.config_from_transformers(read_config(directory))
-    for name, value in config_overrides.items():
-        if name in _LOADER_ONLY:
-            continue
-        if not hasattr(config, name):
-            raise TypeError(f"from_pretrained() got an unexpected argument {name!r}")
-        setattr(config, name, value)
-    state = converter.state_from_transformers(read_safetensors(directory))
-    if dtype in (None, "auto"):
-        floating = [t.dtype for t in state.values() if t.is_floating_point()]
-        dtype = floating[0] if floating else torch.float32
-    model = model_class(config).to(dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {key for key in missing if _is_tied(model, key)}
-    missing = [key for key in missing if key not in tied]
-    if missing or unexpected:
-        raise ValueError(
-            f"the checkpoint in {directory} does not fit {model_class.__name__}: "
-            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
-        )
-    if (directory / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(directory)
-    if attn_implementation:
-        model.set_attn_implementation(attn_implementation)
-    if isinstance(device_map, str | torch.device) and device_map != "auto":
-        model = model.to(device_map)
-    return model.eval()
+def conversion_key(model_class: type[PreTrainedModel], converter: CheckpointConverter) -> str:
+    """The ``model_type`` under which ``converter``'s conversions are registered with
+    transformers, and which the config of a converted load of ``model_class`` carries."""
+    return f"{model_class.config_class.model_type}<-{converter.transformers_model_type}"
 
 
 def from_pretrained_or_convert(
     cls: type[PreTrainedModel],
     base_class: type[PreTrainedModel],
-    name_or_path: str | os.PathLike[str],
-    converter: CheckpointConverter,
-    *args: Any,
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
+    converters: CheckpointConverter | Sequence[CheckpointConverter],
+    *model_args: Any,
     **kwargs: Any,
-) -> PreTrainedModel:
+) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
     """The ``from_pretrained`` of a mirrored model class ``cls``.
 
-    Our own directories (and hub ids of them) go to transformers' loader as usual
-    (``base_class`` is the class whose ``from_pretrained`` is overridden); a directory of the
-    transformers architecture it mirrors is converted with ``converter``.
+    ``base_class`` is the class whose ``from_pretrained`` calls this (``super()`` of it is
+    transformers'). Our own checkpoints go to transformers' loader untouched; a checkpoint
+    whose config.json has the ``model_type`` of one of ``converters`` goes there too, with
+    that converter's conversions, our config built from theirs, and keywords naming config
+    fields applied to it (unknown keywords still fail, as in transformers).
     """
-    hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
-    directory = checkpoint_dir(name_or_path, **hub_kwargs)
-    if not is_transformers_checkpoint(directory, converter):
-        return super(base_class, cls).from_pretrained(directory, *args, **hub_kwargs, **kwargs)
-    if args:
-        raise TypeError("a transformers checkpoint is converted from keyword arguments only")
-    return load_transformers_checkpoint(cls, directory, converter, **kwargs)
+    load = super(base_class, cls).from_pretrained
+    converter, checkpoint = _converter_for(cls, pretrained_model_name_or_path, converters, kwargs)
+    if converter is None:
+        return load(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError("a transformers checkpoint is converted from safetensors only")
+    kwargs["use_safetensors"] = True  # refuses pickled .bin weights rather than unpickling them
+    config = kwargs.pop("config", None)
+    if not isinstance(config, PreTrainedConfig):
+        if config is not None:
+            checkpoint, _ = cls.config_class.get_config_dict(config, **_download_kwargs(kwargs))
+        config = _config_from_transformers(cls, converter, checkpoint, kwargs)
+    config = copy.deepcopy(config)  # the caller's config object stays as it was given
+    config.model_type = conversion_key(cls, converter)
+    register_checkpoint_conversion_mapping(
+        config.model_type, list(converter.weight_conversions), overwrite=True
+    )
+    wants_info = kwargs.pop("output_loading_info", False)
+    model, info = load(
+        pretrained_model_name_or_path,
+        *model_args,
+        config=config,
+        output_loading_info=True,
+        **kwargs,
+    )
+    del model.config.model_type  # the key only routed this load: back to our class's
+    # transformers would revert the conversions in save_pretrained (its GGUF loader drops them
+    # the same way): our saves stay in our layout.
+    model._weight_conversions = None
+
+    if converter.ignore_unexpected:
+        ignored = re.compile("|".join(converter.ignore_unexpected))
+        info["unexpected_keys"] = {k for k in info["unexpected_keys"] if not ignored.search(k)}
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"the checkpoint {pretrained_model_name_or_path} does not fill {len(missing)} weights "
+            f"of {cls.__name__}: {missing[:8]}"
+        )
+    return (model, info) if wants_info else model
 
 
-def _is_tied(model: PreTrainedModel, key: str) -> bool:
-    # A tied output matrix is the input embedding itself, so the checkpoint holds it once.
-    return key in model.get_expanded_tied_weights_keys(all_submodels=True)
+def _download_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: kwargs[name] for name in DownloadKwargs.__annotations__ if name in kwargs}
+
+
+def _converter_for(
+    cls: type[PreTrainedModel],
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
+    converters: CheckpointConverter | Sequence[CheckpointConverter],
+    kwargs: Mapping[str, Any],
+) -> tuple[CheckpointConverter | None, dict[str, Any]]:
+    """The converter for the checkpoint's layout (``None`` for ours), and its config.json,
+    read as transformers reads it (local, cached or from the hub; ``subfolder``,
+    ``revision``, ...)."""
+    if pretrained_model_name_or_path is None:
+        return None, {}
+    try:
+        checkpoint, _ = cls.config_class.get_config_dict(
+            pretrained_model_name_or_path, **_download_kwargs(kwargs)
+        )
+    except OSError:
+        if not isinstance(kwargs.get("config"), PreTrainedConfig):
+            raise
+        return None, {}  # next to a config object transformers needs no config.json: ours
+    if isinstance(converters, CheckpointConverter):
+        converters = (converters,)
+    by_type = {converter.transformers_model_type: converter for converter in converters}
+    return by_type.get(checkpoint.get("model_type")), checkpoint
+
+
+def _config_from_transformers(
+    cls: type[PreTrainedModel],
+    converter: CheckpointConverter,
+    checkpoint: Mapping[str, Any],
+    kwargs: dict[str, Any],
+) -> PreTrainedConfig:
+    """Our config from their config.json, with the keywords that name config attributes
+    popped from ``kwargs`` and applied, as transformers' ``from_pretrained`` applies them to a
+    config it reads itself. The other keywords stay for the loader (an unknown one fails there,
+    in the model's ``__init__``)."""
+    fields = converter.config_from_transformers(checkpoint)
+    config = cls.config_class.from_dict(fields)
+    overrides = {
+        name: kwargs.pop(name)
+        for name in list(kwargs)
+        if hasattr(config, name) and name not in _LOADER_OWNED
+    }
+    return cls.config_class.from_dict(fields, **overrides) if overrides else config
+
+
+def convert_state_dict(
+    state: Mapping[str, torch.Tensor],
+    weight_conversions: Sequence[WeightTransform],
+    *,
+    reverse: bool = False,
+) -> StateDict:
+    """Apply ``weight_conversions`` (their layout -> ours) to an in-memory state dict, or with
+    ``reverse`` undo them (ours -> theirs), with the function transformers' ``save_pretrained``
+    writes an original layout with."""
+    transforms = copy.deepcopy(list(weight_conversions))
+    if not reverse:
+        # revert_weight_conversion undoes what it is given: give it the undoing of ours.
+        transforms = [transform.reverse_transform() for transform in reversed(transforms)]
+    # It reads nothing from the model but these two attributes.
+    holder = SimpleNamespace(_weight_conversions=transforms, config=None)
+    return revert_weight_conversion(holder, dict(state))
 
 
 def export_checkpoint(
     model: PreTrainedModel, out_dir: str | os.PathLike[str], converter: CheckpointConverter
 ) -> Path:
-    """Write ``model`` as a directory that ``converter.transformers_model_class`` loads."""
-    config = converter.config_to_transformers(model.config)
-    theirs = converter.transformers_model_class(config)
-    state = converter.state_to_transformers(
-        {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    """Write ``model`` as a directory that the transformers class it mirrors loads.
+
+    Their model is built by transformers' loader from our weights, converted back to their
+    layout, and must come out complete: a weight the conversion misses, or one left over,
+    raises rather than being saved at random.
+    """
+    their_class = converter.transformers_class(type(model))
+    config = their_class.config_class.from_dict(
+        converter.config_to_transformers(model.config.to_dict())
     )
-    missing, unexpected = theirs.load_state_dict(state, strict=False)
-    missing = [key for key in missing if not _is_tied(theirs, key)]
-    if missing or unexpected:
-        raise ValueError(f"export failed to fill {missing[:8]}; left over {unexpected[:8]}")
+    state = convert_state_dict(
+        {name: tensor.detach() for name, tensor in model.state_dict().items()},
+        converter.weight_conversions,
+        reverse=True,
+    )
+    theirs, info = their_class.from_pretrained(
+        None, config=config, state_dict=state, dtype=model.dtype, output_loading_info=True
+    )
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ValueError(
+            f"export to {their_class.__name__} failed to fill {sorted(info['missing_keys'])[:8]}; "
+            f"left over {sorted(info['unexpected_keys'])[:8]}"
+        )
     out_dir = Path(out_dir)
     theirs.save_pretrained(out_dir)
     if getattr(model, "generation_config", None) is not None:

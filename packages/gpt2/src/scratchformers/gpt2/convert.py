@@ -1,145 +1,102 @@
-"""transformers' GPT-2 checkpoints <-> ours.
+"""transformers' GPT-2 checkpoints <-> ours: what differs, stated for the shared loader
+(``scratchformers.core_attention.interop``).
 
-Two differences in the weights, both layouts rather than numbers:
+The config is the same, field for field. The weights differ in layout, not in numbers:
 
 * transformers' GPT-2 uses ``Conv1D`` layers, ``y = x @ W + b`` with ``W`` of shape
   ``(in, out)``; ``nn.Linear`` stores ``(out, in)``. Every projection is transposed.
 * q, k and v are one fused ``c_attn`` there (``W`` of shape ``(n_embd, 3 * n_embd)``, columns
-  in the order q, k, v), and ``c_proj`` is the output projection; the shared attention core has
-  ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``.
+  in the order q, k, v), and ``attn.c_proj`` is the output projection; the shared attention
+  core has ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``.
+* Old checkpoints also hold the causal-mask buffers ``attn.bias`` and ``attn.masked_bias``,
+  which are not weights.
 
-Everything else (embeddings, LayerNorms) keeps its name and layout.
+Everything else (embeddings, LayerNorms, the MLP's names) is the same. A ``GPT2Model`` file has
+no ``transformer.`` prefix and no ``lm_head``; transformers' loader adds or strips the prefix.
 """
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GPT2Config as TransformersGPT2Config
-from transformers import GPT2LMHeadModel as TransformersGPT2LMHeadModel
-from transformers import GPT2Model as TransformersGPT2Model
+import transformers
 from transformers import PreTrainedModel
+from transformers.core_model_loading import Chunk, Transpose, WeightConverter, WeightRenaming
 
 from scratchformers.core_attention.interop import (
     CheckpointConverter,
     StateDict,
+    convert_state_dict,
     export_checkpoint,
     from_pretrained_or_convert,
 )
 
 from .configuration import GPT2Config
+from .modeling import GPT2LMHeadModel, GPT2Model, GPT2PreTrainedModel
 
-_NOT_CONFIG = ("model_type", "architectures", "transformers_version", "_name_or_path")
-_LAYER = re.compile(r"^(transformer\.h\.\d+\.)(attn|mlp)\.(c_attn|c_proj|c_fc)\.(weight|bias)$")
+_QKV = ("q_proj", "k_proj", "v_proj")
 
+# Their names and layouts -> ours, applied by transformers' loader while it reads their files
+# (and in reverse by the export). Every pattern matches with or without "transformer.".
+WEIGHT_CONVERSIONS = (
+    WeightConverter(
+        "attn.c_attn.weight",
+        [f"attn.{name}.weight" for name in _QKV],
+        operations=[Transpose(0, 1), Chunk(dim=0)],
+    ),
+    WeightConverter(
+        "attn.c_attn.bias", [f"attn.{name}.bias" for name in _QKV], operations=[Chunk(dim=0)]
+    ),
+    WeightConverter("attn.c_proj.weight", "attn.o_proj.weight", operations=[Transpose(0, 1)]),
+    WeightRenaming("attn.c_proj.bias", "attn.o_proj.bias"),
+    WeightConverter("mlp.c_fc.weight", "mlp.c_fc.weight", operations=[Transpose(0, 1)]),
+    WeightConverter("mlp.c_proj.weight", "mlp.c_proj.weight", operations=[Transpose(0, 1)]),
+)
 
-def config_from_transformers(config: dict[str, Any]) -> GPT2Config:
-    return GPT2Config.from_dict({k: v for k, v in config.items() if k not in _NOT_CONFIG})
-
-
-def config_to_transformers(config: GPT2Config) -> TransformersGPT2Config:
-    fields = {k: v for k, v in config.to_dict().items() if k not in _NOT_CONFIG}
-    return TransformersGPT2Config.from_dict(fields)
-
-
-def state_from_transformers(theirs: StateDict) -> StateDict:
-    """Their names and Conv1D layouts -> ours. Accepts GPT2Model and GPT2LMHeadModel files."""
-    ours: StateDict = {}
-    for name, tensor in theirs.items():
-        if not name.startswith(("transformer.", "lm_head.")):
-            name = f"transformer.{name}"
-        if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers of old checkpoints, not weights
-        match = _LAYER.match(name)
-        if match is None:
-            ours[name] = tensor
-            continue
-        prefix, block, layer, kind = match.groups()
-        if layer == "c_attn":
-            for projection, part in zip(("q", "k", "v"), tensor.chunk(3, dim=-1), strict=True):
-                ours[f"{prefix}attn.{projection}_proj.{kind}"] = _linear(part, kind)
-        elif block == "attn":
-            ours[f"{prefix}attn.o_proj.{kind}"] = _linear(tensor, kind)
-        else:
-            ours[name] = _linear(tensor, kind)
-    return ours
-
-
-def state_to_transformers(ours: StateDict) -> StateDict:
-    """Ours -> their names and Conv1D layouts (the inverse of :func:`state_from_transformers`)."""
-    theirs: StateDict = {}
-    fused: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in ours.items():
-        projection = re.match(r"^(.*\.attn\.)([qkvo])_proj\.(weight|bias)$", name)
-        if projection is None:
-            kind = name.rsplit(".", 1)[-1]
-            is_mlp = re.search(r"\.mlp\.(c_fc|c_proj)\.", name) is not None
-            theirs[name] = _conv1d(tensor, kind) if is_mlp else tensor
-            continue
-        prefix, which, kind = projection.groups()
-        if which == "o":
-            theirs[f"{prefix}c_proj.{kind}"] = _conv1d(tensor, kind)
-        else:
-            fused.setdefault(f"{prefix}c_attn.{kind}", {})[which] = _conv1d(tensor, kind)
-    for name, parts in fused.items():
-        theirs[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1)
-    return theirs
-
-
-def _linear(conv1d_tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    return conv1d_tensor.t().contiguous() if kind == "weight" else conv1d_tensor.contiguous()
-
-
-def _conv1d(linear_tensor: torch.Tensor, kind: str) -> torch.Tensor:
-    return linear_tensor.t().contiguous() if kind == "weight" else linear_tensor.contiguous()
-
-
-def _converter(with_head: bool) -> CheckpointConverter:
-    """The converter for our ``GPT2LMHeadModel`` (``with_head``) or our bare ``GPT2Model``."""
-
-    def from_transformers(theirs: StateDict) -> StateDict:
-        ours = state_from_transformers(theirs)
-        if with_head:
-            return ours
-        return {
-            name.removeprefix("transformer."): tensor
-            for name, tensor in ours.items()
-            if not name.startswith("lm_head.")
-        }
-
-    return CheckpointConverter(
-        transformers_model_type="gpt2",
-        transformers_model_class=TransformersGPT2LMHeadModel
-        if with_head
-        else TransformersGPT2Model,
-        config_from_transformers=config_from_transformers,
-        config_to_transformers=config_to_transformers,
-        state_from_transformers=from_transformers,
-        state_to_transformers=state_to_transformers,
-    )
+# What our GPT-2 mirrors, for from_pretrained and export_to_transformers.
+CONVERTER = CheckpointConverter(
+    transformers_model_type="gpt2",
+    transformers_classes={
+        GPT2LMHeadModel: transformers.GPT2LMHeadModel,
+        GPT2Model: transformers.GPT2Model,
+    },
+    weight_conversions=WEIGHT_CONVERSIONS,
+    ignore_unexpected=(r"\.attn\.(masked_)?bias$",),
+)
 
 
 def load_pretrained(
-    cls: type[PreTrainedModel], name_or_path: str | os.PathLike[str], *args: Any, **kwargs: Any
-) -> PreTrainedModel:
+    cls: type[PreTrainedModel],
+    pretrained_model_name_or_path: str | os.PathLike[str] | None,
+    *args: Any,
+    **kwargs: Any,
+) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
     """``from_pretrained`` for our GPT-2 classes: transformers' checkpoints are converted."""
-    from .modeling import GPT2LMHeadModel, GPT2PreTrainedModel
-
-    converter = _converter(with_head=issubclass(cls, GPT2LMHeadModel))
     return from_pretrained_or_convert(
-        cls, GPT2PreTrainedModel, name_or_path, converter, *args, **kwargs
+        cls, GPT2PreTrainedModel, pretrained_model_name_or_path, CONVERTER, *args, **kwargs
     )
 
 
 def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``model`` as a directory that transformers' ``GPT2LMHeadModel`` (or ``GPT2Model``,
     for a model without a head) loads with ``from_pretrained``, giving the same outputs."""
-    from .modeling import GPT2LMHeadModel
+    return export_checkpoint(model, out_dir, CONVERTER)
 
-    return export_checkpoint(
-        model, out_dir, _converter(with_head=isinstance(model, GPT2LMHeadModel))
-    )
+
+def config_from_transformers(config: Mapping[str, Any]) -> GPT2Config:
+    """Our config from a transformers GPT-2 config dict."""
+    return GPT2Config.from_dict(CONVERTER.config_from_transformers(config))
+
+
+def state_from_transformers(theirs: Mapping[str, torch.Tensor]) -> StateDict:
+    """A transformers GPT-2 state dict in our names and layouts (in memory)."""
+    return convert_state_dict(theirs, WEIGHT_CONVERSIONS)
+
+
+def state_to_transformers(ours: Mapping[str, torch.Tensor]) -> StateDict:
+    """Our GPT-2 state dict in transformers' names and Conv1D layouts (in memory)."""
+    return convert_state_dict(ours, WEIGHT_CONVERSIONS, reverse=True)
