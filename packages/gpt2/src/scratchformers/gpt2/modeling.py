@@ -88,6 +88,8 @@ class GPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPT2Block"]
+    # Causal-mask buffers that old GPT-2 checkpoints (openai-community/gpt2) still carry.
+    _keys_to_ignore_on_load_unexpected = [r"\.attn\.(masked_)?bias$"]
     # Every backend the core's Attention can call; transformers checks each one's kernels.
     _supports_sdpa = True
     _supports_flash_attn = True
