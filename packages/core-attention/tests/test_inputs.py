@@ -96,6 +96,14 @@ def test_float_and_one_dimensional_ids_are_refused() -> None:
         embedding(torch.tensor([1, 2, 3]))
 
 
+def test_empty_ids_and_the_callers_argument_name() -> None:
+    embedding = TokenEmbedding(10, 4)
+    with pytest.raises(ValueError, match=r"input_ids is empty: shape \(2, 0\)"):
+        embedding(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"decoder_input_ids holds token id 12"):
+        embedding(torch.tensor([[12]]), argument="decoder_input_ids")
+
+
 def test_token_embedding_is_an_embedding_in_the_state_dict() -> None:
     embedding = TokenEmbedding(10, 4)
     plain = torch.nn.Embedding(10, 4)
@@ -191,6 +199,10 @@ def test_an_encoder_decoder_cache_counts_its_self_attention_half() -> None:
 def test_a_mask_that_does_not_fit_the_inputs_is_refused(mask: torch.Tensor, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         prepare_attention_inputs(_config(), torch.zeros(2, 4, 12), mask, None, causal=True)
+    with pytest.raises(ValueError, match="decoder_" + message):
+        prepare_attention_inputs(
+            _config(), torch.zeros(2, 4, 12), mask, None, causal=True, argument_prefix="decoder_"
+        )
 
 
 def test_with_a_cache_the_mask_must_cover_the_cached_tokens_too() -> None:
@@ -205,8 +217,10 @@ def test_with_a_cache_the_mask_must_cover_the_cached_tokens_too() -> None:
 
 @pytest.mark.parametrize("shape", [(0, 3, 12), (2, 0, 12)])
 def test_empty_inputs_are_refused(shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=r"the inputs are empty"):
-        prepare_attention_inputs(_config(), torch.zeros(shape), None, None, causal=False)
+    with pytest.raises(ValueError, match=r"decoder_inputs_embeds is empty: shape"):
+        prepare_attention_inputs(
+            _config(), torch.zeros(shape), None, None, causal=False, argument_prefix="decoder_"
+        )
 
 
 def test_cross_attention_mask_hides_encoder_padding_only() -> None:

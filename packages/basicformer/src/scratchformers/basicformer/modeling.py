@@ -170,7 +170,8 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
 
     The stack that reads token ids owns the token embedding (``embed_tokens``). In an
     encoder-decoder the encoder owns it and the decoder receives embeddings made with it, so the
-    shared table is stored once.
+    shared table is stored once. ``argument_prefix`` is how the user names this stack's inputs
+    (``"decoder_"`` in an encoder-decoder), so that errors name what the user passed.
     """
 
     causal: ClassVar[bool]
@@ -181,9 +182,11 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
         *,
         cross_attention: bool = False,
         owns_token_embedding: bool = True,
+        argument_prefix: str = "",
     ) -> None:
         super().__init__(config)
         self.cross_attention = cross_attention
+        self.argument_prefix = argument_prefix
         width, kind = config.hidden_size, config.position_embedding_type
         self.embed_tokens = (
             TokenEmbedding(config.vocab_size, width) if owns_token_embedding else None
@@ -228,7 +231,13 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
             )
         cache = self._cache(cache, use_cache)
         position_ids, mask = prepare_attention_inputs(
-            self.config, inputs_embeds, attention_mask, cache, position_ids, causal=self.causal
+            self.config,
+            inputs_embeds,
+            attention_mask,
+            cache,
+            position_ids,
+            causal=self.causal,
+            argument_prefix=self.argument_prefix,
         )
         cross_mask = cross_attention_mask(self.config, inputs_embeds, encoder_attention_mask)
 
@@ -335,6 +344,7 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
                 config,
                 cross_attention=config.is_encoder_decoder or config.add_cross_attention,
                 owns_token_embedding=not config.is_encoder_decoder,
+                argument_prefix="decoder_" if config.is_encoder_decoder else "",
             )
         self.post_init()
 
@@ -392,7 +402,9 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
                 raise ValueError(
                     "an encoder-decoder needs decoder_input_ids (or labels, in the seq2seq model)"
                 )
-            decoder_inputs_embeds = self.encoder.embed_tokens(decoder_input_ids)
+            decoder_inputs_embeds = self.encoder.embed_tokens(
+                decoder_input_ids, argument="decoder_input_ids"
+            )
         decoder_outputs = self.decoder(
             attention_mask=decoder_attention_mask,
             position_ids=decoder_position_ids,

@@ -98,26 +98,33 @@ class TokenEmbedding(nn.Embedding):
     """The token embedding of a model that reads ``input_ids`` ``(batch, length)``.
 
     Unlike a bare ``nn.Embedding`` it says what is wrong with ids it cannot embed: float ids,
-    ids without a batch dimension, and ids outside ``0 .. vocab_size - 1``.
+    ids without a batch dimension, no ids at all, and ids outside ``0 .. vocab_size - 1``.
+    ``argument`` is the name the caller gave the ids (``decoder_input_ids`` in a seq2seq
+    model), so that the message names what the user passed.
     """
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, argument: str = "input_ids") -> torch.Tensor:
         if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
             raise ValueError(
-                f"input_ids must hold integer token ids, got dtype {input_ids.dtype} "
+                f"{argument} must hold integer token ids, got dtype {input_ids.dtype} "
                 "(call .long() on it, or pass float vectors as inputs_embeds)"
             )
         if input_ids.dim() != 2:
             raise ValueError(
-                f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; "
-                "for one sequence use input_ids[None]"
+                f"{argument} must be (batch, length), got shape {tuple(input_ids.shape)}; "
+                f"for one sequence use {argument}[None]"
             )
-        if not torch.compiler.is_compiling() and input_ids.numel() > 0:
+        if input_ids.numel() == 0:
+            raise ValueError(
+                f"{argument} is empty: shape {tuple(input_ids.shape)} (batch, length); "
+                "pass at least one sequence of at least one token"
+            )
+        if not torch.compiler.is_compiling():
             lowest, highest = (int(v) for v in torch.aminmax(input_ids))
             if lowest < 0 or highest >= self.num_embeddings:
                 bad = lowest if lowest < 0 else highest
                 raise ValueError(
-                    f"input_ids holds token id {bad}, outside this model's vocabulary of "
+                    f"{argument} holds token id {bad}, outside this model's vocabulary of "
                     f"{self.num_embeddings} tokens (vocab_size={self.num_embeddings}); "
                     "is the tokenizer the model's own?"
                 )
@@ -129,7 +136,11 @@ def _self_attention_cache(cache: Cache | None) -> Cache | None:
 
 
 def _check_padding_mask(
-    padding_mask: torch.Tensor, batch: int, length: int, past_length: int | torch.Tensor
+    padding_mask: torch.Tensor,
+    batch: int,
+    length: int,
+    past_length: int | torch.Tensor,
+    argument: str,
 ) -> None:
     """The 2D mask must have the inputs' batch and cover the cached tokens plus the new ones.
 
@@ -138,7 +149,7 @@ def _check_padding_mask(
     """
     if padding_mask.dim() != 2 or padding_mask.shape[0] != batch:
         raise ValueError(
-            f"attention_mask must be (batch, keys) = ({batch}, ...) with 1 for tokens and 0 for "
+            f"{argument} must be (batch, keys) = ({batch}, ...) with 1 for tokens and 0 for "
             f"padding, got shape {tuple(padding_mask.shape)} for inputs of batch {batch}"
         )
     if torch.compiler.is_compiling():
@@ -147,7 +158,7 @@ def _check_padding_mask(
     mask_length = padding_mask.shape[1]
     if mask_length < covered or (int(past_length) == 0 and mask_length != length):
         raise ValueError(
-            f"attention_mask covers {mask_length} tokens, but the inputs have {length} "
+            f"{argument} covers {mask_length} tokens, but the inputs have {length} "
             f"(plus {int(past_length)} cached): it must cover the cached and the new tokens"
         )
 
@@ -161,6 +172,7 @@ def prepare_attention_inputs(
     *,
     causal: bool,
     positions: PositionRule = "padding",
+    argument_prefix: str = "",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The position ids and the self-attention mask that every layer of one stack shares.
 
@@ -173,6 +185,8 @@ def prepare_attention_inputs(
         position_ids: used as given when passed; else made by the ``positions`` rule.
         causal: decoder self attention (hide later keys) or bidirectional.
         positions: ``"padding"`` or ``"count"``, see the module docstring.
+        argument_prefix: how the user names this stack's inputs, for error messages
+            (``"decoder_"`` for the decoder of an encoder-decoder: ``decoder_attention_mask``).
 
     Returns:
         ``(position_ids, mask)``; ``mask`` is ``None`` when nothing has to be hidden, which
@@ -181,12 +195,14 @@ def prepare_attention_inputs(
     batch, length = inputs_embeds.shape[:2]
     if batch == 0 or length == 0:
         raise ValueError(
-            f"the inputs are empty (batch {batch}, length {length}): pass at least one token"
+            f"{argument_prefix}inputs_embeds is empty: shape {tuple(inputs_embeds.shape)} "
+            "(batch, length, width); pass at least one sequence of at least one token"
         )
     past_length, key_length = cache_lengths(_self_attention_cache(cache), length)
     padding_mask = None
     if attention_mask is not None and attention_mask.dim() != 4:
-        _check_padding_mask(attention_mask, batch, length, past_length)
+        mask_argument = f"{argument_prefix}attention_mask"
+        _check_padding_mask(attention_mask, batch, length, past_length, mask_argument)
         padding_mask = attention_mask
     device = inputs_embeds.device
     if position_ids is None and positions == "padding":

@@ -32,6 +32,11 @@ class GPT2Config(TransformersGPT2Config):
     def check(self) -> None:
         """Raise a ``ValueError`` naming the field for a config this GPT-2 cannot honour."""
         check_config(self)
+        # GPT-2's own name for the MLP width; None means 4 * n_embd.
+        if self.n_inner is not None and self.n_inner < 1:
+            raise ValueError(
+                f"n_inner must be at least 1 (or None for 4 * n_embd), got {self.n_inner}"
+            )
         for field, what in UNSUPPORTED.items():
             if getattr(self, field, False):
                 raise ValueError(f"{field}=True is not supported: {what}")
