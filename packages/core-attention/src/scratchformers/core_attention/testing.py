@@ -820,18 +820,26 @@ def assert_input_errors(
         )
 
 
-def assert_empty_inputs_raise(model: Any, inputs: Inputs, argument: str = "input_ids") -> None:
-    """An empty batch, or an empty ``inputs[argument]`` sequence, raises a ``ValueError``
-    naming the argument and the sizes (instead of returning empty logits, or failing in a
-    reshape). For the empty batch every input loses its rows."""
+def assert_empty_inputs_raise(
+    model: Any, inputs: Inputs, argument: str = "input_ids", *, empty_batch: bool = True
+) -> None:
+    """An empty ``inputs[argument]`` sequence, and an empty batch, raise a ``ValueError``
+    naming the argument and the sizes (instead of empty logits, or a failing reshape).
+
+    For the empty batch every input loses its rows, so the error is the first input's: pass
+    ``empty_batch=False`` for a later one, such as an encoder-decoder's ``decoder_input_ids``.
+    """
     batch, length = inputs[argument].shape
-    no_rows = {key: value[:0] for key, value in inputs.items()}
     no_tokens = {key: value[:, :0] if key == argument else value for key, value in inputs.items()}
+    no_rows = {key: value[:0] for key, value in inputs.items()}
     with torch.no_grad():
-        _assert_value_error(lambda: model(**no_rows), "an empty batch", argument, "0", str(length))
         _assert_value_error(
             lambda: model(**no_tokens), "an empty sequence", argument, str(batch), "0"
         )
+        if empty_batch:
+            _assert_value_error(
+                lambda: model(**no_rows), "an empty batch", argument, "0", str(length)
+            )
 
 
 def invalid_config_values(
