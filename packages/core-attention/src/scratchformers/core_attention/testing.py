@@ -43,7 +43,6 @@ from unittest import mock
 import torch
 import transformers
 from safetensors import safe_open
-from torch._dynamo.utils import counters
 from transformers import AutoConfig, AutoModel, GenerationMixin, StaticCache
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.generation.streamers import BaseStreamer
@@ -290,7 +289,9 @@ def assert_cache_changes_nothing(
         input_ids, attention_mask=attention_mask, use_cache=False, **generate_kwargs
     )
     _assert_generated(model, with_cache, input_ids, generate_kwargs)
-    assert torch.equal(with_cache, without), (with_cache, without)
+    assert torch.equal(with_cache, without), (
+        f"the KV cache changed the tokens:\n{with_cache}\n{without}"
+    )
 
 
 def assert_cached_logits_match_full_forward(
@@ -344,7 +345,7 @@ def assert_batch_equals_each_prompt(
     for i, row in enumerate(rows):
         alone = model.generate(row[None], **generate_kwargs)
         alone_new = _new_tokens(model, alone, row[None])[0]
-        assert torch.equal(new[i], alone_new), (i, new[i], alone_new)
+        assert torch.equal(new[i], alone_new), f"row {i} differs alone: {new[i]} vs {alone_new}"
     assert any(not torch.equal(new[0], row) for row in new[1:]), "every row generates the same"
 
 
@@ -370,13 +371,16 @@ def assert_static_cache_matches_dynamic(
         cache = cache.self_attention_cache
     assert isinstance(cache, StaticCache), type(cache)
     _assert_generated(model, dynamic, input_ids, generate_kwargs)
-    assert torch.equal(result.sequences, dynamic), (result.sequences, dynamic)
+    assert torch.equal(result.sequences, dynamic), (
+        f"the static cache changed the tokens:\n{result.sequences}\n{dynamic}"
+    )
 
     single = (
         input_ids[:1] if attention_mask is None else input_ids[0][attention_mask[0].bool()][None]
     )
     static = model.generate(single, **STATIC, **generate_kwargs)
-    assert torch.equal(static, model.generate(single, **generate_kwargs)), static
+    dynamic = model.generate(single, **generate_kwargs)
+    assert torch.equal(static, dynamic), f"the static cache changed the tokens: {static} {dynamic}"
 
 
 # --- lean decoding --------------------------------------------------------------------------------
@@ -472,7 +476,7 @@ def assert_lean_stopping_matches(
     def both(**options: Any) -> torch.Tensor:
         ours = lean(**options)
         theirs = _generate(reference, input_ids, attention_mask, **options)
-        assert torch.equal(ours, theirs), (options, ours, theirs)
+        assert torch.equal(ours, theirs), f"lean tokens differ with {options}:\n{ours}\n{theirs}"
         return ours
 
     free = lean(**greedy)
@@ -627,6 +631,13 @@ def _shuffled_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     return other
 
 
+def _graphs_compiled() -> int:
+    """How many graphs dynamo has compiled in this process (imported late: it is heavy)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def assert_lean_compiled_step(
     model: Any,
     reference: Any,
@@ -649,18 +660,18 @@ def assert_lean_compiled_step(
     compiled = {**STATIC, **greedy, "compile_config": transformers.CompileConfig(fullgraph=True)}
     expected = _generate(reference, input_ids, attention_mask, **greedy)
 
-    graphs = counters["stats"]["unique_graphs"]
+    graphs = _graphs_compiled()
     eager = _generate(model, input_ids, attention_mask, LEAN, disable_compile=True, **compiled)
     assert torch.equal(eager, expected), (eager, expected)
     assert "_lean_compiled_steps" not in model.__dict__
-    assert counters["stats"]["unique_graphs"] == graphs, "disable_compile compiled"
+    assert _graphs_compiled() == graphs, "disable_compile compiled"
 
     torch._dynamo.reset()
     with torch._dynamo.config.patch(recompile_limit=1):
-        graphs = counters["stats"]["unique_graphs"]
+        graphs = _graphs_compiled()
         tokens = _generate(model, input_ids, attention_mask, LEAN, **compiled)
         assert torch.equal(tokens, expected), (tokens, expected)
-        assert counters["stats"]["unique_graphs"] == graphs + 1, "the step was not compiled once"
+        assert _graphs_compiled() == graphs + 1, "the step was not compiled once"
         steps = dict(model.__dict__["_lean_compiled_steps"])
         assert len(steps) == 1, steps
         if model.device.type == "cpu":
@@ -671,13 +682,13 @@ def assert_lean_compiled_step(
             tokens = _generate(model, other_ids, attention_mask, LEAN, **compiled)
         expected = _generate(reference, other_ids, attention_mask, **greedy)
         assert torch.equal(tokens, expected), (tokens, expected)
-        assert counters["stats"]["unique_graphs"] == graphs + 1
+        assert _graphs_compiled() == graphs + 1
         assert model.__dict__["_lean_compiled_steps"] == steps
 
         if other is not None:
             other_model, other_reference = other
             tokens = _generate(other_model, input_ids, attention_mask, LEAN, **compiled)
-            assert counters["stats"]["unique_graphs"] == graphs + 2, "the other model ran eagerly"
+            assert _graphs_compiled() == graphs + 2, "the other model ran eagerly"
             expected = _generate(other_reference, input_ids, attention_mask, **greedy)
             assert torch.equal(tokens, expected), (tokens, expected)
 
@@ -717,9 +728,9 @@ def assert_save_load_round_trip(model: Any, directory: str | Path, inputs: Input
     state, loaded_state = model.state_dict(), loaded.state_dict()
     assert state.keys() == loaded_state.keys(), state.keys() ^ loaded_state.keys()
     for key, tensor in state.items():
-        assert torch.equal(loaded_state[key], tensor), key
+        assert torch.equal(loaded_state[key], tensor), f"{key} changed in the round trip"
     assert bool(_tied_names(loaded)) == bool(tied), "tying changed in the round trip"
-    assert torch.equal(_first_output(loaded, inputs), _first_output(model, inputs))
+    assert torch.equal(_first_output(loaded, inputs), _first_output(model, inputs)), "outputs"
 
 
 def assert_auto_classes_load(
