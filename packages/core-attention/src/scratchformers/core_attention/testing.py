@@ -771,15 +771,15 @@ def _assert_value_error(call: Callable[[], object], what: str, *names: str) -> N
     try:
         call()
     except ValueError as error:
-        message = str(error)
-        missing = [n for n in names if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", message)]
-        assert not missing, f"{what}: the ValueError does not name {missing}: {message!r}"
+        message = str(error)  # checked below, outside the handler: no chained traceback
     except Exception as error:
         raise AssertionError(
             f"{what}: {type(error).__name__} instead of a ValueError naming {names}: {error}"
         ) from error
     else:
         raise AssertionError(f"{what}: no error")
+    missing = [n for n in names if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", message)]
+    assert not missing, f"{what}: the ValueError does not name {missing}: {message!r}"
 
 
 def assert_input_errors(
