@@ -342,11 +342,12 @@ def assert_batch_equals_each_prompt(
     _assert_some_rows_padded(attention_mask)
     batched = model.generate(input_ids, attention_mask=attention_mask, **generate_kwargs)
     _assert_generated(model, batched, input_ids, generate_kwargs)
-    new = _new_tokens(model, batched, input_ids)
+    encoder_decoder = model.config.is_encoder_decoder  # compared whole, start token included
+    new = batched if encoder_decoder else batched[:, input_ids.shape[1] :]
     for i, row in enumerate(rows):
-        alone = model.generate(row[None], **generate_kwargs)
-        alone_new = _new_tokens(model, alone, row[None])[0]
-        assert torch.equal(new[i], alone_new), f"row {i} differs alone: {new[i]} vs {alone_new}"
+        alone = model.generate(row[None], **generate_kwargs)[0]
+        alone = alone if encoder_decoder else alone[len(row) :]
+        assert torch.equal(new[i], alone), f"row {i} differs alone: {new[i]} vs {alone}"
     assert any(not torch.equal(new[0], row) for row in new[1:]), "every row generates the same"
 
 
@@ -368,7 +369,8 @@ def assert_static_cache_matches_dynamic(
         **generate_kwargs,
     )
     cache = result.cache
-    if isinstance(cache, EncoderDecoderCache):
+    if model.config.is_encoder_decoder:
+        assert isinstance(cache, EncoderDecoderCache), type(cache)
         cache = cache.self_attention_cache
     assert isinstance(cache, StaticCache), type(cache)
     _assert_generated(model, dynamic, input_ids, generate_kwargs)
