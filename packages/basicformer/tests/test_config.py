@@ -18,6 +18,7 @@ from scratchformers.basicformer import (
     BasicFormerForSeq2SeqLM,
     BasicFormerModel,
 )
+from scratchformers.core_attention.testing import assert_config_error, invalid_config_values
 
 TINY = {"vocab_size": 101, "hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 3}
 
@@ -43,6 +44,17 @@ def test_invalid_config_raises_naming_the_field(overrides: dict[str, object], fi
     options = {**TINY, **overrides}
     with pytest.raises(ValueError, match=field):
         BasicFormerConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [pytest.param(f, v, id=f) for f, v in invalid_config_values(BasicFormerConfig(**TINY)).items()],
+)
+def test_impossible_sizes_and_epsilons_name_the_field(field: str, values: tuple) -> None:
+    """Every size and head count (key/value heads included) and the norm epsilon, refused by
+    the config and, when set afterwards, by each task model."""
+    builders = [BasicFormerForCausalLM, BasicFormerForMaskedLM, BasicFormerForSeq2SeqLM]
+    assert_config_error(BasicFormerConfig, TINY, field, values, builders)
 
 
 def test_rotary_needs_even_head_dim() -> None:

@@ -9,9 +9,13 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformers.cache_utils import EncoderDecoderCache, StaticCache
 
 from scratchformers.basicformer import BasicFormerForCausalLM, BasicFormerForSeq2SeqLM
+from scratchformers.core_attention.testing import (
+    assert_batch_equals_each_prompt,
+    assert_cache_changes_nothing,
+    assert_static_cache_matches_dynamic,
+)
 
 NEW = 8
 GREEDY = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False}
@@ -30,11 +34,7 @@ def test_cache_changes_nothing(
 ) -> None:
     model = make_model(model_class, position_embedding_type=position_type)
     input_ids, attention_mask, _ = padded_batch((7, 4, 2))
-    with_cache = model.generate(input_ids, attention_mask=attention_mask, use_cache=True, **GREEDY)
-    without = model.generate(input_ids, attention_mask=attention_mask, use_cache=False, **GREEDY)
-    expected_width = (1 if model_class is BasicFormerForSeq2SeqLM else 7) + NEW
-    assert with_cache.shape == (3, expected_width)
-    assert torch.equal(with_cache, without), (with_cache, without)
+    assert_cache_changes_nothing(model, input_ids, attention_mask, **GREEDY)
 
 
 def test_causal_greedy_tokens_are_the_argmax_of_a_full_forward(
@@ -73,26 +73,14 @@ def test_decoder_start_token_is_used(make_model: Callable) -> None:
     assert output[0, 0] == 3
 
 
-def test_causal_left_padded_batch_equals_each_prompt_alone(
-    make_model: Callable, padded_batch, position_type: str
+@pytest.mark.parametrize("model_class", GENERATIVE)
+def test_left_padded_batch_equals_each_prompt_alone(
+    make_model: Callable, padded_batch, model_class: type, position_type: str
 ) -> None:
-    model = make_model(BasicFormerForCausalLM, position_embedding_type=position_type)
+    """Causal: left-padded prompts; seq2seq: left-padded sources."""
+    model = make_model(model_class, position_embedding_type=position_type)
     input_ids, attention_mask, rows = padded_batch((7, 4, 2))
-    batched = model.generate(input_ids, attention_mask=attention_mask, **GREEDY)[:, 7:]
-    for i, row in enumerate(rows):
-        alone = model.generate(row[None], attention_mask=torch.ones(1, len(row)), **GREEDY)
-        assert torch.equal(batched[i], alone[0, len(row) :]), (i, batched[i], alone)
-
-
-def test_seq2seq_padded_sources_equal_each_source_alone(
-    make_model: Callable, padded_batch, position_type: str
-) -> None:
-    model = make_model(BasicFormerForSeq2SeqLM, position_embedding_type=position_type)
-    input_ids, attention_mask, rows = padded_batch((7, 4, 2))
-    batched = model.generate(input_ids, attention_mask=attention_mask, **GREEDY)
-    for i, row in enumerate(rows):
-        alone = model.generate(row[None], attention_mask=torch.ones(1, len(row)), **GREEDY)
-        assert torch.equal(batched[i], alone[0]), (i, batched[i], alone)
+    assert_batch_equals_each_prompt(model, input_ids, attention_mask, rows, **GREEDY)
 
 
 @pytest.mark.parametrize("model_class", GENERATIVE)
@@ -224,28 +212,8 @@ def test_static_cache_matches_dynamic_cache(
     make_model: Callable, padded_batch, model_class: type, position_type: str
 ) -> None:
     model = make_model(model_class, position_embedding_type=position_type)
-    input_ids, attention_mask, rows = padded_batch((7, 4, 2))
-    dynamic = model.generate(input_ids, attention_mask=attention_mask, **GREEDY)
-    result = model.generate(
-        input_ids,
-        attention_mask=attention_mask,
-        cache_implementation="static",
-        return_dict_in_generate=True,
-        **GREEDY,
-    )
-    cache = result.cache
-    if model_class is BasicFormerForSeq2SeqLM:
-        assert isinstance(cache, EncoderDecoderCache)
-        cache = cache.self_attention_cache
-    assert isinstance(cache, StaticCache)
-    static = result.sequences
-    assert torch.equal(static, dynamic), (static, dynamic)
-    # Unpadded, a single prompt.
-    single = rows[0][None]
-    assert torch.equal(
-        model.generate(single, cache_implementation="static", **GREEDY),
-        model.generate(single, **GREEDY),
-    )
+    input_ids, attention_mask, _ = padded_batch((7, 4, 2))
+    assert_static_cache_matches_dynamic(model, input_ids, attention_mask, **GREEDY)
 
 
 def test_learned_positions_refuse_to_run_past_the_table(make_model: Callable) -> None:

@@ -20,6 +20,7 @@ from scratchformers.basicformer import (
     BasicFormerForSeq2SeqLM,
 )
 from scratchformers.basicformer.llama import basicformer_state_from_llama, config_from_llama
+from scratchformers.core_attention.testing import assert_matches_reference
 
 LAYERS = 3
 
@@ -94,13 +95,7 @@ def test_llama_shaped_model_has_llamas_modules() -> None:
 def test_logits_match_llama(padded_batch: Callable, tied: bool) -> None:
     theirs, ours = llama_pair(tie_word_embeddings=tied)
     input_ids, attention_mask, _ = padded_batch((9, 6, 3))
-    # Llama numbers left-padded positions from the mask only in generate(); say it explicitly.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        expected = theirs(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        actual = ours(input_ids, attention_mask=attention_mask)
-    real = attention_mask.bool()
-    torch.testing.assert_close(actual.logits[real], expected.logits[real], atol=1e-5, rtol=0)
+    assert_matches_reference(ours, theirs, input_ids, attention_mask, atol=1e-5)
 
 
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])

@@ -11,7 +11,6 @@ import torch
 from safetensors import safe_open
 from transformers import (
     AutoConfig,
-    AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
@@ -23,6 +22,10 @@ from scratchformers.basicformer import (
     BasicFormerForMaskedLM,
     BasicFormerForSeq2SeqLM,
     BasicFormerModel,
+)
+from scratchformers.core_attention.testing import (
+    assert_auto_classes_load,
+    assert_save_load_round_trip,
 )
 
 TASK_MODELS = (BasicFormerForMaskedLM, BasicFormerForCausalLM, BasicFormerForSeq2SeqLM)
@@ -148,43 +151,20 @@ def test_round_trip_is_bit_exact(
         norm_position="post" if tie else "pre",
         **mode,
     )
-    model.save_pretrained(tmp_path)
-    assert_safetensors_only(tmp_path)
-    loaded = model_class.from_pretrained(tmp_path).eval()
-    assert type(loaded) is model_class
-    state, loaded_state = model.state_dict(), loaded.state_dict()
-    assert state.keys() == loaded_state.keys()
-    for key, tensor in state.items():
-        assert torch.equal(loaded_state[key], tensor), key
-    assert torch.equal(first_output(loaded), first_output(model))
+    assert_save_load_round_trip(model, tmp_path, forward_inputs(model))
 
 
 @pytest.mark.parametrize("model_class", TASK_MODELS)
 def test_auto_classes_load_the_right_models(
     make_model: Callable, tmp_path: Path, model_class: type
 ) -> None:
+    """The bare model loads from a task checkpoint too, dropping the head and "model."."""
     model = make_model(model_class, position_embedding_type="rotary")
-    model.save_pretrained(tmp_path)
-
+    assert_auto_classes_load(model, tmp_path, AUTO_CLASS[model_class], forward_inputs(model))
     config = AutoConfig.from_pretrained(tmp_path)
     assert type(config) is BasicFormerConfig
     assert config.is_decoder == (model_class is BasicFormerForCausalLM)
     assert config.is_encoder_decoder == (model_class is BasicFormerForSeq2SeqLM)
-
-    loaded = AUTO_CLASS[model_class].from_pretrained(tmp_path).eval()
-    assert type(loaded) is model_class
-    assert torch.equal(first_output(loaded), first_output(model))
-
-    # The bare model loads from a task checkpoint, dropping the head and the "model." prefix.
-    base = AutoModel.from_pretrained(tmp_path).eval()
-    assert type(base) is BasicFormerModel
-    base_state = base.state_dict()
-    for key, tensor in model.model.state_dict().items():
-        assert torch.equal(base_state[key], tensor), key
-    with torch.no_grad():
-        expected = model.model(**forward_inputs(model)).last_hidden_state
-        actual = base(**forward_inputs(model)).last_hidden_state
-    assert torch.equal(actual, expected)
 
 
 def test_from_pretrained_picks_the_attention_backend(make_model: Callable, tmp_path: Path) -> None:

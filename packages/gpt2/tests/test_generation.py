@@ -9,6 +9,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from scratchformers.core_attention.testing import (
+    assert_batch_equals_each_prompt,
+    assert_cache_changes_nothing,
+    assert_cached_logits_match_full_forward,
+    assert_lean_decoding_matches,
+    assert_static_cache_matches_dynamic,
+)
+
 NEW = 8
 PAD = 0
 EOS = 1
@@ -61,19 +69,12 @@ def test_greedy_tokens_are_the_argmax_of_a_full_forward(pair, padded_batch: Call
 
 def test_greedy_batch_rows_equal_each_prompt_alone(pair, padded_batch: Callable) -> None:
     input_ids, mask, rows = padded_batch(LENGTHS)
-    batch = pair.ours.generate(input_ids, attention_mask=mask, **GREEDY)
-    width = input_ids.shape[1]
-    for i, row in enumerate(rows):
-        alone = pair.ours.generate(row[None], **GREEDY)
-        assert torch.equal(batch[i, width:], alone[0, len(row) :]), i
-    assert not torch.equal(batch[0, width:], batch[1, width:])
+    assert_batch_equals_each_prompt(pair.ours, input_ids, mask, rows, **GREEDY)
 
 
 def test_cache_changes_nothing(pair, padded_batch: Callable) -> None:
     input_ids, mask, _ = padded_batch(LENGTHS)
-    with_cache = pair.ours.generate(input_ids, attention_mask=mask, use_cache=True, **GREEDY)
-    without = pair.ours.generate(input_ids, attention_mask=mask, use_cache=False, **GREEDY)
-    assert torch.equal(with_cache, without), (with_cache, without)
+    assert_cache_changes_nothing(pair.ours, input_ids, mask, **GREEDY)
 
 
 def test_cached_logits_equal_a_full_forward(pair, padded_batch: Callable) -> None:
@@ -81,35 +82,14 @@ def test_cached_logits_equal_a_full_forward(pair, padded_batch: Callable) -> Non
     those of a forward over the whole sequence."""
     input_ids, mask, _ = padded_batch((7, 3))
     extra = torch.randint(2, 101, (2, 4))
-    sequence = torch.cat([input_ids, extra], dim=1)
-    full_mask = torch.cat([mask, torch.ones_like(extra)], dim=1)
-    with torch.no_grad():
-        full = pair.ours(sequence, attention_mask=full_mask, use_cache=False).logits
-        step = pair.ours(input_ids, attention_mask=mask, use_cache=True)
-        cache = step.cache
-        for i in range(extra.shape[1]):
-            width = input_ids.shape[1] + i + 1
-            step = pair.ours(
-                extra[:, i : i + 1],
-                attention_mask=full_mask[:, :width],
-                cache=cache,
-                use_cache=True,
-            )
-            cache = step.cache
-            torch.testing.assert_close(step.logits[:, -1], full[:, width - 1], atol=1e-5, rtol=0)
+    assert_cached_logits_match_full_forward(pair.ours, input_ids, mask, extra)
 
 
 def test_static_cache_equals_dynamic_and_transformers(pair, padded_batch: Callable) -> None:
+    """transformers' loop with a static cache, and the lean loop, against transformers' GPT-2."""
     input_ids, mask, _ = padded_batch(LENGTHS)
-    static = pair.ours.generate(
-        input_ids, attention_mask=mask, cache_implementation="static", **GREEDY
-    )
-    dynamic = pair.ours.generate(input_ids, attention_mask=mask, **GREEDY)
-    theirs_static = pair.theirs.generate(
-        input_ids, attention_mask=mask, cache_implementation="static", **GREEDY
-    )
-    assert torch.equal(static, dynamic), (static, dynamic)
-    assert torch.equal(static, theirs_static), (static, theirs_static)
+    assert_static_cache_matches_dynamic(pair.ours, input_ids, mask, **GREEDY)
+    assert_lean_decoding_matches(pair.ours, pair.theirs, input_ids, mask, **GREEDY)
 
 
 def test_beam_search(pair, padded_batch: Callable) -> None:
