@@ -163,9 +163,6 @@ def test_bad_inputs_name_the_argument(
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the core's empty-input ValueError names the sizes but not the argument"
-)
 @pytest.mark.parametrize("model_class", TASK_MODELS)
 def test_empty_inputs_name_the_argument(
     make_model: Callable, padded_batch, model_class: type
@@ -175,11 +172,6 @@ def test_empty_inputs_name_the_argument(
     assert_empty_inputs_raise(make_model(model_class), inputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors about the decoder's inputs name input_ids and attention_mask, and an empty "
-    "decoder input names no argument",
-)
 @pytest.mark.parametrize("check", [assert_input_errors, assert_empty_inputs_raise])
 def test_bad_decoder_inputs_name_the_argument(
     make_model: Callable, padded_batch, check: Callable

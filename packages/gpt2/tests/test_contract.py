@@ -71,24 +71,14 @@ def test_bad_inputs_name_the_argument(model: GPT2LMHeadModel, padded_batch: Call
     assert_input_errors(model, {"input_ids": input_ids, "attention_mask": mask})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core's empty-input ValueError names the sizes but not input_ids "
-    "(core_attention.inputs.prepare_attention_inputs)",
-)
 def test_empty_inputs_name_the_argument(model: GPT2LMHeadModel, padded_batch: Callable) -> None:
     input_ids, mask, _ = padded_batch()
     assert_empty_inputs_raise(model, {"input_ids": input_ids, "attention_mask": mask})
 
 
-N_INNER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="n_inner is not checked: 0 silently builds a 4 * n_embd MLP (transformers builds a "
-    "0-wide one), -1 fails in nn.Linear with a RuntimeError",
-)
 INVALID = [
     *(pytest.param(f, v, id=f) for f, v in invalid_config_values(GPT2Config()).items()),
-    pytest.param("n_inner", (0, -1), marks=N_INNER_BUG, id="n_inner"),
+    pytest.param("n_inner", (0, -1), id="n_inner"),
 ]
 
 
