@@ -26,6 +26,7 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.bart.modeling_bart import shift_tokens_right
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -311,17 +312,6 @@ def _has_cross_cache(cache: Cache | None) -> bool:
     return isinstance(cache, EncoderDecoderCache) and any(cache.is_updated.values())
 
 
-def shift_tokens_right(
-    labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int
-) -> torch.Tensor:
-    """Teacher forcing for seq2seq: the decoder reads the labels shifted right by one, starting
-    with ``decoder_start_token_id``; ignored label positions (-100) become padding."""
-    decoder_input_ids = labels.new_full(labels.shape, pad_token_id)
-    decoder_input_ids[:, 1:] = labels[:, :-1]
-    decoder_input_ids[:, 0] = decoder_start_token_id
-    return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
-
-
 class BasicFormerModel(BasicFormerPreTrainedModel):
     """A whole BasicFormer without a task head, in the mode its config names.
 
@@ -569,6 +559,7 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
         """``labels`` are the target ids (-100 to ignore); without ``decoder_input_ids`` the
         decoder reads them shifted right (teacher forcing)."""
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            # BART's helper: labels shifted right behind the start token, -100 as padding.
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
