@@ -40,7 +40,7 @@ PositionRule = Literal["padding", "count"]
 
 # Sizes that must be at least 1 wherever a config has them (transformers' standard names;
 # aliases such as GPT-2's n_embd resolve through the config's attribute_map).
-_SIZES = (
+SIZE_FIELDS = (
     "vocab_size",
     "hidden_size",
     "num_hidden_layers",
@@ -50,7 +50,7 @@ _SIZES = (
     "intermediate_size",
     "max_position_embeddings",
 )
-_EPSILONS = ("layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps")
+EPSILON_FIELDS = ("layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps")
 
 
 def _field_name(config: PreTrainedConfig, name: str) -> str:
@@ -66,7 +66,7 @@ def check_config(config: PreTrainedConfig) -> None:
     ``head_dim`` is given, that norm epsilons are positive and that dropout probabilities
     (fields ending in ``dropout`` or ``pdrop``) lie in ``[0, 1)``.
     """
-    for name in _SIZES:
+    for name in SIZE_FIELDS:
         value = getattr(config, name, None)
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ValueError(f"{_field_name(config, name)} must be at least 1, got {value}")
@@ -84,7 +84,7 @@ def check_config(config: PreTrainedConfig) -> None:
             f"{_field_name(config, 'num_key_value_heads')}={kv_heads} must divide "
             f"{_field_name(config, 'num_attention_heads')}={heads}"
         )
-    for name in _EPSILONS:
+    for name in EPSILON_FIELDS:
         value = getattr(config, name, None)
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be positive (it keeps the norm finite), got {value}")

@@ -50,6 +50,7 @@ from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from . import decoding
+from .inputs import EPSILON_FIELDS, SIZE_FIELDS
 
 Inputs = Mapping[str, torch.Tensor]
 
@@ -57,19 +58,6 @@ STATIC = {"cache_implementation": "static"}
 LEAN = {"lean": 1, "sample": 0, "beam": 0}
 TRANSFORMERS_SAMPLE = {"lean": 0, "sample": 1, "beam": 0}
 BEAM_SEARCH = {"lean": 0, "sample": 0, "beam": 1}
-
-# Standard config fields (transformers' names; GPT-2's n_head etc. through attribute_map).
-SIZE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "max_position_embeddings",
-)
-EPSILON_FIELDS = ("layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps")
 
 
 # --- inputs and helpers -------------------------------------------------------------------------
