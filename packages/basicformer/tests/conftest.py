@@ -21,6 +21,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from scratchformers.basicformer import BasicFormerConfig
+from scratchformers.core_attention.testing import left_padded_batch
 
 # Two CPU cores: keep property tests small. Every @given test inherits this profile.
 settings.register_profile(
@@ -99,15 +100,7 @@ def padded_batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor, list[torch
     def make(
         lengths: tuple[int, ...] = (7, 4, 2), seed: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        generator = torch.Generator().manual_seed(seed)
-        width = max(lengths)
-        rows = [torch.randint(5, VOCAB, (n,), generator=generator) for n in lengths]
-        input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
-        attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = row
-            attention_mask[i, width - len(row) :] = 1
-        return input_ids, attention_mask, rows
+        return left_padded_batch(lengths, VOCAB, first_id=5, pad_token_id=0, seed=seed)
 
     return make
 

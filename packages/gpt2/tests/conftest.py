@@ -28,6 +28,7 @@ import transformers
 from hypothesis import HealthCheck, settings
 
 import scratchformers.gpt2 as ours
+from scratchformers.core_attention.testing import left_padded_batch
 
 # Two CPU cores: keep property tests small. Every @given test inherits this profile.
 settings.register_profile(
@@ -158,15 +159,7 @@ def padded_batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor, list[torch
     def make(
         lengths: tuple[int, ...] = (11, 6, 3), seed: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        generator = torch.Generator().manual_seed(seed)
-        width = max(lengths)
-        rows = [torch.randint(FIRST_ID, VOCAB, (n,), generator=generator) for n in lengths]
-        input_ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
-        attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = row
-            attention_mask[i, width - len(row) :] = 1
-        return input_ids, attention_mask, rows
+        return left_padded_batch(lengths, VOCAB, first_id=FIRST_ID, pad_token_id=PAD, seed=seed)
 
     return make
 
