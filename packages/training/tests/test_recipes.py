@@ -197,7 +197,11 @@ def test_recipe_flags_are_in_help_and_settings_and_text_flags_only_for_text(
 
     assert parse_settings(ClassifierRecipe(), []).recipe_options == {"label_smoothing": 0.0}
     settings = parse_settings(recipe, ["--dataset", "corpus.txt"])
-    assert settings.recipe_options == {"dataset": "corpus.txt", "text_column": "text"}
+    assert settings.recipe_options == {
+        "dataset": "corpus.txt",
+        "text_column": "text",
+        "tokenizer": None,
+    }
     with pytest.raises(SystemExit):  # a language model's flag is unknown to the classifier
         parse_settings(ClassifierRecipe(), ["--dataset", "corpus.txt"])
 

@@ -1,40 +1,60 @@
-"""scratchformers.training: the shared Accelerate training loop, data helpers and CLI."""
+"""scratchformers.training: the shared Accelerate training loop, data helpers and CLI.
 
-from .cli import run_recipe
-from .data import (
-    DataError,
-    causal_lm_blocks,
-    collate_blocks,
-    load_texts,
-    python_docs_corpus,
-    split_train_eval,
-    train_byte_level_bpe,
-)
-from .distributed import gather_with_gradients
-from .loop import Trainer, TrainingError, TrainingResult, train
-from .recipe import (
-    CausalLMRecipe,
-    EvalResults,
-    Preset,
-    Recipe,
-    RecipeData,
-    SizedDataset,
-    installed_recipes,
-    load_recipe,
-    parameter_groups,
-)
-from .settings import TrainingSettings, parse_settings
+Importing this package is cheap: the names below are imported on first use (PEP 562), so that
+``scratchformers --help`` and a recipe's declaration (its presets and flags) never wait for
+torch, transformers or Accelerate. ``from scratchformers.training import train`` imports the
+loop and everything it needs, as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "run_recipe": "cli",
+    "DataError": "data",
+    "load_tokenizer": "data",
+    "causal_lm_blocks": "data",
+    "collate_blocks": "data",
+    "load_texts": "data",
+    "python_docs_corpus": "data",
+    "split_train_eval": "data",
+    "train_byte_level_bpe": "data",
+    "gather_with_gradients": "distributed",
+    "Trainer": "loop",
+    "TrainingError": "errors",
+    "TrainingInterrupted": "errors",
+    "TrainingResult": "loop",
+    "train": "loop",
+    "CausalLMRecipe": "recipe",
+    "EvalResults": "recipe",
+    "ModelFlag": "recipe",
+    "Preset": "recipe",
+    "Recipe": "recipe",
+    "RecipeData": "recipe",
+    "SizedDataset": "recipe",
+    "installed_recipes": "recipe",
+    "load_recipe": "recipe",
+    "parameter_groups": "recipe",
+    "status": "console",
+    "TrainingSettings": "settings",
+    "parse_settings": "settings",
+}
 
 __all__ = [
     "CausalLMRecipe",
     "DataError",
     "EvalResults",
+    "ModelFlag",
     "Preset",
     "Recipe",
     "RecipeData",
     "SizedDataset",
     "Trainer",
     "TrainingError",
+    "TrainingInterrupted",
     "TrainingResult",
     "TrainingSettings",
     "causal_lm_blocks",
@@ -43,11 +63,56 @@ __all__ = [
     "installed_recipes",
     "load_recipe",
     "load_texts",
+    "load_tokenizer",
     "parameter_groups",
     "parse_settings",
     "python_docs_corpus",
     "run_recipe",
     "split_train_eval",
+    "status",
     "train",
     "train_byte_level_bpe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .cli import run_recipe
+    from .console import status
+    from .data import (
+        DataError,
+        causal_lm_blocks,
+        collate_blocks,
+        load_texts,
+        load_tokenizer,
+        python_docs_corpus,
+        split_train_eval,
+        train_byte_level_bpe,
+    )
+    from .distributed import gather_with_gradients
+    from .errors import TrainingError, TrainingInterrupted
+    from .loop import Trainer, TrainingResult, train
+    from .recipe import (
+        CausalLMRecipe,
+        EvalResults,
+        ModelFlag,
+        Preset,
+        Recipe,
+        RecipeData,
+        SizedDataset,
+        installed_recipes,
+        load_recipe,
+        parameter_groups,
+    )
+    from .settings import TrainingSettings, parse_settings

@@ -168,6 +168,41 @@ def train_byte_level_bpe(
     return PreTrainedTokenizerFast.from_pretrained(cached)
 
 
+def load_tokenizer(source: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
+    """A saved tokenizer to train with (``--tokenizer``): a folder written by
+    ``save_pretrained``, such as a trained model's folder.
+
+    Causal-LM blocks end every document with the end-of-sequence token, so the tokenizer must
+    have one; one without a padding token pads with it. Fails with a message naming the path.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"--tokenizer {source} does not exist")
+    if path.is_file():
+        raise DataError(
+            f"--tokenizer {source} is a file; pass the folder that save_pretrained wrote (it "
+            "holds tokenizer.json and tokenizer_config.json, with the special tokens)"
+        )
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise DataError(
+            f"--tokenizer {source} holds no tokenizer (no tokenizer.json or tokenizer_config.json)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as error:
+        raise DataError(f"--tokenizer {source} could not be loaded ({error})") from error
+    if tokenizer.eos_token_id is None:
+        raise DataError(
+            f"the tokenizer in {source} has no end-of-sequence token (eos_token), which ends "
+            "every document of a causal language model"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def causal_lm_blocks(
     texts: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int
 ) -> datasets.Dataset:

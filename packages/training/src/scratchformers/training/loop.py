@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
+import shlex
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +27,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed, str_to_bool
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from . import checkpoints
+from .console import status
+from .errors import TrainingError, TrainingInterrupted
 from .recipe import EvalResults, Recipe, RecipeData
 from .reporting import PLOT_FILE, MetricsLog, plot_losses, write_model_card
+from .rundir import RUN_FILE, check_output_dir, clear_previous_run
 from .settings import TrainingSettings
 
-RUN_FILE = "run.json"
-
-
-class TrainingError(RuntimeError):
-    """Training had to stop; the message says why, at which step, and what was kept."""
+__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "TrainingResult", "train"]
 
 
 @dataclass
@@ -59,43 +62,22 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def prepare_output_dir(settings: TrainingSettings, model_options: dict[str, Any]) -> None:
-    """Refuse an output folder that holds a different model; start a fresh run otherwise.
-
-    Same recipe and model options: a ``--resume`` continues, anything else starts over (the
-    old checkpoints and metrics are removed). A folder with another run or another model in it
-    is an error, so nothing of someone else's is overwritten.
-    """
-    output_dir = settings.output_dir
-    run_file = output_dir / RUN_FILE
-    identity = {"recipe": settings.recipe, "model": model_options}
-    if run_file.is_file():
-        previous = json.loads(run_file.read_text())
-        previous_identity = {"recipe": previous.get("recipe"), "model": previous.get("model")}
-        if previous_identity != identity:
-            raise ValueError(
-                f"--output-dir {output_dir} holds a different model (recipe "
-                f"{previous.get('recipe')!r}, preset {previous.get('preset')!r}, other model "
-                "options); choose another --output-dir"
-            )
-    elif (output_dir / "config.json").is_file() or checkpoints.checkpoint_dir(output_dir).is_dir():
-        raise ValueError(
-            f"--output-dir {output_dir} holds a model that scratchformers did not train; "
-            "choose another --output-dir"
-        )
-
-
 class Trainer:
     """One training run. ``run()`` does everything; the methods are its steps in order."""
 
     def __init__(self, recipe: Recipe, settings: TrainingSettings) -> None:
         settings.check()
+        check_output_dir(settings)
         self.recipe = recipe
         self.settings = settings
+        has_accelerator = torch.accelerator.is_available()
+        requested_precision = settings.mixed_precision
+        # From here on the settings (and so run.json and the model card) say what really runs.
+        settings.mixed_precision = _effective_mixed_precision(requested_precision, has_accelerator)
         self.accelerator = Accelerator(
             # Without a GPU (or other accelerator), say so: Accelerate then runs the processes
             # of a multi-process launch on the CPU over gloo instead of falling back to one.
-            cpu=not torch.accelerator.is_available(),
+            cpu=not has_accelerator,
             gradient_accumulation_steps=settings.grad_accum,
             mixed_precision=settings.mixed_precision,
             log_with="tensorboard",
@@ -106,14 +88,36 @@ class Trainer:
                 split_batches=True, use_seedable_sampler=True
             ),
         )
+        self.ran = self._say_what_runs() | {
+            "mixed_precision": settings.mixed_precision,
+            "mixed_precision_requested": requested_precision,
+        }
         processes = self.accelerator.num_processes
         if settings.batch_size % processes:
             raise ValueError(
                 f"--batch-size {settings.batch_size} does not divide across {processes} "
                 f"processes; use a multiple of {processes}"
             )
-        prepare_output_dir(settings, settings.model)
         self.metrics = MetricsLog(settings.output_dir)
+
+    def _say_what_runs(self) -> dict[str, Any]:
+        """Say how the run is distributed, and when that is not what the launch asked for:
+        Accelerate runs an FSDP (or DeepSpeed) launch without a GPU as plain data parallel,
+        without a word."""
+        state = self.accelerator.state
+        asked = _requested_engine()
+        ran = state.distributed_type.value
+        if asked and asked != ran:
+            status(
+                f"warning: the launch asked for {asked}, which needs a GPU; Accelerate runs it as "
+                f"{ran} on {state.num_processes} CPU process(es) instead"
+            )
+        return {
+            "distributed_type": ran,
+            "distributed_type_requested": asked or ran,
+            "num_processes": state.num_processes,
+            "device": str(self.accelerator.device),
+        }
 
     @property
     def is_main(self) -> bool:
@@ -123,9 +127,13 @@ class Trainer:
         started = time.perf_counter()
         settings, accelerator = self.settings, self.accelerator
         set_seed(settings.seed)
+        status(f"building the data ({self.recipe.name} recipe)")
         with accelerator.main_process_first():
             data = self.recipe.build_data(settings)
+        status(f"data: {data.description}")
         model = self.recipe.build_model(settings, data)
+        parameters = sum(p.numel() for p in model.parameters())
+        status(f"model: {type(model).__name__}, {parameters / 1e6:.2f}M parameters")
         optimizer = self.recipe.build_optimizer(model, settings)
         scheduler = get_scheduler(
             settings.schedule if settings.schedule != "constant" else "constant_with_warmup",
@@ -146,12 +154,14 @@ class Trainer:
                 f"of {settings.batch_size}"
             )
         eval_loader = self._eval_loader(data)
+        held_out = len(eval_loader.dataset)
         model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
             model, optimizer, train_loader, eval_loader, scheduler
         )
 
         step, first_eval_loss = self._start(model, optimizer)
         if step == 0:
+            status(f"first evaluation, on {held_out:,} held-out examples")
             first_eval_loss = self._evaluate(model, eval_loader, step).get("eval_loss")
         final_metrics = self._train(
             model, optimizer, scheduler, train_loader, eval_loader, step, first_eval_loss
@@ -177,15 +187,19 @@ class Trainer:
     def _start(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[int, float | None]:
-        """Fresh start, or restore the newest checkpoint for ``--resume``."""
+        """Fresh start, or restore a checkpoint for ``--resume``."""
         settings, accelerator = self.settings, self.accelerator
         output_dir = settings.output_dir
-        checkpoint = checkpoints.latest_checkpoint(output_dir) if settings.resume else None
+        checkpoint = None
+        if settings.resume:
+            checkpoint = settings.resume_from or checkpoints.latest_checkpoint(output_dir)
         if self.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_partial_checkpoints(output_dir)
-            if checkpoint is None:
-                shutil.rmtree(checkpoints.checkpoint_dir(output_dir), ignore_errors=True)
+            if settings.overwrite:
+                clear_previous_run(output_dir)
+            elif checkpoint is None:
+                # A resume with nothing to resume from: the earlier run's log would mislead.
                 self.metrics.path.unlink(missing_ok=True)
             (output_dir / RUN_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
         accelerator.wait_for_everyone()
@@ -224,64 +238,88 @@ class Trainer:
         window_items, window_started = 0, time.perf_counter()
         final_metrics: dict[str, float] = {}
         model.train()
-        while step < settings.max_steps:
-            # Where the data stream stands: every optimizer step consumed grad_accum batches.
-            consumed = step * settings.grad_accum
-            epoch, position = divmod(consumed, batches_per_epoch)
-            batches = (
-                accelerator.skip_first_batches(train_loader, position) if position else train_loader
-            )
-            batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = self.recipe.compute_loss(model, batch)
-                    mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-                    if not torch.isfinite(mean_loss):
-                        self._stop_on_bad_loss(float(mean_loss), step + 1)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                window_losses.append(mean_loss)
-                window_items += self.recipe.count_items(batch) * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                progress.update(1)
-                if step % settings.log_every == 0 or step == settings.max_steps:
-                    elapsed = time.perf_counter() - window_started
-                    record = {
-                        "step": step,
-                        "loss": float(torch.stack(window_losses).mean()),
-                        "lr": scheduler.get_last_lr()[0],
-                        rate_key: window_items / max(elapsed, 1e-9),
-                    }
-                    self._log(record)
-                    progress.set_postfix(
-                        {
-                            "loss": f"{record['loss']:.3f}",
-                            "lr": f"{record['lr']:.2e}",
-                            f"{self.recipe.item_unit}/s": f"{record[rate_key]:,.0f}",
+        with StopRequests() as stop:
+            while step < settings.max_steps:
+                # Where the data stream stands: every optimizer step consumed grad_accum batches.
+                consumed = step * settings.grad_accum
+                epoch, position = divmod(consumed, batches_per_epoch)
+                batches = (
+                    accelerator.skip_first_batches(train_loader, position)
+                    if position
+                    else train_loader
+                )
+                batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        loss = self.recipe.compute_loss(model, batch)
+                        mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+                        if not torch.isfinite(mean_loss):
+                            self._stop_on_bad_loss(float(mean_loss), step + 1)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and settings.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                    window_losses.append(mean_loss)
+                    window_items += self.recipe.count_items(batch) * accelerator.num_processes
+                    if not accelerator.sync_gradients:
+                        continue
+                    step += 1
+                    progress.update(1)
+                    if step % settings.log_every == 0 or step == settings.max_steps:
+                        elapsed = time.perf_counter() - window_started
+                        record = {
+                            "step": step,
+                            "loss": float(torch.stack(window_losses).mean()),
+                            "lr": scheduler.get_last_lr()[0],
+                            rate_key: window_items / max(elapsed, 1e-9),
                         }
-                    )
-                    window_losses, window_items, window_started = [], 0, time.perf_counter()
-                if step % settings.eval_every == 0 or step == settings.max_steps:
-                    final_metrics = self._evaluate(model, eval_loader, step)
-                    model.train()
-                if step % settings.save_every == 0 or step == settings.max_steps:
-                    checkpoints.save_checkpoint(
-                        accelerator,
-                        settings.output_dir,
-                        step,
-                        {"first_eval_loss": first_eval_loss},
-                        settings.keep_checkpoints,
-                    )
-                if step >= settings.max_steps:
-                    break
+                        self._log(record)
+                        progress.set_postfix(
+                            {
+                                "loss": f"{record['loss']:.3f}",
+                                "lr": f"{record['lr']:.2e}",
+                                f"{self.recipe.item_unit}/s": f"{record[rate_key]:,.0f}",
+                            }
+                        )
+                        window_losses, window_items, window_started = [], 0, time.perf_counter()
+                    if step % settings.eval_every == 0 or step == settings.max_steps:
+                        final_metrics = self._evaluate(model, eval_loader, step)
+                        model.train()
+                    saved = step % settings.save_every == 0 or step == settings.max_steps
+                    if saved:
+                        self._save(step, first_eval_loss)
+                    if step >= settings.max_steps:
+                        break
+                    # Asked to stop (on any process): save at this step boundary, then stop.
+                    if stop.requested(accelerator):
+                        if not saved:
+                            self._save(step, first_eval_loss)
+                        progress.close()
+                        self._stop_on_request(stop.signal_number, step)
         progress.close()
         return final_metrics
+
+    def _save(self, step: int, first_eval_loss: float | None) -> Path:
+        return checkpoints.save_checkpoint(
+            self.accelerator,
+            self.settings.output_dir,
+            step,
+            {"first_eval_loss": first_eval_loss},
+            self.settings.keep_checkpoints,
+        )
+
+    def _stop_on_request(self, signal_number: int, step: int) -> None:
+        settings = self.settings
+        checkpoint = checkpoints.latest_checkpoint(settings.output_dir)
+        self.accelerator.end_training()
+        name = signal.Signals(signal_number).name
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {step} of {settings.max_steps}; the checkpoint is "
+            f"{checkpoint}\ncontinue with: {resume_command()}",
+            signal_number,
+        )
 
     def _stop_on_bad_loss(self, value: float, step: int) -> None:
         last = checkpoints.latest_checkpoint(self.settings.output_dir)
@@ -426,6 +464,94 @@ class Trainer:
 
     def _print(self, message: str) -> None:
         self.accelerator.print(message)
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM during training, turned into a clean stop.
+
+    The first signal only raises a flag; the loop checks it at the next optimizer-step
+    boundary, saves a checkpoint there and stops with :class:`TrainingInterrupted`. A second
+    Ctrl-C stops at once (``KeyboardInterrupt``). A SIGTERM after the first signal is ignored:
+    launchers such as torchrun send one to every worker when the terminal's Ctrl-C reaches
+    them, and it must not cut the checkpoint short. Handlers are installed only in the main
+    thread (Python allows no other) and restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.signal_number is None:
+            self.signal_number = number
+            status(
+                f"\n{signal.Signals(number).name}: stopping after this step, with a checkpoint "
+                "(Ctrl-C again stops at once, without one)"
+            )
+        elif number == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop; every process must call this at the same
+        step, since with several it is one collective (Accelerate's trigger)."""
+        if accelerator.num_processes == 1:
+            return self.signal_number is not None
+        if self.signal_number is not None:
+            accelerator.set_trigger()
+        if accelerator.check_trigger():
+            self.signal_number = self.signal_number or signal.SIGTERM
+            return True
+        return False
+
+
+def resume_command() -> str:
+    """The command line of this process with ``--resume``: how to continue it."""
+    argv = list(sys.orig_argv)
+    if argv and Path(argv[0]).name.startswith("python"):
+        argv[0] = "python"
+    if len(argv) > 1 and Path(argv[1]).name == "scratchformers":  # the console script
+        argv = argv[1:]
+        argv[0] = "scratchformers"
+    argv = [arg for arg in argv if arg not in ("--overwrite",)]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(argv)
+
+
+def _effective_mixed_precision(requested: str, has_accelerator: bool) -> str:
+    """The mixed precision that will really run. fp16 autocast needs a GPU: on a CPU,
+    Accelerate accepts ``fp16`` and then computes in float32 anyway, so the run says so and
+    records ``no`` (bf16 autocast does run on CPUs)."""
+    if requested == "fp16" and not has_accelerator:
+        status(
+            "warning: --mixed-precision fp16 needs a GPU and would not take effect on this "
+            "CPU; training in float32 (--mixed-precision no). bf16 runs on CPUs."
+        )
+        return "no"
+    return requested
+
+
+def _requested_engine() -> str | None:
+    """The sharding engine an ``accelerate launch`` config asked for, from the environment
+    the launcher sets (``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``)."""
+
+    for variable, engine in (
+        ("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED),
+    ):
+        if str_to_bool(os.environ.get(variable, "false")):
+            return engine.value
+    return None
 
 
 def _join(pieces: list[torch.Tensor | list[Any]]) -> torch.Tensor | list[Any]:

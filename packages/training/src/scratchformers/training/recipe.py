@@ -7,6 +7,10 @@ what to show at the end. Every hook but ``build_data`` and ``build_model`` has a
 trains a Hugging Face model on its own ``loss``. Each trainable package keeps its recipe in
 ``scratchformers/<package>/train.py`` and announces it with an entry point in the
 ``scratchformers.recipes`` group, so ``scratchformers train --help`` lists what is installed.
+
+A recipe's module is imported to answer ``--help``, so it keeps torch, transformers and the
+model package out of its top level: they are imported inside ``build_data`` / ``build_model``,
+where the work starts. This module follows the same rule.
 """
 
 from __future__ import annotations
@@ -18,18 +22,12 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import torch
-from transformers import PreTrainedModel
-
-from .data import (
-    causal_lm_blocks,
-    collate_blocks,
-    load_texts,
-    split_train_eval,
-    train_byte_level_bpe,
-)
+from .console import status
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
     from .settings import TrainingSettings
 
 ENTRY_POINT_GROUP = "scratchformers.recipes"
@@ -42,6 +40,16 @@ class Preset:
 
     training: dict[str, Any]
     model: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelFlag:
+    """A command-line flag that sets one model option (a key of ``Preset.model``) over the
+    preset's value, e.g. ``"--width": ModelFlag("hidden_size", "hidden size")``."""
+
+    option: str
+    help: str
+    type: Callable[[str], Any] = int
 
 
 class SizedDataset(Protocol):
@@ -88,6 +96,9 @@ class Recipe:
     default_preset: ClassVar[str] = "tiny"
     auto_class: ClassVar[str] = "AutoModel"  # how users load the result, for the model card
     item_unit: ClassVar[str] = "examples"  # what count_items counts: the throughput's unit
+    # Flags for the model's shape (``--width``, ``--depth``, ...), by flag name; each overrides
+    # one option of the chosen preset's ``model``.
+    model_flags: ClassVar[dict[str, ModelFlag]] = {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,
@@ -105,6 +116,8 @@ class Recipe:
         self, model: torch.nn.Module, settings: TrainingSettings
     ) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters, with weight decay on matrices only."""
+        import torch
+
         return torch.optim.AdamW(
             parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
         )
@@ -163,6 +176,14 @@ class CausalLMRecipe(Recipe):
 
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     item_unit: ClassVar[str] = "tokens"
+    model_flags: ClassVar[dict[str, ModelFlag]] = {
+        "--block-size": ModelFlag(
+            "block_size", "tokens per training block, which is the model's context length"
+        ),
+        "--vocab-size": ModelFlag(
+            "vocab_size", "tokens in the byte-level BPE vocabulary trained on the data"
+        ),
+    }
 
     sample_prompts: ClassVar[tuple[str, ...]] = (
         "The return statement",
@@ -183,18 +204,48 @@ class CausalLMRecipe(Recipe):
             default="text",
             help="the text column of a Hugging Face dataset (default: text)",
         )
+        data.add_argument(
+            "--tokenizer",
+            default=None,
+            help="a saved tokenizer to reuse instead of training one: a folder written by "
+            "save_pretrained, such as a trained model's (then --vocab-size does not apply)",
+        )
 
     def build_data(self, settings: TrainingSettings) -> RecipeData:
-        options, dataset = settings.model, settings.recipe_options["dataset"]
-        texts = load_texts(dataset, settings.recipe_options["text_column"])
+        from .data import (
+            causal_lm_blocks,
+            collate_blocks,
+            load_texts,
+            load_tokenizer,
+            split_train_eval,
+            train_byte_level_bpe,
+        )
+
+        options, recipe_options = settings.model, settings.recipe_options
+        dataset = recipe_options["dataset"]
+        source = dataset or "pydoc topics and standard-library docstrings (offline default)"
+        status(f"reading the text: {source}")
+        texts = load_texts(dataset, recipe_options["text_column"])
         train_texts, eval_texts = split_train_eval(texts)
-        tokenizer = train_byte_level_bpe(train_texts, options["vocab_size"])
+        if recipe_options.get("tokenizer"):
+            tokenizer = load_tokenizer(recipe_options["tokenizer"])
+            tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
+        else:
+            status(
+                f"training a byte-level BPE tokenizer of {options['vocab_size']:,} tokens on "
+                f"{len(train_texts):,} documents"
+            )
+            tokenizer = train_byte_level_bpe(train_texts, options["vocab_size"])
+            tokenizer_description = "byte-level BPE"
         block_size = options["block_size"]
+        status(f"cutting the text into blocks of {block_size} tokens")
         train = causal_lm_blocks(train_texts, tokenizer, block_size)
         held_out = causal_lm_blocks(eval_texts, tokenizer, block_size)
         if "max_eval_blocks" in options:
             held_out = held_out.select(range(min(len(held_out), options["max_eval_blocks"])))
-        source = dataset or "pydoc topics and standard-library docstrings (offline default)"
+        # Saved with the model, so that pipelines and generate() know its context length (set
+        # after the corpus is cut into blocks, which reads longer texts than the model does).
+        tokenizer.model_max_length = block_size
         return RecipeData(
             train=train,
             eval=held_out,
@@ -202,7 +253,7 @@ class CausalLMRecipe(Recipe):
             processor=tokenizer,
             description=(
                 f"{source}: {len(train):,} training and {len(held_out):,} held-out blocks of "
-                f"{block_size} tokens, byte-level BPE with {len(tokenizer):,} tokens"
+                f"{block_size} tokens, {tokenizer_description} with {len(tokenizer):,} tokens"
             ),
         )
 
@@ -214,6 +265,8 @@ class CausalLMRecipe(Recipe):
         return {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
 
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
+        import torch
+
         tokenizer = data.processor
         tokenizer.padding_side = "left"
         batch = tokenizer(list(self.sample_prompts), return_tensors="pt", padding=True)

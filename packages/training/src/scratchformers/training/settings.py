@@ -12,7 +12,9 @@ from .recipe import Recipe
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # The TrainingSettings fields that no loop flag sets: a recipe flag may use these names.
-NOT_FLAGS = frozenset({"recipe", "model", "recipe_options"})
+NOT_FLAGS = frozenset({"recipe", "model", "recipe_options", "resume_from"})
+# The argparse dest of a model flag: "model:<option>", apart from loop and recipe flags.
+MODEL_DEST = "model:"
 
 
 @dataclass
@@ -42,12 +44,16 @@ class TrainingSettings:
     keep_checkpoints: int = 2
     log_every: int = 10
     resume: bool = False
+    # A checkpoint folder to resume from (``--resume PATH``); None: the newest in output_dir.
+    resume_from: Path | None = None
+    overwrite: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     # The values of the recipe's own flags (Recipe.add_arguments), by dest.
     recipe_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "output_dir": str(self.output_dir)}
+        resume_from = None if self.resume_from is None else str(self.resume_from)
+        return {**asdict(self), "output_dir": str(self.output_dir), "resume_from": resume_from}
 
     def check(self) -> None:
         """Raise a ``ValueError`` naming the flag when a setting cannot work."""
@@ -65,6 +71,11 @@ class TrainingSettings:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"--mixed-precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
+            )
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "--resume continues the run in --output-dir and --overwrite starts it over; "
+                "give one of them"
             )
 
 
@@ -139,7 +150,33 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
         type=int,
         help="log training metrics every N optimizer steps" + default("log_every"),
     )
-    add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    add(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue the run in --output-dir from its newest usable checkpoint, or from the "
+        "checkpoint folder given",
+    )
+    add(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output-dir that holds an earlier run, deleting its checkpoints "
+        "and metrics (without --resume or --overwrite such a folder is left untouched)",
+    )
+    if recipe.model_flags:
+        model = parser.add_argument_group("model shape (over the preset's)")
+        model_values = recipe.presets[recipe.default_preset].model
+        for flag, spec in recipe.model_flags.items():
+            preset_value = model_values.get(spec.option, "none")
+            model.add_argument(
+                flag,
+                dest=MODEL_DEST + spec.option,
+                metavar="N",
+                type=spec.type,
+                help=f"{spec.help} (preset {recipe.default_preset}: {preset_value})",
+            )
     recipe.add_arguments(parser)
     return parser
 
@@ -154,6 +191,16 @@ def parse_settings(
     """
     arguments = vars(build_parser(recipe, prog).parse_args(argv))
     preset = recipe.presets[arguments["preset"]]
+    model = dict(preset.model)
+    for dest in [k for k in arguments if k.startswith(MODEL_DEST)]:
+        value = arguments.pop(dest)
+        if value is not None:
+            option = dest.removeprefix(MODEL_DEST)
+            flag = next(f for f, spec in recipe.model_flags.items() if spec.option == option)
+            if isinstance(value, int | float) and value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+            model[option] = value
+    resume = arguments.pop("resume")
     loop_flags = {f.name for f in fields(TrainingSettings)} - NOT_FLAGS
     recipe_options = {k: v for k, v in arguments.items() if k not in loop_flags}
     unknown = set(preset.training) - loop_flags
@@ -169,7 +216,12 @@ def parse_settings(
         arguments["output_dir"] or Path("outputs") / f"{recipe.name}-{arguments['preset']}"
     )
     settings = TrainingSettings(
-        recipe=recipe.name, model=dict(preset.model), recipe_options=recipe_options, **values
+        recipe=recipe.name,
+        model=model,
+        recipe_options=recipe_options,
+        resume=resume is not False,
+        resume_from=None if isinstance(resume, bool) else Path(resume),
+        **values,
     )
     settings.check()
     return settings

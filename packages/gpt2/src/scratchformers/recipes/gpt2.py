@@ -1,0 +1,107 @@
+"""The GPT-2 training recipe: GPT-2 trained from scratch as a causal language model.
+
+    scratchformers train gpt2 [--preset tiny] [...]
+    accelerate launch -m scratchformers.gpt2.train [...]
+
+The result is a scratchformers GPT-2; ``scratchformers export`` (or
+``scratchformers.gpt2.export_to_transformers``) turns it into a directory for transformers'
+``GPT2LMHeadModel`` and ``pipeline("text-generation")``. This module is what
+``scratchformers train gpt2 --help`` imports, so the model package is imported in
+``build_model`` only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scratchformers.training.recipe import CausalLMRecipe, ModelFlag, Preset, RecipeData
+
+if TYPE_CHECKING:
+    from scratchformers.gpt2 import GPT2LMHeadModel
+    from scratchformers.training.settings import TrainingSettings
+
+
+def _preset(steps: int, batch: int, lr: float, warmup: int, every: int, **model: int) -> Preset:
+    training = {
+        "max_steps": steps,
+        "batch_size": batch,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "eval_every": every,
+        "save_every": 2 * every,
+        "log_every": max(1, every // 5),
+    }
+    return Preset(training=training, model=model)
+
+
+class GPT2Recipe(CausalLMRecipe):
+    """GPT-2 on the same offline corpus and byte-level BPE as the BasicFormer recipe."""
+
+    name = "gpt2"
+    description = "Train a GPT-2 causal language model from scratch."
+    model_flags = {
+        **CausalLMRecipe.model_flags,
+        "--width": ModelFlag("n_embd", "hidden size of every layer"),
+        "--depth": ModelFlag("n_layer", "number of transformer blocks"),
+        "--heads": ModelFlag("n_head", "attention heads (must divide --width)"),
+    }
+    presets = {
+        "tiny": _preset(
+            800,
+            16,
+            3e-3,
+            50,
+            100,
+            vocab_size=2048,
+            block_size=64,
+            n_embd=128,
+            n_layer=2,
+            n_head=4,
+            max_eval_blocks=256,
+        ),
+        "small": _preset(
+            3000,
+            32,
+            1e-3,
+            200,
+            250,
+            vocab_size=8192,
+            block_size=256,
+            n_embd=384,
+            n_layer=6,
+            n_head=6,
+            max_eval_blocks=512,
+        ),
+        "base": _preset(
+            20000,
+            64,
+            6e-4,
+            1000,
+            1000,
+            vocab_size=16384,
+            block_size=1024,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            max_eval_blocks=1024,
+        ),
+    }
+
+    def build_model(self, settings: TrainingSettings, data: RecipeData) -> GPT2LMHeadModel:
+        from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
+
+        options, tokenizer = settings.model, data.processor
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=options["block_size"],
+            n_embd=options["n_embd"],
+            n_layer=options["n_layer"],
+            n_head=options["n_head"],
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return GPT2LMHeadModel(config)
