@@ -48,11 +48,11 @@ def test_the_main_job_learns(tmp_path: Path) -> None:
     assert str(output_dir.relative_to(tmp_path) / "loss_curve.png") in result.stdout
 
 
-@pytest.fixture
-def small_corpus(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from scratchformers.training import python_docs_corpus
 
-    path = tmp_path / "corpus.txt"
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n\n".join(python_docs_corpus()[:60]))
     return path
 
@@ -127,39 +127,81 @@ def test_a_batch_that_does_not_split_across_processes_fails_fast(
     assert not (tmp_path / "odd" / "checkpoints").exists()
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(
-    small_corpus: Path, tmp_path: Path
-) -> None:
-    """SIGKILL a real training process after its first checkpoint, resume it, compare."""
-    flags = ("--max-steps", "60", "--save-every", "3", "--eval-every", "30")
+# Long enough that a signal lands mid-run, with a checkpoint every 3 steps.
+STOP_FLAGS = ("--max-steps", "60", "--save-every", "3", "--eval-every", "30")
+
+
+@pytest.fixture(scope="module")
+def straight_weights(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The final weights of the run below, uninterrupted."""
+    output_dir = tmp_path_factory.mktemp("straight") / "run"
     straight = run(
-        [sys.executable, *train_command(small_corpus, tmp_path / "straight", *flags)], cwd=tmp_path
+        [sys.executable, *train_command(small_corpus, output_dir, *STOP_FLAGS)],
+        cwd=output_dir.parent,
     )
     assert straight.returncode == 0, straight.stderr[-3000:]
+    return load_file(output_dir / "model.safetensors")
 
-    output_dir = tmp_path / "killed"
-    command = [sys.executable, *train_command(small_corpus, output_dir, *flags)]
+
+def start_and_signal(
+    small_corpus: Path, output_dir: Path, number: int
+) -> subprocess.CompletedProcess[str]:
+    """Start a real training process, send it ``number`` once its first checkpoint exists,
+    and wait for it to end."""
+    command = [sys.executable, *train_command(small_corpus, output_dir, *STOP_FLAGS)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        cwd=output_dir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     first = output_dir / "checkpoints" / "checkpoint-0000003" / "trainer_state.json"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (output_dir / "model.safetensors").exists()
+    process.send_signal(number)
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
+
+def assert_resumes_to(straight: dict, small_corpus: Path, output_dir: Path) -> None:
     resumed = run(
-        [sys.executable, *train_command(small_corpus, output_dir, *flags, "--resume")], cwd=tmp_path
+        [sys.executable, *train_command(small_corpus, output_dir, *STOP_FLAGS, "--resume")],
+        cwd=output_dir.parent,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
-    expected, actual = (
-        load_file(tmp_path / "straight" / "model.safetensors"),
-        load_file(output_dir / "model.safetensors"),
-    )
-    for name, tensor in expected.items():
+    actual = load_file(output_dir / "model.safetensors")
+    for name, tensor in straight.items():
         torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(
+    small_corpus: Path, straight_weights: dict, tmp_path: Path
+) -> None:
+    """SIGKILL a real training process after its first checkpoint, resume it, compare."""
+    output_dir = tmp_path / "killed"
+    killed = start_and_signal(small_corpus, output_dir, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (output_dir / "model.safetensors").exists()
+    assert_resumes_to(straight_weights, small_corpus, output_dir)
+
+
+def test_ctrl_c_saves_says_how_to_continue_and_resumes_exactly(
+    small_corpus: Path, straight_weights: dict, tmp_path: Path
+) -> None:
+    """Ctrl-C (SIGINT) to a real training process: a checkpoint at the next step, one line
+    on how to continue, exit code 130 and no traceback; resuming gives the uninterrupted
+    weights."""
+    output_dir = tmp_path / "interrupted"
+    stopped = start_and_signal(small_corpus, output_dir, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert "stopped by SIGINT at step" in stopped.stderr
+    assert "continue with: python -m scratchformers.basicformer.train" in stopped.stderr
+    assert "--resume" in stopped.stderr
+    assert not (output_dir / "model.safetensors").exists()
+    assert_resumes_to(straight_weights, small_corpus, output_dir)

@@ -226,3 +226,44 @@ def test_bf16_mixed_precision_trains(recipe: Recipe, corpus: Path, tmp_path: Pat
     assert result.final_metrics["eval_loss"] < 0.8 * result.first_eval_loss
     # The saved weights stay float32: autocast changes the compute, not the parameters.
     assert all(t.dtype == torch.float32 for t in final_weights(tmp_path / "bf16").values())
+
+
+def test_model_shape_flags_override_the_preset(recipe: Recipe) -> None:
+    from scratchformers.training.settings import build_parser
+
+    settings = parse_settings(recipe, ["--block-size", "8", "--vocab-size", "280"])
+    assert (settings.model["block_size"], settings.model["vocab_size"]) == (8, 280)
+    assert parse_settings(recipe, []).model == recipe.presets["tiny"].model
+    assert recipe.presets["tiny"].model["block_size"] == 16, "the preset itself is unchanged"
+    with pytest.raises(ValueError, match="--block-size must be at least 1, got 0"):
+        parse_settings(recipe, ["--block-size", "0"])
+    assert "(preset tiny: 16)" in build_parser(recipe).format_help()
+
+
+def test_the_saved_tokenizer_knows_the_context_and_can_be_reused(
+    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scratchformers.training import data
+
+    first = tmp_path / "first"
+    train(recipe, settings_for(recipe, corpus, first, "--max-steps", "2", "--block-size", "8"))
+    assert AutoTokenizer.from_pretrained(first).model_max_length == 8
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--tokenizer must not train a new tokenizer")
+
+    monkeypatch.setattr(data, "train_byte_level_bpe", no_training)
+    second = tmp_path / "second"
+    train(
+        recipe, settings_for(recipe, corpus, second, "--max-steps", "2", "--tokenizer", str(first))
+    )
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    assert AutoTokenizer.from_pretrained(second).model_max_length == 16
+
+    for bad, message in (
+        (tmp_path / "missing", "does not exist"),
+        (first / "tokenizer.json", "is a file; pass the folder"),
+        (first / "checkpoints", "holds no tokenizer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train(recipe, settings_for(recipe, corpus, tmp_path / "bad", "--tokenizer", str(bad)))

@@ -409,6 +409,7 @@ class Trainer:
                 "final_eval_loss": final_metrics.get("eval_loss"),
                 "final_metrics": final_metrics,
                 "weight_fingerprints": fingerprints,
+                "ran": self.ran,
             }
             run = {**settings.to_dict(), "summary": summary, "samples": samples}
             (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,11 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
     add(
         "--mixed-precision",
         choices=MIXED_PRECISION,
-        default="no",
-        help="autocast dtype: bf16 on recent CPUs and GPUs, fp16 on GPUs (default: no)",
+        # An `accelerate launch` config's choice, unless the flag is given: Accelerate lets an
+        # explicit value win, and the loop always passes one.
+        default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
+        help="autocast dtype: bf16 on recent CPUs and GPUs, fp16 on GPUs (default: the "
+        "accelerate launch config's, else no)",
     )
     add("--eval-every", type=int, help="evaluate every N optimizer steps" + default("eval_every"))
     add("--save-every", type=int, help="checkpoint every N optimizer steps" + default("save_every"))
