@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from . import checkpoints
-from .console import status
+from .console import resume_command, status
 from .errors import TrainingError, TrainingInterrupted
 from .recipe import EvalResults, Recipe, RecipeData
 from .reporting import PLOT_FILE, MetricsLog, plot_losses, write_model_card
@@ -513,20 +511,6 @@ class StopRequests:
             self.signal_number = self.signal_number or signal.SIGTERM
             return True
         return False
-
-
-def resume_command() -> str:
-    """The command line of this process with ``--resume``: how to continue it."""
-    argv = list(sys.orig_argv)
-    if argv and Path(argv[0]).name.startswith("python"):
-        argv[0] = "python"
-    if len(argv) > 1 and Path(argv[1]).name == "scratchformers":  # the console script
-        argv = argv[1:]
-        argv[0] = "scratchformers"
-    argv = [arg for arg in argv if arg not in ("--overwrite",)]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(argv)
 
 
 def _effective_mixed_precision(requested: str, has_accelerator: bool) -> str:
