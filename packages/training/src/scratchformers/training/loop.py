@@ -30,7 +30,15 @@ from transformers import PreTrainedModel, get_scheduler
 
 from . import checkpoints
 from .recipe import EvalResults, Recipe, RecipeData
-from .reporting import PLOT_FILE, MetricsLog, plot_losses, write_model_card
+from .reporting import (
+    PLOT_FILE,
+    MetricsLog,
+    command_line,
+    finish_segments,
+    plot_losses,
+    segments_at_start,
+    write_model_card,
+)
 from .settings import TrainingSettings
 
 RUN_FILE = "run.json"
@@ -114,6 +122,15 @@ class Trainer:
             )
         prepare_output_dir(settings, settings.model)
         self.metrics = MetricsLog(settings.output_dir)
+        # This start of the command is one segment of the run; with --resume, the earlier ones
+        # come from the run.json the previous segment left, read before _start rewrites it.
+        # The checkpoint is the one _start resumes from: the newest complete one.
+        self.segments = segments_at_start(
+            settings.output_dir / RUN_FILE,
+            checkpoints.latest_checkpoint(settings.output_dir) if settings.resume else None,
+            command=command_line(),
+            num_processes=processes,
+        )
 
     @property
     def is_main(self) -> bool:
@@ -187,7 +204,9 @@ class Trainer:
             if checkpoint is None:
                 shutil.rmtree(checkpoints.checkpoint_dir(output_dir), ignore_errors=True)
                 self.metrics.path.unlink(missing_ok=True)
-            (output_dir / RUN_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
+            # With the segments so far, so that a segment killed before its end is still known.
+            run = {**settings.to_dict(), "segments": self.segments}
+            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
         accelerator.wait_for_everyone()
         accelerator.init_trackers("tensorboard", config=_flat_hparams(settings))
         if checkpoint is None:
@@ -371,6 +390,7 @@ class Trainer:
                 "final_eval_loss": final_metrics.get("eval_loss"),
                 "final_metrics": final_metrics,
                 "weight_fingerprints": fingerprints,
+                **finish_segments(self.segments, settings.max_steps, wall_time_s),
             }
             run = {**settings.to_dict(), "summary": summary, "samples": samples}
             (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
@@ -385,6 +405,8 @@ class Trainer:
                 recipe=settings.recipe,
                 preset=settings.preset,
                 auto_class=self.recipe.auto_class,
+                pipeline_tag=self.recipe.pipeline_tag,
+                license=self.recipe.license,
                 data_description=data.description,
                 settings=settings.to_dict(),
                 summary=summary,

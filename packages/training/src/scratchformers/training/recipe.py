@@ -88,6 +88,12 @@ class Recipe:
     default_preset: ClassVar[str] = "tiny"
     auto_class: ClassVar[str] = "AutoModel"  # how users load the result, for the model card
     item_unit: ClassVar[str] = "examples"  # what count_items counts: the throughput's unit
+    # The Hugging Face Hub task of the trained model ("text-generation", ...), for the model
+    # card's metadata; None leaves the task (and the card's model-index results) out.
+    pipeline_tag: ClassVar[str | None] = None
+    # The Hub license id of the trained weights when the recipe knows it. The weights inherit
+    # the terms of their training data, not the code's license, so none by default.
+    license: ClassVar[str | None] = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,
@@ -163,6 +169,7 @@ class CausalLMRecipe(Recipe):
 
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     item_unit: ClassVar[str] = "tokens"
+    pipeline_tag: ClassVar[str | None] = "text-generation"
 
     sample_prompts: ClassVar[tuple[str, ...]] = (
         "The return statement",
