@@ -78,7 +78,12 @@ class ToyRecipe(CausalLMRecipe):
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
-        return GPT2LMHeadModel(config)
+        model = GPT2LMHeadModel(config)
+        # transformers infers the loss from the class name ("...ForCausalLM"); GPT2LMHeadModel
+        # has an older name, so without this it warns on the first loss and falls back to the
+        # same causal-LM loss.
+        model.loss_type = "ForCausalLM"
+        return model
 
     def samples(self, model: GPT2LMHeadModel, data: RecipeData) -> list[str]:
         return []

@@ -90,6 +90,14 @@ def load_texts(source: str | None, text_column: str = "text") -> list[str]:
     return texts
 
 
+def hub_dataset_id(source: str | None) -> str | None:
+    """``source`` when :func:`load_texts` reads it from the Hugging Face Hub, else ``None``
+    (the default corpus or a local file or folder): what a model card may list as its data."""
+    if source is None or Path(source).exists() or _looks_like_a_path(source):
+        return None
+    return source
+
+
 def _looks_like_a_path(source: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else that does not exist is a missing path.
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or bool(Path(source).suffix)

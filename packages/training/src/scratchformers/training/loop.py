@@ -31,10 +31,19 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
 from . import checkpoints
-from .console import resume_command, status
+from .console import status
 from .errors import TrainingError, TrainingInterrupted
 from .recipe import EvalResults, Recipe, RecipeData
-from .reporting import PLOT_FILE, MetricsLog, plot_losses, write_model_card
+from .reporting import (
+    PLOT_FILE,
+    MetricsLog,
+    command_line,
+    finish_segments,
+    plot_losses,
+    resume_command,
+    segments_at_start,
+    write_model_card,
+)
 from .rundir import RUN_FILE, check_output_dir, clear_previous_run
 from .settings import TrainingSettings
 
@@ -97,6 +106,23 @@ class Trainer:
                 f"processes; use a multiple of {processes}"
             )
         self.metrics = MetricsLog(settings.output_dir)
+        # This start of the command is one segment of the run; with --resume, the earlier ones
+        # come from the run.json the previous segment left, read before _start rewrites it.
+        # The checkpoint is the one _start resumes from.
+        self.resume_checkpoint = self._checkpoint_to_resume()
+        self.segments = segments_at_start(
+            settings.output_dir / RUN_FILE,
+            self.resume_checkpoint,
+            command=command_line(),
+            num_processes=processes,
+        )
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        """For ``--resume``: the checkpoint given, else the newest in the output folder."""
+        settings = self.settings
+        if not settings.resume:
+            return None
+        return settings.resume_from or checkpoints.latest_checkpoint(settings.output_dir)
 
     def _say_what_runs(self) -> dict[str, Any]:
         """Say how the run is distributed, and when that is not what the launch asked for:
@@ -188,9 +214,7 @@ class Trainer:
         """Fresh start, or restore a checkpoint for ``--resume``."""
         settings, accelerator = self.settings, self.accelerator
         output_dir = settings.output_dir
-        checkpoint = None
-        if settings.resume:
-            checkpoint = settings.resume_from or checkpoints.latest_checkpoint(output_dir)
+        checkpoint = self.resume_checkpoint
         if self.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_partial_checkpoints(output_dir)
@@ -199,7 +223,9 @@ class Trainer:
             elif checkpoint is None:
                 # A resume with nothing to resume from: the earlier run's log would mislead.
                 self.metrics.path.unlink(missing_ok=True)
-            (output_dir / RUN_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
+            # With the segments so far, so that a segment killed before its end is still known.
+            run = {**settings.to_dict(), "segments": self.segments}
+            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
         accelerator.wait_for_everyone()
         accelerator.init_trackers("tensorboard", config=_flat_hparams(settings))
         if checkpoint is None:
@@ -408,6 +434,7 @@ class Trainer:
                 "final_metrics": final_metrics,
                 "weight_fingerprints": fingerprints,
                 "ran": self.ran,
+                **finish_segments(self.segments, settings.max_steps, wall_time_s),
             }
             run = {**settings.to_dict(), "summary": summary, "samples": samples}
             (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
@@ -422,12 +449,14 @@ class Trainer:
                 recipe=settings.recipe,
                 preset=settings.preset,
                 auto_class=self.recipe.auto_class,
+                pipeline_tag=self.recipe.pipeline_tag,
+                license=self.recipe.license,
                 data_description=data.description,
                 settings=settings.to_dict(),
                 summary=summary,
                 samples=samples,
             )
-            self._report(first_eval_loss, final_metrics, samples, wall_time_s)
+            self._report(first_eval_loss, final_metrics, samples, summary)
         accelerator.end_training()
         return TrainingResult(
             output_dir=output_dir,
@@ -443,10 +472,13 @@ class Trainer:
         first_eval_loss: float | None,
         final: dict[str, float],
         samples: list[str],
-        wall_time_s: float,
+        summary: dict[str, Any],
     ) -> None:
         output_dir = self.settings.output_dir
-        lines = [f"\nfinished {self.settings.max_steps} steps in {wall_time_s:.0f} s"]
+        took = f"{summary['total_wall_time_s']:.0f} s"
+        if len(summary["segments"]) > 1:
+            took += f" over {len(summary['segments'])} segments (resumed)"
+        lines = [f"\nfinished {self.settings.max_steps} steps in {took}"]
         if first_eval_loss is not None and "eval_loss" in final:
             lines.append(
                 f"eval loss {first_eval_loss:.3f} -> {final['eval_loss']:.3f} "

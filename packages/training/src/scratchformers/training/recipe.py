@@ -99,6 +99,12 @@ class Recipe:
     # Flags for the model's shape (``--width``, ``--depth``, ...), by flag name; each overrides
     # one option of the chosen preset's ``model``.
     model_flags: ClassVar[dict[str, ModelFlag]] = {}
+    # The Hugging Face Hub task of the trained model ("text-generation", ...), for the model
+    # card's metadata; None leaves the task (and the card's model-index results) out.
+    pipeline_tag: ClassVar[str | None] = None
+    # The Hub license id of the trained weights when the recipe knows it. The weights inherit
+    # the terms of their training data, not the code's license, so none by default.
+    license: ClassVar[str | None] = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,
@@ -184,6 +190,7 @@ class CausalLMRecipe(Recipe):
             "vocab_size", "tokens in the byte-level BPE vocabulary trained on the data"
         ),
     }
+    pipeline_tag: ClassVar[str | None] = "text-generation"
 
     sample_prompts: ClassVar[tuple[str, ...]] = (
         "The return statement",

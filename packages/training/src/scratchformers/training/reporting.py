@@ -1,10 +1,26 @@
-"""What a run leaves for people to read: metrics, a loss curve, and a model card."""
+"""What a run leaves for people to read: metrics, a loss curve, its segments, a model card.
+
+A run that is stopped and continued with ``--resume`` is several *segments*, one per start of
+the command. Each records the command that started it, the optimizer steps it contributed
+(from its start step to its end step), its number of processes and its wall time; run.json's
+summary and the model card list them all, with the totals.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .checkpoints import STATE_FILE
+from .data import hub_dataset_id
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
@@ -55,6 +71,260 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def command_line(
+    argv: Sequence[str] | None = None,
+    main_module: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The command that started this process, rebuilt from ``sys.argv`` to be typed again.
+
+    The console script shows as ``scratchformers train basicformer --max-steps 30``, a module
+    run as ``python -m scratchformers.basicformer.train ...``. A process started by
+    ``accelerate launch`` (or torchrun) sees only the module and its flags, never the
+    launcher's own (``--config_file``, ``--num_processes``): those show as a literal ``...``,
+    as in ``accelerate launch ... -m scratchformers.basicformer.train --max-steps 6``.
+    ``argv``, ``main_module`` (what ``-m`` ran; "" for nothing) and ``environ`` default to this
+    process's.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    if main_module is None:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        main_module = spec.name if spec is not None else None
+    program, flags = (argv[0] if argv else ""), [shlex.quote(flag) for flag in argv[1:]]
+    # Every word below but the flags is already shell-safe; "..." marks what is not known.
+    needs_python = True
+    if main_module:
+        # Run with -m: Python has put the module's file path in argv[0] instead of "-m <module>".
+        invocation = ["-m", main_module.removesuffix(".__main__")]
+    elif program == "-c":
+        invocation = ["-c", "..."]  # the code itself is not in argv
+    elif program == "":
+        invocation = []  # an interactive session or a script read from stdin
+    elif program.endswith(".py"):
+        invocation = [shlex.quote(program)]
+    else:
+        # A console script (scratchformers, pytest): its name, not the virtualenv's path to it.
+        invocation, needs_python = [shlex.quote(Path(program).name)], False
+    if "ACCELERATE_MIXED_PRECISION" in environ:  # set by every launcher of accelerate launch
+        launcher = ["accelerate", "launch", "..."]
+    elif "TORCHELASTIC_RUN_ID" in environ:
+        launcher = ["torchrun", "..."]
+    else:
+        launcher = ["python"] if needs_python else []
+    return " ".join([*launcher, *invocation, *flags])
+
+
+def resume_command() -> str:
+    """The command that continues this run: :func:`command_line` with ``--resume`` (and
+    without ``--overwrite``, which would start it over)."""
+    words = [word for word in command_line().split(" ") if word != "--overwrite"]
+    if "--resume" not in words:
+        words.append("--resume")
+    return " ".join(words)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def segments_at_start(
+    run_file: Path,
+    checkpoint: Path | None,
+    *,
+    command: str,
+    num_processes: int,
+    started_at: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The segments of a run as one more starts: the earlier ones, then this one (running).
+
+    ``checkpoint`` is the one this segment resumes from (``None``: a fresh start, which keeps
+    nothing of an earlier run). The earlier segments come from the ``run_file`` the previous
+    segment left. One still marked running there never reached its end: it was killed or
+    crashed. It becomes ``interrupted``; its end step is the step of ``checkpoint`` (what it
+    did after that checkpoint was lost and is done again by this segment), and its wall time
+    runs from its start to when that checkpoint was saved, or is ``None`` when it saved no
+    checkpoint of its own (nothing it did was kept; how long it ran is not known).
+    """
+    started_at = started_at or _now()
+    current = {
+        "command": command,
+        "num_processes": num_processes,
+        "started_at": started_at.isoformat(timespec="milliseconds"),
+        "start_step": 0,
+        "end_step": None,
+        "wall_time_s": None,
+        "status": "running",
+    }
+    if checkpoint is None:
+        return [current]
+    state_file = checkpoint / STATE_FILE
+    resume_step = json.loads(state_file.read_text())["step"]
+    current["start_step"] = resume_step
+    previous: dict[str, Any] = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    # A finished run keeps its segments in the summary; one that was stopped, at the top level.
+    earlier = previous.get("summary", {}).get("segments") or previous.get("segments")
+    if earlier is None:
+        # A run.json from before segments were recorded: one segment, nothing known of it.
+        earlier = [{"command": None, "start_step": 0, "end_step": resume_step, "status": "unknown"}]
+    saved_at = datetime.fromtimestamp(state_file.stat().st_mtime, UTC)
+    segments = []
+    for segment in earlier:
+        if segment["start_step"] > resume_step:
+            continue  # it only did work past the checkpoint, all of it redone now
+        segment = dict(segment)
+        if segment["status"] == "running":
+            segment["status"] = "interrupted"
+            segment["end_step"] = resume_step
+            began = datetime.fromisoformat(segment["started_at"])
+            saved_its_own = segment["start_step"] < resume_step and saved_at >= began
+            segment["wall_time_s"] = (saved_at - began).total_seconds() if saved_its_own else None
+        else:
+            # Steps past the checkpoint resumed from (a newer one was removed) do not count.
+            segment["end_step"] = min(segment["end_step"], resume_step)
+        segments.append(segment)
+    return [*segments, current]
+
+
+def finish_segments(
+    segments: list[dict[str, Any]], end_step: int, wall_time_s: float
+) -> dict[str, Any]:
+    """Close the running (last) segment at ``end_step`` after ``wall_time_s`` seconds; the
+    segments and their totals, for run.json's summary.
+
+    ``total_steps`` adds up the steps each segment contributed, which is the run's final
+    step. ``total_wall_time_s`` adds up the known wall times; ``unknown_time_segments``
+    counts the segments whose time is not known (see :func:`segments_at_start`), so the total
+    is a lower bound when it is not 0.
+    """
+    *earlier, current = segments
+    current = {
+        **current,
+        "end_step": max(end_step, current["start_step"]),
+        "wall_time_s": wall_time_s,
+        "status": "finished",
+    }
+    segments = [*earlier, current]
+    return {
+        "segments": segments,
+        "total_steps": sum(s["end_step"] - s["start_step"] for s in segments),
+        "total_wall_time_s": sum(s["wall_time_s"] or 0.0 for s in segments),
+        "unknown_time_segments": sum(s["wall_time_s"] is None for s in segments),
+    }
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    if value < 10:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def _model_card_data(
+    *,
+    model_name: str,
+    recipe: str,
+    pipeline_tag: str | None,
+    license: str | None,
+    dataset: str | None,
+    final_metrics: dict[str, float],
+) -> ModelCardData:
+    """The card's YAML metadata: what the Hub indexes, filters and shows beside the text."""
+    hub_dataset = hub_dataset_id(dataset)
+    eval_results = None
+    if pipeline_tag is not None and final_metrics:
+        # The model-index needs a task and a dataset. Local data has no Hub id: "local" names
+        # no dataset on the Hub, so the Hub links nothing to it.
+        if hub_dataset:
+            dataset_name = hub_dataset
+        else:
+            dataset_name = "local data" if dataset else f"the {recipe} recipe's default data"
+        eval_results = [
+            EvalResult(
+                task_type=pipeline_tag,
+                dataset_type=hub_dataset or "local",
+                dataset_name=f"{dataset_name} (held-out part)",
+                metric_type=name,
+                metric_name=name.replace("_", " "),
+                # Four decimals: what the text shows, without float noise in the metadata.
+                metric_value=round(float(value), 4),
+            )
+            for name, value in final_metrics.items()
+        ]
+    return ModelCardData(
+        library_name="transformers",  # saved with save_pretrained, loaded with the Auto classes
+        pipeline_tag=pipeline_tag,
+        license=license,
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=list(final_metrics) or None,
+        tags=["scratchformers", recipe],
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results,
+    )
+
+
+def _markdown_code(text: str) -> str:
+    # Inline code in a table cell: a "|" would end the cell, even between backticks.
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _training_section(settings: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    segments = summary["segments"]
+    examples = settings["batch_size"] * settings["grad_accum"]
+    # In order, each count once: "1, then 2 processes" when a resume changed the count.
+    processes = list(dict.fromkeys(s["num_processes"] for s in segments if s.get("num_processes")))
+    on = ", then ".join(map(str, processes)) or "?"
+    on += " process" if processes == [1] else " processes"
+    total_time = _seconds(summary["total_wall_time_s"])
+    if summary["unknown_time_segments"]:
+        total_time = f"at least {total_time}"
+    lines = ["## Training", ""]
+    if len(segments) == 1:
+        lines += ["Command:", "", "```", segments[0]["command"], "```", ""]
+    else:
+        lines += [
+            f"Stopped and resumed: {len(segments)} segments, one per start of the command.",
+            "",
+            "| segment | command | steps | processes | wall time | ended |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for number, segment in enumerate(segments, 1):
+            command = segment["command"]
+            lines.append(
+                f"| {number} | {_markdown_code(command) if command else 'not recorded'} "
+                f"| {segment['start_step']} to {segment['end_step']} "
+                f"| {segment.get('num_processes') or '?'} | {_seconds(segment['wall_time_s'])} "
+                f"| {segment['status']} |"
+            )
+        lines += [
+            "",
+            "An interrupted segment counts up to the checkpoint the next one resumed from, "
+            "its time up to when that checkpoint was saved.",
+            "",
+        ]
+    if any(" ... " in (segment["command"] or "") for segment in segments):
+        lines += [
+            "`...` stands for the launcher's own flags (such as `--config_file`), which the "
+            "training processes do not see.",
+            "",
+        ]
+    lines += [
+        f"- **Steps**: {summary['total_steps']} optimizer steps of {settings['batch_size']} x "
+        f"{settings['grad_accum']} = {examples} examples, in {total_time} on {on}",
+        f"- **Learning rate**: peak {settings['lr']} after {settings['warmup_steps']} warmup "
+        f"steps, {settings['schedule']} schedule; weight decay {settings['weight_decay']}, "
+        f"gradient clipping at {settings['max_grad_norm']}",
+        f"- **Mixed precision**: `{settings['mixed_precision']}`; seed {settings['seed']}",
+        "",
+    ]
+    return lines
+
+
 def write_model_card(
     path: Path,
     *,
@@ -62,29 +332,57 @@ def write_model_card(
     recipe: str,
     preset: str,
     auto_class: str,
+    pipeline_tag: str | None,
+    license: str | None,
     data_description: str,
     settings: dict[str, Any],
     summary: dict[str, Any],
     samples: list[str],
-) -> None:
-    """A short README.md beside the saved model: what was trained, on what, for how long."""
+) -> ModelCard:
+    """The README.md beside the saved model, as the Hugging Face Hub reads and shows it.
+
+    YAML metadata (``ModelCardData``: library, task, tags, Hub dataset, metrics and the final
+    eval metrics as model-index results) above a text saying what was trained on what, with
+    which command(s) and settings, for how many steps and how long (over every segment of a
+    resumed run), how the eval loss moved, samples, the loss curve, and how to load it.
+    ``summary`` is run.json's (with :func:`finish_segments`'s keys). Returns the card.
+    """
+    final_metrics = summary.get("final_metrics") or {}
+    data = _model_card_data(
+        model_name=model_name,
+        recipe=recipe,
+        pipeline_tag=pipeline_tag,
+        license=license,
+        dataset=(settings.get("recipe_options") or {}).get("dataset"),
+        final_metrics=final_metrics,
+    )
     first, last = summary.get("first_eval_loss"), summary.get("final_eval_loss")
     lines = [
         f"# {model_name}",
         "",
-        f"Trained from scratch with `scratchformers train {recipe} --preset {preset}`.",
+        f"Trained from scratch with scratchformers: recipe `{recipe}`, preset `{preset}`.",
         "",
-        f"- **Data**: {data_description}",
-        f"- **Training**: {summary['steps']} optimizer steps of {settings['batch_size']} x "
-        f"{settings['grad_accum']} examples, peak learning rate {settings['lr']}, "
-        f"{settings['schedule']} schedule, {summary['num_processes']} process(es), "
-        f"mixed precision `{settings['mixed_precision']}`, {summary['wall_time_s']:.0f} s.",
-        f"- **Parameters**: {summary['parameters']:,}",
+        "## Data",
+        "",
+        data_description,
+        "",
+        *_training_section(settings, summary),
+        "## Results",
+        "",
+        f"- **Parameters**: {summary['parameters']:,}"
+        + (
+            f" ({summary['trainable_parameters']:,} trainable)"
+            if summary.get("trainable_parameters", summary["parameters"]) != summary["parameters"]
+            else ""
+        ),
     ]
+    shown = set()
     if first is not None and last is not None:
         lines.append(f"- **Eval loss**: {first:.3f} before training, {last:.3f} after.")
-    for name, value in summary.get("final_metrics", {}).items():
-        lines.append(f"- **{name}**: {value:.4g}")
+        shown.add("eval_loss")
+    lines += [
+        f"- **{name}**: {value:.4g}" for name, value in final_metrics.items() if name not in shown
+    ]
     lines += ["", "![loss curve](loss_curve.png)", ""]
     if samples:
         lines += ["## Samples (greedy)", ""]
@@ -102,4 +400,6 @@ def write_model_card(
         "```",
         "",
     ]
-    path.write_text("\n".join(lines))
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    card.save(path)
+    return card
