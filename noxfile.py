@@ -6,7 +6,9 @@ Sessions:
                  dependencies (from uv.lock), parametrized by package and Python
     integration  the root tests/ (parity against transformers) against the whole workspace
     distributed  the slow root tests: the README's main job, two-process training, resume
-    wheels       builds every wheel and sdist, installs each wheel alone in a fresh venv, imports it
+    wheels       builds every wheel and sdist (each with the LICENSE), installs each wheel alone
+                 with plain pip in a fresh venv and imports it, and the README's plain-pip
+                 installs of gpt2[train]: from the wheels, and from git subdirectories
 
 The default selection runs `tests` on the default Python only; the full Python matrix is
 `uv run nox -s tests`, one package's matrix is `uv run nox -s tests -- core-attention`... see
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -123,51 +126,156 @@ def distributed(session: nox.Session) -> None:
     session.run("pytest", "tests", "-m", "slow", *session.posargs)
 
 
-@nox.session(python=DEFAULT_PYTHON)
-def wheels(session: nox.Session) -> None:
-    """Every package builds a wheel and an sdist, and each wheel installs alone and imports."""
-    workdir = Path(session.create_tmp())
-    shutil.rmtree(workdir)  # no wheel of an earlier run may stand in for this one
-    dist = workdir / "dist"
-    session.run("uv", "build", "--all-packages", f"--out-dir={dist}", external=True)
-    # Pin third-party dependencies to the lock so the installs below hit the uv cache.
-    constraints = dist / "constraints.txt"
+def _locked_dependencies(session: nox.Session, python: str, package: str, *extras: str) -> None:
+    """Install a package's third-party dependencies into ``python``'s venv, pinned by uv.lock.
+
+    With them in place, plain pip below needs no index: it only has to find our packages,
+    and a missing sibling fails instead of being downloaded.
+    """
+    requirements = Path(python).parent.parent / f"locked-{package}.txt"
     session.run(
         "uv",
         "export",
         "--frozen",
-        "--all-packages",
-        "--no-hashes",
+        f"--package={_distribution(package)}",
+        *[f"--extra={extra}" for extra in extras],
+        "--no-dev",
         "--no-emit-workspace",
-        f"--output-file={constraints}",
+        "--no-hashes",
+        "--quiet",
+        f"--output-file={requirements}",
+        external=True,
+    )
+    session.run(
+        "uv",
+        "pip",
+        "install",
+        "--quiet",
+        f"--python={python}",
+        "-r",
+        str(requirements),
+        external=True,
+    )
+
+
+def _pip(session: nox.Session, python: str, *args: str) -> None:
+    """Real pip as in an activated venv, ignoring any user pip.conf (no extra index or links)."""
+    scripts = str(Path(python).parent)  # uv_build's hook looks for its uv-build binary on PATH
+    session.run(
+        python,
+        "-m",
+        "pip",
+        *args,
+        external=True,
+        env={
+            "PATH": os.pathsep.join([scripts, os.environ["PATH"]]),
+            "PIP_CONFIG_FILE": os.devnull,
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        },
+    )
+
+
+def _check_archives(session: nox.Session, dist: Path, package: str) -> None:
+    """The wheel and the sdist of ``package`` carry the repository's LICENSE, and the wheel
+    leaves ``scratchformers`` a namespace."""
+    license_text = (ROOT / "LICENSE").read_bytes()
+    distribution = _distribution(package).replace("-", "_")
+    wheel = next(dist.glob(f"{distribution}-*.whl"))
+    sdists = list(dist.glob(f"{distribution}-*.tar.gz"))
+    if not sdists:
+        session.error(f"no sdist was built for {package}")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        if "scratchformers/__init__.py" in names:
+            session.error(
+                f"{wheel.name} ships scratchformers/__init__.py; it must stay a namespace"
+            )
+        licenses = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]
+        if not licenses or archive.read(licenses[0]) != license_text:
+            session.error(f"{wheel.name} does not ship the repository's LICENSE")
+    with tarfile.open(sdists[0]) as archive:
+        top = sdists[0].name.removesuffix(".tar.gz")
+        try:
+            shipped = archive.extractfile(f"{top}/LICENSE").read()
+        except KeyError:
+            shipped = None
+        if shipped != license_text:
+            session.error(f"{sdists[0].name} does not ship the repository's LICENSE")
+
+
+def _snapshot_repository(session: nox.Session, repo: Path) -> str:
+    """A git repository of the working tree as it is now (edits included), as a git+file URL,
+    so pip's git install is tested offline against the code under test."""
+    listed = session.run(
+        "git",
+        "ls-files",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        "-z",
         external=True,
         silent=True,
     )
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is listed too
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    git = ["git", "-C", str(repo), "-c", "user.name=nox", "-c", "user.email=nox@localhost"]
+    session.run(*git, "init", "--quiet", external=True)
+    session.run(*git, "add", "--all", external=True)
+    session.run(*git, "commit", "--quiet", "--message=snapshot", external=True)
+    return "git+" + repo.as_uri()
+
+
+# The packages named on the command line came from git, with their module and license. Read from
+# metadata only: the wheel route already ran the code, and every torch import costs seconds.
+_FROM_GIT = """
+import importlib.metadata, importlib.util, json, sys
+for name in sys.argv[1:]:
+    dist = importlib.metadata.distribution(name)
+    origin = json.loads(dist.read_text("direct_url.json"))
+    assert origin.get("vcs_info", {}).get("vcs") == "git", (name, origin)
+    assert any(str(f).endswith(".dist-info/licenses/LICENSE") for f in dist.files), name
+    module = "scratchformers." + name.removeprefix("scratchformers-").replace("-", "_")
+    assert importlib.util.find_spec(module) is not None, module
+    print(name, dist.version, "from", origin["url"], origin.get("subdirectory"))
+"""
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def wheels(session: nox.Session) -> None:
+    """Every package builds a wheel and an sdist carrying the LICENSE; each wheel installs
+    alone with plain pip and imports; and the README's plain-pip ways work: gpt2 with its
+    [train] extra from the built wheels, and from git, one subdirectory per package."""
+    workdir = Path(session.create_tmp()).absolute()  # pip runs build hooks from elsewhere
+    shutil.rmtree(workdir)  # no wheel of an earlier run may stand in for this one
+    dist = workdir / "dist"
+    session.run("uv", "build", "--all-packages", f"--out-dir={dist}", external=True)
+    pythons = {}
     for package in PACKAGES:
-        distribution = _distribution(package).replace("-", "_")
-        wheel = next(dist.glob(f"{distribution}-*.whl"))
-        if not list(dist.glob(f"{distribution}-*.tar.gz")):
-            session.error(f"no sdist was built for {package}")
-        with zipfile.ZipFile(wheel) as archive:
-            if "scratchformers/__init__.py" in archive.namelist():
-                session.error(
-                    f"{wheel.name} ships scratchformers/__init__.py; it must stay a namespace"
-                )
+        _check_archives(session, dist, package)
         venv = workdir / f"alone-{package}"
-        session.run("uv", "venv", "--quiet", f"--python={session.python}", str(venv), external=True)
-        python = str(venv / "bin" / "python")
         session.run(
             "uv",
-            "pip",
+            "venv",
+            "--quiet",
+            "--seed",
+            f"--python={session.python}",
+            str(venv),
+            external=True,
+        )
+        python = pythons[package] = str(venv / "bin" / "python")
+        _locked_dependencies(session, python, package)
+        # --no-index: a sibling can only come from dist/, and nothing is downloaded.
+        _pip(
+            session,
+            python,
             "install",
             "--quiet",
-            f"--python={python}",
+            "--no-index",
             f"--find-links={dist}",
-            f"--constraint={constraints}",
-            # Our wheels keep their version number between builds: never take a cached one.
-            *[f"--refresh-package={_distribution(p)}" for p in PACKAGES],
-            str(wheel),
-            external=True,
+            _distribution(package),
         )
         session.run(
             python,
@@ -175,6 +283,39 @@ def wheels(session: nox.Session) -> None:
             f"import {_import_name(package)} as m; print(m.__name__, 'imports')",
             external=True,
         )
+
+    # The README's commands, in the gpt2 venv now that its alone check is done.
+    python = pythons["gpt2"]
+    _locked_dependencies(session, python, "gpt2", "train")
+    _pip(
+        session,
+        python,
+        "install",
+        "--quiet",
+        "--no-index",
+        f"--find-links={dist}",
+        "scratchformers-gpt2[train]",
+    )
+    listing = session.run(
+        str(Path(python).parent / "scratchformers"), "train", "--help", external=True, silent=True
+    )
+    if "  gpt2" not in listing.splitlines():
+        session.error(f"`scratchformers train --help` lists no gpt2 recipe:\n{listing}")
+
+    needed = ["core-attention", "training", "gpt2"]
+    _pip(session, python, "uninstall", "--quiet", "--yes", *[_distribution(p) for p in needed])
+    url = _snapshot_repository(session, workdir / "repo")
+    backend = tomllib.loads((ROOT / "packages/gpt2/pyproject.toml").read_text())["build-system"]
+    # pip's build isolation would fetch uv_build from an index; here the venv has it instead.
+    session.run(
+        "uv", "pip", "install", "--quiet", f"--python={python}", *backend["requires"], external=True
+    )
+    requirements = [
+        f"{_distribution(p)}{'[train]' if p == 'gpt2' else ''} @ {url}#subdirectory=packages/{p}"
+        for p in needed
+    ]
+    _pip(session, python, "install", "--quiet", "--no-index", "--no-build-isolation", *requirements)
+    session.run(python, "-c", _FROM_GIT, *[_distribution(p) for p in needed], external=True)
 
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
