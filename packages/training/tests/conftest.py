@@ -89,16 +89,26 @@ class ToyRecipe(CausalLMRecipe):
         return []
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    """A folder of small generated text files."""
+def write_corpus(folder: Path) -> Path:
+    """Fill a new ``folder`` with small generated text files, the same ones every time."""
     rng = random.Random(0)
-    folder = tmp_path / "corpus"
     folder.mkdir()
     for index in range(30):
         sentences = [" ".join(rng.choice(WORDS) for _ in range(8)) + "." for _ in range(12)]
         (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
     return folder
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A folder of small generated text files."""
+    return write_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture(scope="module")
+def module_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same corpus once per test module, for a module fixture that trains a shared run."""
+    return write_corpus(tmp_path_factory.mktemp("module") / "corpus")
 
 
 @pytest.fixture(autouse=True)
@@ -114,4 +124,10 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 @pytest.fixture
 def recipe() -> ToyRecipe:
+    return ToyRecipe()
+
+
+@pytest.fixture(scope="module")
+def module_recipe() -> ToyRecipe:
+    """The toy recipe for module-scoped fixtures (``recipe`` is per test)."""
     return ToyRecipe()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 # Public name -> the submodule that defines it.
 _EXPORTS = {
     "run_recipe": "cli",
+    "CheckpointError": "checkpoints",
     "DataError": "data",
     "load_tokenizer": "data",
     "causal_lm_blocks": "data",
@@ -45,6 +46,7 @@ _EXPORTS = {
 
 __all__ = [
     "CausalLMRecipe",
+    "CheckpointError",
     "DataError",
     "EvalResults",
     "ModelFlag",
@@ -88,6 +90,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .checkpoints import CheckpointError
     from .cli import run_recipe
     from .console import status
     from .data import (

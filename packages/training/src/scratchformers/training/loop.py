@@ -118,11 +118,13 @@ class Trainer:
         )
 
     def _checkpoint_to_resume(self) -> Path | None:
-        """For ``--resume``: the checkpoint given, else the newest in the output folder."""
+        """For ``--resume``: the checkpoint given, else the newest usable one in the output folder."""
         settings = self.settings
         if not settings.resume:
             return None
-        return settings.resume_from or checkpoints.latest_checkpoint(settings.output_dir)
+        return checkpoints.resumable_checkpoint(
+            settings.output_dir, settings.resume_from, warn=self._print
+        )
 
     def _say_what_runs(self) -> dict[str, Any]:
         """Say how the run is distributed, and when that is not what the launch asked for:
