@@ -89,16 +89,20 @@ class ToyRecipe(CausalLMRecipe):
         return []
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    """A folder of small generated text files."""
+def write_corpus(folder: Path) -> Path:
+    """Fill ``folder`` with small generated text files, the same ones each time."""
     rng = random.Random(0)
-    folder = tmp_path / "corpus"
     folder.mkdir()
     for index in range(30):
         sentences = [" ".join(rng.choice(WORDS) for _ in range(8)) + "." for _ in range(12)]
         (folder / f"doc{index:02d}.txt").write_text(" ".join(sentences))
     return folder
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A folder of small generated text files."""
+    return write_corpus(tmp_path / "corpus")
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +119,23 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 @pytest.fixture
 def recipe() -> ToyRecipe:
     return ToyRecipe()
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of a finished 12-step toy run, shared by a module's tests (which only read
+    it): the model, its tokenizer and run.json, as ``scratchformers train`` leaves them."""
+    from scratchformers.training import parse_settings, train
+
+    root = tmp_path_factory.mktemp("toy_run")
+    corpus = write_corpus(root / "corpus")
+    recipe = ToyRecipe()
+    settings = parse_settings(recipe, ["--dataset", str(corpus), "--output-dir", str(root / "run")])
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HOME", str(root / "home"))  # the tokenizer cache
+            torch.manual_seed(0)
+            train(recipe, settings)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    yield root / "run"
