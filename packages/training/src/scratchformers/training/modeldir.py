@@ -63,10 +63,10 @@ class ModelFolder:
         return self.run
 
     def recipe(self) -> Recipe:
-        """The installed recipe this folder was trained with (its run.json must exist)."""
+        """The installed recipe this folder was trained with, named in its run.json."""
         from .recipe import load_recipe
 
-        name = self.run.get("recipe") if self.run else None
+        name = self.require_run("its run.json names the recipe it was trained with").get("recipe")
         if not isinstance(name, str):
             raise ValueError(f"{self.path / RUN_FILE} names no recipe")
         try:
