@@ -131,3 +131,23 @@ def recipe() -> ToyRecipe:
 def module_recipe() -> ToyRecipe:
     """The toy recipe for module-scoped fixtures (``recipe`` is per test)."""
     return ToyRecipe()
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of a finished 12-step toy run, shared by a module's tests (which only read
+    it): the model, its tokenizer and run.json, as ``scratchformers train`` leaves them."""
+    from scratchformers.training import parse_settings, train
+
+    root = tmp_path_factory.mktemp("toy_run")
+    corpus = write_corpus(root / "corpus")
+    recipe = ToyRecipe()
+    settings = parse_settings(recipe, ["--dataset", str(corpus), "--output-dir", str(root / "run")])
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HOME", str(root / "home"))  # the tokenizer cache
+            torch.manual_seed(0)
+            train(recipe, settings)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    yield root / "run"

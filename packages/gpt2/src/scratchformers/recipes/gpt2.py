@@ -12,11 +12,14 @@ The result is a scratchformers GPT-2; ``scratchformers export`` (or
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scratchformers.training.recipe import CausalLMRecipe, ModelFlag, Preset, RecipeData
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from scratchformers.gpt2 import GPT2LMHeadModel
     from scratchformers.training.settings import TrainingSettings
 
@@ -105,3 +108,9 @@ class GPT2Recipe(CausalLMRecipe):
             pad_token_id=tokenizer.pad_token_id,
         )
         return GPT2LMHeadModel(config)
+
+    def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """transformers' ``GPT2LMHeadModel``, with the same outputs."""
+        from scratchformers.gpt2 import export_to_transformers
+
+        return export_to_transformers(model, out_dir)

@@ -23,7 +23,11 @@ from .settings import parse_settings
 
 # The commands besides `train`: name -> (module of this package, one-line help). Each module
 # has add_arguments(parser), light like this one, and run(arguments) -> exit code.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("generate", "continue a prompt with a trained model, printing as it goes"),
+    "eval": ("evaluation", "a trained model's held-out metrics, as its recipe computes them"),
+    "export": ("export", "write a trained model as the transformers class it mirrors"),
+}
 
 
 def run_recipe(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:

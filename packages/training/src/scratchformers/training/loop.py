@@ -47,7 +47,15 @@ from .reporting import (
 from .rundir import RUN_FILE, check_output_dir, clear_previous_run
 from .settings import TrainingSettings
 
-__all__ = ["Trainer", "TrainingError", "TrainingInterrupted", "TrainingResult", "train"]
+__all__ = [
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "TrainingResult",
+    "evaluate",
+    "held_out_loader",
+    "train",
+]
 
 
 @dataclass
@@ -197,18 +205,7 @@ class Trainer:
         )
 
     def _eval_loader(self, data: RecipeData) -> DataLoader:
-        """Full batches only, each split evenly across the processes, so that the mean of the
-        per-process losses is the mean over the whole held-out set, and the examples evaluated
-        are the same, for any process count. Any map-style dataset with a length works."""
-        processes = self.accelerator.num_processes
-        batch_size = min(self.settings.batch_size, len(data.eval) // processes * processes)
-        if batch_size == 0:
-            raise ValueError(
-                f"the held-out set has {len(data.eval)} examples, fewer than the {processes} "
-                "processes; use more data"
-            )
-        held_out = Subset(data.eval, range(len(data.eval) // batch_size * batch_size))
-        return DataLoader(held_out, batch_size=batch_size, collate_fn=data.collate)
+        return held_out_loader(data, self.settings.batch_size, self.accelerator.num_processes)
 
     def _start(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
@@ -356,39 +353,13 @@ class Trainer:
             f"updated, and {kept}. Lower --lr, or try --mixed-precision no."
         )
 
-    @torch.no_grad()
     def _evaluate(
         self, model: torch.nn.Module, eval_loader: DataLoader, step: int
     ) -> dict[str, float]:
-        """Run the recipe's ``eval_step`` on every held-out batch and log its metrics."""
-        model.eval()
-        totals: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        parts: dict[str, list[Any]] = {}
-        for batch in eval_loader:
-            for key, value in self.recipe.eval_step(model, batch).items():
-                if isinstance(value, torch.Tensor) and value.dim() == 0:
-                    # One batch mean from each process; the batches are full and split evenly,
-                    # so the plain mean of all of them is the mean over the held-out set.
-                    values = self.accelerator.gather(value.detach().reshape(1))
-                    totals[key] = totals.get(key, 0.0) + float(values.sum())
-                    counts[key] = counts.get(key, 0) + values.numel()
-                else:
-                    parts.setdefault(key, []).append(self._gather_examples(value))
-        results = EvalResults(
-            means={key: totals[key] / counts[key] for key in totals},
-            gathered={key: _join(pieces) for key, pieces in parts.items()},
-        )
-        metrics = self.recipe.eval_metrics(results)
+        """The recipe's metrics on the held-out set (see :func:`evaluate`), logged at ``step``."""
+        metrics = evaluate(self.recipe, model, eval_loader, self.accelerator)
         self._log({"step": step, **metrics})
         return metrics
-
-    def _gather_examples(self, value: torch.Tensor | list[Any]) -> torch.Tensor | list[Any]:
-        """Every process's per-example outputs of one batch, kept on the CPU so that the
-        predictions of a large held-out set do not fill the accelerator's memory."""
-        if isinstance(value, torch.Tensor):
-            return self.accelerator.gather_for_metrics(value.detach()).cpu()
-        return self.accelerator.gather_for_metrics(list(value), use_gather_object=True)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.is_main:
@@ -571,6 +542,65 @@ def _requested_engine() -> str | None:
         if str_to_bool(os.environ.get(variable, "false")):
             return engine.value
     return None
+
+
+def held_out_loader(data: RecipeData, batch_size: int, processes: int) -> DataLoader:
+    """The held-out set in batches of at most ``batch_size`` for ``processes`` processes.
+
+    Full batches only, each split evenly across the processes, so that the mean of the
+    per-process losses is the mean over the whole held-out set, and the examples evaluated
+    are the same, for any process count. Any map-style dataset with a length works. The loop
+    and ``scratchformers eval`` both evaluate on it, so they evaluate the same examples.
+    """
+    batch_size = min(batch_size, len(data.eval) // processes * processes)
+    if batch_size == 0:
+        raise ValueError(
+            f"the held-out set has {len(data.eval)} examples, fewer than the {processes} "
+            "processes; use more data"
+        )
+    held_out = Subset(data.eval, range(len(data.eval) // batch_size * batch_size))
+    return DataLoader(held_out, batch_size=batch_size, collate_fn=data.collate)
+
+
+@torch.no_grad()
+def evaluate(
+    recipe: Recipe, model: torch.nn.Module, eval_loader: DataLoader, accelerator: Accelerator
+) -> dict[str, float]:
+    """Run the recipe's ``eval_step`` on every held-out batch and return its ``eval_metrics``.
+
+    ``model`` and ``eval_loader`` are prepared by ``accelerator``; every process calls this
+    and gets the same metrics. The training loop and ``scratchformers eval`` both use it, so a
+    saved model evaluates to the numbers its run logged.
+    """
+    model.eval()
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    parts: dict[str, list[Any]] = {}
+    for batch in eval_loader:
+        for key, value in recipe.eval_step(model, batch).items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                # One batch mean from each process; the batches are full and split evenly,
+                # so the plain mean of all of them is the mean over the held-out set.
+                values = accelerator.gather(value.detach().reshape(1))
+                totals[key] = totals.get(key, 0.0) + float(values.sum())
+                counts[key] = counts.get(key, 0) + values.numel()
+            else:
+                parts.setdefault(key, []).append(_gather_examples(accelerator, value))
+    results = EvalResults(
+        means={key: totals[key] / counts[key] for key in totals},
+        gathered={key: _join(pieces) for key, pieces in parts.items()},
+    )
+    return recipe.eval_metrics(results)
+
+
+def _gather_examples(
+    accelerator: Accelerator, value: torch.Tensor | list[Any]
+) -> torch.Tensor | list[Any]:
+    """Every process's per-example outputs of one batch, kept on the CPU so that the
+    predictions of a large held-out set do not fill the accelerator's memory."""
+    if isinstance(value, torch.Tensor):
+        return accelerator.gather_for_metrics(value.detach()).cpu()
+    return accelerator.gather_for_metrics(list(value), use_gather_object=True)
 
 
 def _join(pieces: list[torch.Tensor | list[Any]]) -> torch.Tensor | list[Any]:

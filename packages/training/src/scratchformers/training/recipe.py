@@ -5,8 +5,9 @@ what differs: its command-line flags, how to build the data (and the tokenizer o
 the model, the optimizer, the loss, the evaluation metrics, the unit of its throughput, and
 what to show at the end. Every hook but ``build_data`` and ``build_model`` has a default that
 trains a Hugging Face model on its own ``loss``. Each trainable package keeps its recipe in
-``scratchformers/<package>/train.py`` and announces it with an entry point in the
-``scratchformers.recipes`` group, so ``scratchformers train --help`` lists what is installed.
+``scratchformers/recipes/<package>.py`` (``scratchformers/<package>/train.py`` runs it with
+``python -m``) and announces it with an entry point in the ``scratchformers.recipes`` group,
+so ``scratchformers train --help`` lists what is installed.
 
 A recipe's module is imported to answer ``--help``, so it keeps torch, transformers and the
 model package out of its top level: they are imported inside ``build_data`` / ``build_model``,
@@ -20,6 +21,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .console import status
@@ -88,7 +90,16 @@ class EvalResults:
 
 class Recipe:
     """Base class of recipes. Subclasses set ``name``, ``description`` and ``presets`` and
-    implement ``build_data`` and ``build_model``; the other hooks have working defaults."""
+    implement ``build_data`` and ``build_model``; the other hooks have working defaults.
+
+    The commands that use a trained folder (``scratchformers generate``, ``eval``, ``export``)
+    find its recipe by the ``recipe`` in its run.json, and its code by the ``model_type`` in
+    its config.json: ``scratchformers-<package>`` (say ``scratchformers-gpt2``) is imported
+    as ``scratchformers.<package>``, which registers the model with transformers' Auto
+    classes; a model_type of transformers itself needs no import. ``load_model`` then loads
+    the folder with ``auto_class``, and ``export_to_transformers`` writes it for the
+    transformers class it mirrors, if any.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -155,6 +166,24 @@ class Recipe:
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
         """A few outputs to print at the end of training (none by default)."""
         return []
+
+    def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
+        """The trained model saved in ``model_dir`` by a run with ``settings``, for the
+        commands that use it: ``auto_class.from_pretrained`` once the package its
+        config.json's model_type names is imported. A recipe whose hooks need state that
+        ``build_model`` sets up (a setting its loss reads) sets it up here too."""
+        from .modeldir import load_pretrained
+
+        return load_pretrained(model_dir, self.auto_class)
+
+    def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """Write ``model`` into ``out_dir`` as the transformers class it mirrors (config and
+        weights; ``scratchformers export`` adds the processor). By default a recipe's models
+        mirror none, and this raises a ``ValueError`` saying so."""
+        raise ValueError(
+            f"the {self.name} recipe's models mirror no transformers class, so there is "
+            "nothing to export them to; load the folder itself with from_pretrained"
+        )
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -236,6 +265,9 @@ class CausalLMRecipe(Recipe):
         train_texts, eval_texts = split_train_eval(texts)
         if recipe_options.get("tokenizer"):
             tokenizer = load_tokenizer(recipe_options["tokenizer"])
+            # A trained model's tokenizer says its context length (set below): the corpus is
+            # read in longer texts than that, which would warn of indexing errors.
+            tokenizer.model_max_length = int(1e30)
             tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
         else:
             status(

@@ -1,5 +1,5 @@
-"""The `scratchformers` command across the installed recipes: help at once, model-shape flags
-that reach the model."""
+"""Every installed recipe through the `scratchformers` command: help at once (no torch), and
+model-shape flags that reach the model."""
 
 from __future__ import annotations
 

@@ -1,0 +1,126 @@
+"""``scratchformers generate``, ``eval`` and ``export`` on folders of the real model packages.
+
+A GPT-2 run of a few steps at a tiny width serves the module: the commands find its code by
+its model_type (scratchformers-gpt2) and its recipe by run.json, and ``export`` hands it to
+transformers' own GPT2LMHeadModel and ``pipeline("text-generation")``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from scratchformers.training.cli import main
+
+PROMPT = "The return statement"
+
+
+def scratchformers(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of 20 steps of the gpt2 recipe at a tiny width, trained in this process
+    (the preset's context of 64 tokens: the recipe's samples at the end need that many)."""
+    from accelerate.state import AcceleratorState
+
+    from scratchformers.training import python_docs_corpus
+
+    root = tmp_path_factory.mktemp("gpt2_commands")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(python_docs_corpus()[:40]), encoding="utf-8")
+    flags = "--max-steps 20 --eval-every 10 --log-every 10 --batch-size 8 --width 32 --depth 1 "
+    flags += "--heads 2 --vocab-size 512"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HOME", str(root / "home"))  # the tokenizer cache
+            argv = ["train", "gpt2", "--output-dir", str(root / "run"), "--dataset", str(corpus)]
+            assert main([*argv, *flags.split()]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    yield root / "run"
+
+
+def test_export_gives_transformers_gpt2_with_our_logits(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    out = tmp_path / "exported"
+    code, printed, err = scratchformers(capsys, "export", gpt2_run, out)
+    assert code == 0, err
+    assert "GPT2LMHeadModel" in printed and f'pipeline("text-generation", model="{out}")' in printed
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
+
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ours = GPT2LMHeadModel.from_pretrained(gpt2_run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(PROMPT + " is a", return_tensors="pt")
+    with torch.no_grad():
+        difference = (ours(**batch).logits - theirs(**batch).logits).abs().max()
+    assert float(difference) <= 1e-4
+
+    # The export holds the tokenizer: a pipeline needs nothing else.
+    generator = transformers.pipeline("text-generation", model=str(out))
+    text = generator(PROMPT, max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    prompt = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        greedy = ours.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert text == tokenizer.decode(greedy[0], skip_special_tokens=True)
+
+    # A second export into the same folder is refused.
+    code, _, err = scratchformers(capsys, "export", gpt2_run, out)
+    assert code == 2 and f"{out} already holds a model" in err
+
+
+def test_generate_and_eval_of_a_gpt2_run(
+    gpt2_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    code, generated, err = scratchformers(
+        capsys, "generate", gpt2_run, PROMPT, "--greedy", "--max-new-tokens", "6"
+    )
+    assert code == 0, err
+    ours = GPT2LMHeadModel.from_pretrained(gpt2_run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
+    with torch.no_grad():
+        greedy = ours.generate(**tokenizer(PROMPT, return_tensors="pt"), max_new_tokens=6)
+    assert generated == tokenizer.decode(greedy[0], skip_special_tokens=True) + "\n"
+
+    code, out, err = scratchformers(capsys, "eval", gpt2_run, "--json")
+    assert code == 0, err
+    summary = json.loads((gpt2_run / "run.json").read_text())["summary"]
+    assert json.loads(out)["eval_loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-5)
+
+
+def test_export_of_a_model_that_mirrors_nothing_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.basicformer import BasicFormerConfig, BasicFormerForCausalLM
+    from scratchformers.training import TrainingSettings
+
+    folder = tmp_path / "basicformer"
+    config = BasicFormerConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2
+    )
+    BasicFormerForCausalLM(config).save_pretrained(folder)
+    run = TrainingSettings(recipe="basicformer", preset="tiny", output_dir=folder)
+    (folder / "run.json").write_text(json.dumps(run.to_dict()))
+
+    out = tmp_path / "exported"
+    code, _, err = scratchformers(capsys, "export", folder, out)
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: the basicformer recipe's models mirror no transformers class, so there is "
+        "nothing to export them to; load the folder itself with from_pretrained"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["basicformer"]  # nothing left
