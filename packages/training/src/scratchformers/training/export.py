@@ -21,7 +21,6 @@ from .modeldir import CONFIG_FILE, command, open_model_folder
 PIPELINE_TASKS = {
     "AutoModelForCausalLM": "text-generation",
     "AutoModelForMaskedLM": "fill-mask",
-    "AutoModelForSeq2SeqLM": "text2text-generation",
     "AutoModelForImageClassification": "image-classification",
 }
 
