@@ -237,3 +237,29 @@ def test_the_launch_configs_mixed_precision_is_the_default(
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert parse_settings(recipe, []).mixed_precision == "bf16"
     assert parse_settings(recipe, ["--mixed-precision", "no"]).mixed_precision == "no"
+
+
+def test_a_run_says_each_stage_as_it_starts(
+    recipe: Recipe, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--dataset", str(corpus), "--output-dir", str(tmp_path / "run"), *FAST]
+    assert run_recipe_with(recipe, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stages = (
+        "toy: preset tiny, 4 steps, into",  # before torch and the loop are imported
+        "building the data (toy recipe)",
+        "reading the text: ",
+        "training a byte-level BPE tokenizer of 300 tokens",
+        "cutting the text into blocks of 16 tokens",
+        "data: ",
+        "model: GPT2LMHeadModel, ",
+        "first evaluation, on 8 held-out examples",
+        "finished 4 steps",
+    )
+    where = [next(i for i, line in enumerate(lines) if stage in line) for stage in stages]
+    assert where == sorted(where) and where[0] == 0, lines
+    # A second run on the same text says that it reuses the tokenizer, not that it trains one.
+    argv = ["--dataset", str(corpus), "--output-dir", str(tmp_path / "again"), *FAST]
+    assert run_recipe_with(recipe, argv) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer of 300 tokens: the one cached in" in out and "training a byte" not in out

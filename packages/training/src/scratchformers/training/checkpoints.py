@@ -29,8 +29,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from .rundir import CHECKPOINT_PREFIX as PREFIX
+from .rundir import CHECKPOINTS
+
 STATE_FILE = "trainer_state.json"
-PREFIX = "checkpoint-"
 # What accelerator.save_state(..., safe_serialization=True) writes (accelerate's
 # SAFE_WEIGHTS_NAME, OPTIMIZER_NAME, SCHEDULER_NAME and RNG_STATE_NAME): the weights as
 # safetensors, the rest with torch.save, which writes a zip archive.
@@ -52,7 +54,7 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
+    return output_dir / CHECKPOINTS
 
 
 def _checkpoint_folders(output_dir: Path) -> list[Path]:

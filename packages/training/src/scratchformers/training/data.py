@@ -20,6 +20,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .console import status
+
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
@@ -153,7 +155,9 @@ def train_byte_level_bpe(
     cache_dir = cache_dir or Path.home() / ".cache" / "scratchformers" / "tokenizers"
     cached = cache_dir / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}"
     if (cached / "tokenizer.json").is_file():
+        status(f"byte-level BPE tokenizer of {vocab_size:,} tokens: the one cached in {cached}")
         return PreTrainedTokenizerFast.from_pretrained(cached)
+    status(f"training a byte-level BPE tokenizer of {vocab_size:,} tokens on {len(texts):,} texts")
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

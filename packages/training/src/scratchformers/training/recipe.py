@@ -270,10 +270,6 @@ class CausalLMRecipe(Recipe):
             tokenizer.model_max_length = int(1e30)
             tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
         else:
-            status(
-                f"training a byte-level BPE tokenizer of {options['vocab_size']:,} tokens on "
-                f"{len(train_texts):,} documents"
-            )
             tokenizer = train_byte_level_bpe(train_texts, options["vocab_size"])
             tokenizer_description = "byte-level BPE"
         block_size = options["block_size"]
