@@ -15,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from .console import status
+from .console import is_main_process, status
 from .errors import TrainingError, TrainingInterrupted
 from .recipe import installed_recipes, load_recipe
 from .rundir import check_output_dir
@@ -49,7 +49,8 @@ def run_recipe(name: str, argv: list[str] | None = None, prog: str | None = None
 
         train(recipe, settings)
     except TrainingInterrupted as stop:
-        print(str(stop), file=sys.stderr)
+        if is_main_process():  # every process stops at the same step, with the same message
+            print(str(stop), file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("stopped at once (a second Ctrl-C); nothing more was saved", file=sys.stderr)
