@@ -17,6 +17,9 @@ _EXPORTS = {
     "CheckpointError": "checkpoints",
     "DataError": "data",
     "load_tokenizer": "data",
+    "masked_lm_blocks": "data",
+    "MaskingCollator": "data",
+    "train_wordpiece": "data",
     "causal_lm_blocks": "data",
     "collate_blocks": "data",
     "load_texts": "data",
@@ -30,6 +33,8 @@ _EXPORTS = {
     "TrainingResult": "loop",
     "train": "loop",
     "CausalLMRecipe": "recipe",
+    "MaskedLMRecipe": "recipe",
+    "TextRecipe": "recipe",
     "EvalResults": "recipe",
     "ModelFlag": "recipe",
     "Preset": "recipe",
@@ -49,11 +54,14 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "EvalResults",
+    "MaskedLMRecipe",
+    "MaskingCollator",
     "ModelFlag",
     "Preset",
     "Recipe",
     "RecipeData",
     "SizedDataset",
+    "TextRecipe",
     "Trainer",
     "TrainingError",
     "TrainingInterrupted",
@@ -66,6 +74,7 @@ __all__ = [
     "load_recipe",
     "load_texts",
     "load_tokenizer",
+    "masked_lm_blocks",
     "parameter_groups",
     "parse_settings",
     "python_docs_corpus",
@@ -74,6 +83,7 @@ __all__ = [
     "status",
     "train",
     "train_byte_level_bpe",
+    "train_wordpiece",
 ]
 
 
@@ -95,13 +105,16 @@ if TYPE_CHECKING:
     from .console import status
     from .data import (
         DataError,
+        MaskingCollator,
         causal_lm_blocks,
         collate_blocks,
         load_texts,
         load_tokenizer,
+        masked_lm_blocks,
         python_docs_corpus,
         split_train_eval,
         train_byte_level_bpe,
+        train_wordpiece,
     )
     from .distributed import gather_with_gradients
     from .errors import TrainingError, TrainingInterrupted
@@ -109,11 +122,13 @@ if TYPE_CHECKING:
     from .recipe import (
         CausalLMRecipe,
         EvalResults,
+        MaskedLMRecipe,
         ModelFlag,
         Preset,
         Recipe,
         RecipeData,
         SizedDataset,
+        TextRecipe,
         installed_recipes,
         load_recipe,
         parameter_groups,

@@ -12,12 +12,20 @@ import contextlib
 import hashlib
 import os
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 from .console import status
@@ -28,6 +36,14 @@ SPECIAL_TOKENS = {
     "bos_token": "<s>",
     "eos_token": "</s>",
     "unk_token": "<unk>",
+}
+# BERT's special tokens, for WordPiece tokenizers of masked language models.
+WORDPIECE_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
 }
 
 
@@ -148,44 +164,99 @@ def train_byte_level_bpe(
     ``save_pretrained`` and loads back with ``AutoTokenizer``. Special tokens: ``<pad>`` 0,
     ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3.
     """
+
+    def build() -> PreTrainedTokenizerFast:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS.values()),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+    return _cached_tokenizer("byte-level BPE", "bpe", texts, vocab_size, cache_dir, build)
+
+
+def train_wordpiece(
+    texts: list[str], vocab_size: int, cache_dir: Path | None = None
+) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained on ``texts``: lower-cased, accents stripped,
+    split on whitespace and punctuation, every sequence wrapped as ``[CLS] ... [SEP]``.
+
+    Cached like :func:`train_byte_level_bpe`. Special tokens: ``[PAD]`` 0, ``[UNK]`` 1,
+    ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4. Saves with ``save_pretrained``; ``AutoTokenizer``
+    and ``pipeline("fill-mask")`` load it.
+    """
+
+    def build() -> PreTrainedTokenizerFast:
+        tokenizer = Tokenizer(models.WordPiece(unk_token=WORDPIECE_TOKENS["unk_token"]))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(WORDPIECE_TOKENS.values()),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        cls, sep = WORDPIECE_TOKENS["cls_token"], WORDPIECE_TOKENS["sep_token"]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}",
+            pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **WORDPIECE_TOKENS)
+
+    return _cached_tokenizer("WordPiece", "wordpiece", texts, vocab_size, cache_dir, build)
+
+
+def _cached_tokenizer(
+    kind: str,
+    key: str,
+    texts: list[str],
+    vocab_size: int,
+    cache_dir: Path | None,
+    build: Callable[[], PreTrainedTokenizerFast],
+) -> PreTrainedTokenizerFast:
+    """The tokenizer ``build`` trains on ``texts``, from the cache when it was trained before.
+
+    Keyed by the kind, the texts and the vocabulary size, so that reruns and every process of
+    a distributed run get the identical tokenizer.
+    """
     digest = hashlib.sha256(f"{vocab_size}\0".encode())
     for text in texts:
         digest.update(text.encode("utf-8", "surrogatepass"))
         digest.update(b"\0")
     cache_dir = cache_dir or Path.home() / ".cache" / "scratchformers" / "tokenizers"
-    cached = cache_dir / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}"
+    cached = cache_dir / f"{key}-{vocab_size}-{digest.hexdigest()[:16]}"
     if (cached / "tokenizer.json").is_file():
-        status(f"byte-level BPE tokenizer of {vocab_size:,} tokens: the one cached in {cached}")
+        status(f"{kind} tokenizer of {vocab_size:,} tokens: the one cached in {cached}")
         return PreTrainedTokenizerFast.from_pretrained(cached)
-    status(f"training a byte-level BPE tokenizer of {vocab_size:,} tokens on {len(texts):,} texts")
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    status(f"training a {kind} tokenizer of {vocab_size:,} tokens on {len(texts):,} texts")
     # Write to a temporary folder and rename, so a concurrent process never reads half a file.
     partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
-    wrapped.save_pretrained(partial)
+    build().save_pretrained(partial)
     # If another process finished first the rename fails; its tokenizer is the same one.
     with contextlib.suppress(OSError):
         partial.rename(cached)
     return PreTrainedTokenizerFast.from_pretrained(cached)
 
 
-def load_tokenizer(source: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
+def load_tokenizer(
+    source: str | os.PathLike[str], required: tuple[str, ...] = ("eos_token",)
+) -> PreTrainedTokenizerFast:
     """A saved tokenizer to train with (``--tokenizer``): a folder written by
     ``save_pretrained``, such as a trained model's folder.
 
-    Causal-LM blocks end every document with the end-of-sequence token, so the tokenizer must
-    have one; one without a padding token pads with it. Fails with a message naming the path.
+    It must have the ``required`` special tokens (causal-LM blocks end every document with
+    the end-of-sequence token; masked-LM ones need ``[MASK]``, ``[CLS]`` and ``[SEP]``); one
+    without a padding token pads with its end-of-sequence token. Fails with a message naming
+    the path.
     """
     from transformers import AutoTokenizer
 
@@ -205,12 +276,13 @@ def load_tokenizer(source: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:
         raise DataError(f"--tokenizer {source} could not be loaded ({error})") from error
-    if tokenizer.eos_token_id is None:
+    missing = [name for name in required if getattr(tokenizer, f"{name}_id", None) is None]
+    if missing:
         raise DataError(
-            f"the tokenizer in {source} has no end-of-sequence token (eos_token), which ends "
-            "every document of a causal language model"
+            f"the tokenizer in {source} has no {', '.join(missing)}, which this recipe's "
+            "examples need"
         )
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -241,3 +313,66 @@ def collate_blocks(examples: list[dict[str, list[int]]]) -> dict[str, torch.Tens
     """Batch equal-length blocks for a causal LM: the labels are the inputs (the model shifts)."""
     input_ids = torch.tensor([example["input_ids"] for example in examples], dtype=torch.long)
     return {"input_ids": input_ids, "labels": input_ids}
+
+
+def masked_lm_blocks(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int
+) -> datasets.Dataset:
+    """Tokenize ``texts`` and cut the stream into blocks of ``block_size`` tokens, each one
+    ``[CLS] ... [SEP]`` as BERT was pretrained: full blocks, no padding, every position a
+    possible masked target."""
+    if block_size < 3:
+        raise DataError(f"block_size={block_size} leaves no room between [CLS] and [SEP]")
+    body = block_size - 2
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+    count = len(ids) // body
+    if count == 0:
+        raise DataError(
+            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
+        )
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    blocks = [[cls, *ids[i * body : (i + 1) * body], sep] for i in range(count)]
+    return datasets.Dataset.from_dict({"input_ids": blocks})
+
+
+class MaskingCollator:
+    """Batches for masked-language-model training: BERT's dynamic masking, through
+    transformers' ``DataCollatorForLanguageModeling`` (15% of the tokens chosen, never a
+    special token; of those 80% become ``[MASK]``, 10% a random token, 10% stay).
+
+    Training examples are masked anew in every batch (from torch's global RNG, which the
+    loop seeds and checkpoints, so a resume sees the same masks). Examples that already carry
+    ``labels`` (the held-out set, masked once by :meth:`mask_once`) are only stacked, so every
+    evaluation scores the same masked positions.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, mlm_probability: float = 0.15) -> None:
+        from transformers import DataCollatorForLanguageModeling
+
+        if not 0 < mlm_probability < 1:
+            raise DataError(f"the masking probability must be in (0, 1), got {mlm_probability}")
+        self.tokenizer = tokenizer
+        self.mlm_probability = mlm_probability
+        self.masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
+
+    def __call__(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if "labels" in examples[0]:
+            return {
+                key: torch.tensor([example[key] for example in examples], dtype=torch.long)
+                for key in ("input_ids", "labels")
+            }
+        return dict(self.masking([{"input_ids": e["input_ids"]} for e in examples]))
+
+    def mask_once(self, blocks: datasets.Dataset, seed: int = 0) -> datasets.Dataset:
+        """``blocks`` masked with a fixed seed, input ids and labels stored: a held-out set."""
+        from transformers import DataCollatorForLanguageModeling
+
+        fixed = DataCollatorForLanguageModeling(
+            self.tokenizer, mlm_probability=self.mlm_probability, seed=seed
+        )
+        masked = fixed([{"input_ids": ids} for ids in blocks["input_ids"]])
+        return datasets.Dataset.from_dict(
+            {"input_ids": masked["input_ids"].tolist(), "labels": masked["labels"].tolist()}
+        )

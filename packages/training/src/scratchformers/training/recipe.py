@@ -204,28 +204,24 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
-class CausalLMRecipe(Recipe):
-    """A causal language model on a text corpus (``--dataset``, ``--text-column``): byte-level
-    BPE, fixed-length blocks, throughput in tokens, and the eval metric perplexity. Model
-    packages subclass it and write ``build_model``."""
+class TextRecipe(Recipe):
+    """A language model on a text corpus (``--dataset``, ``--text-column``, ``--tokenizer``): a
+    tokenizer trained on the training split (or a saved one), fixed-length blocks, throughput
+    in tokens. :class:`CausalLMRecipe` and :class:`MaskedLMRecipe` say which tokenizer, which
+    blocks and how to batch them."""
 
-    auto_class: ClassVar[str] = "AutoModelForCausalLM"
     item_unit: ClassVar[str] = "tokens"
     model_flags: ClassVar[dict[str, ModelFlag]] = {
         "--block-size": ModelFlag(
             "block_size", "tokens per training block, which is the model's context length"
         ),
         "--vocab-size": ModelFlag(
-            "vocab_size", "tokens in the byte-level BPE vocabulary trained on the data"
+            "vocab_size", "tokens in the vocabulary of the tokenizer trained on the data"
         ),
     }
-    pipeline_tag: ClassVar[str | None] = "text-generation"
-
-    sample_prompts: ClassVar[tuple[str, ...]] = (
-        "The return statement",
-        "A list is",
-        "This module provides",
-    )
+    tokenizer_name: ClassVar[str] = "a tokenizer"  # for the data description
+    # The special tokens the blocks and batches need: a --tokenizer without one is refused.
+    required_tokens: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("data")
@@ -247,15 +243,26 @@ class CausalLMRecipe(Recipe):
             "save_pretrained, such as a trained model's (then --vocab-size does not apply)",
         )
 
+    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
+        """A tokenizer trained on the training texts."""
+        raise NotImplementedError
+
+    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
+        """The texts as examples of ``block_size`` tokens."""
+        raise NotImplementedError
+
+    def batching(
+        self,
+        settings: TrainingSettings,
+        train: SizedDataset,
+        held_out: SizedDataset,
+        tokenizer: Any,
+    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
+        """The training and held-out sets as the loop will batch them, and the collate."""
+        raise NotImplementedError
+
     def build_data(self, settings: TrainingSettings) -> RecipeData:
-        from .data import (
-            causal_lm_blocks,
-            collate_blocks,
-            load_texts,
-            load_tokenizer,
-            split_train_eval,
-            train_byte_level_bpe,
-        )
+        from .data import load_texts, load_tokenizer, split_train_eval
 
         options, recipe_options = settings.model, settings.recipe_options
         dataset = recipe_options["dataset"]
@@ -264,27 +271,28 @@ class CausalLMRecipe(Recipe):
         texts = load_texts(dataset, recipe_options["text_column"])
         train_texts, eval_texts = split_train_eval(texts)
         if recipe_options.get("tokenizer"):
-            tokenizer = load_tokenizer(recipe_options["tokenizer"])
+            tokenizer = load_tokenizer(recipe_options["tokenizer"], self.required_tokens)
             # A trained model's tokenizer says its context length (set below): the corpus is
             # read in longer texts than that, which would warn of indexing errors.
             tokenizer.model_max_length = int(1e30)
             tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
         else:
-            tokenizer = train_byte_level_bpe(train_texts, options["vocab_size"])
-            tokenizer_description = "byte-level BPE"
+            tokenizer = self.train_tokenizer(train_texts, options["vocab_size"])
+            tokenizer_description = self.tokenizer_name
         block_size = options["block_size"]
         status(f"cutting the text into blocks of {block_size} tokens")
-        train = causal_lm_blocks(train_texts, tokenizer, block_size)
-        held_out = causal_lm_blocks(eval_texts, tokenizer, block_size)
+        train = self.blocks(train_texts, tokenizer, block_size)
+        held_out = self.blocks(eval_texts, tokenizer, block_size)
         if "max_eval_blocks" in options:
             held_out = held_out.select(range(min(len(held_out), options["max_eval_blocks"])))
         # Saved with the model, so that pipelines and generate() know its context length (set
         # after the corpus is cut into blocks, which reads longer texts than the model does).
         tokenizer.model_max_length = block_size
+        train, held_out, collate = self.batching(settings, train, held_out, tokenizer)
         return RecipeData(
             train=train,
             eval=held_out,
-            collate=collate_blocks,
+            collate=collate,
             processor=tokenizer,
             description=(
                 f"{source}: {len(train):,} training and {len(held_out):,} held-out blocks of "
@@ -294,6 +302,44 @@ class CausalLMRecipe(Recipe):
 
     def count_items(self, batch: dict[str, Any]) -> int:
         return batch["input_ids"].numel()
+
+
+class CausalLMRecipe(TextRecipe):
+    """A causal language model on a text corpus: byte-level BPE, blocks that end each document
+    with ``</s>``, and the eval metric perplexity. Model packages subclass it and write
+    ``build_model``."""
+
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    pipeline_tag: ClassVar[str | None] = "text-generation"
+    tokenizer_name: ClassVar[str] = "byte-level BPE"
+    required_tokens: ClassVar[tuple[str, ...]] = ("eos_token",)
+
+    sample_prompts: ClassVar[tuple[str, ...]] = (
+        "The return statement",
+        "A list is",
+        "This module provides",
+    )
+
+    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
+        from .data import train_byte_level_bpe
+
+        return train_byte_level_bpe(texts, vocab_size)
+
+    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
+        from .data import causal_lm_blocks
+
+        return causal_lm_blocks(texts, tokenizer, block_size)
+
+    def batching(
+        self,
+        settings: TrainingSettings,
+        train: SizedDataset,
+        held_out: SizedDataset,
+        tokenizer: Any,
+    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
+        from .data import collate_blocks
+
+        return train, held_out, collate_blocks
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
         eval_loss = results.means["loss"]
@@ -315,6 +361,107 @@ class CausalLMRecipe(Recipe):
                 pad_token_id=tokenizer.pad_token_id,
             )
         return tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+class MaskedLMRecipe(TextRecipe):
+    """A masked language model (BERT's pretraining) on a text corpus: WordPiece, blocks of
+    ``[CLS] ... [SEP]``, BERT's dynamic masking (``--mask-probability``, 15%), and the metrics
+    masked-token accuracy and MLM loss, beside the baseline of always predicting the most
+    frequent token. Model packages subclass it and write ``build_model``."""
+
+    auto_class: ClassVar[str] = "AutoModelForMaskedLM"
+    pipeline_tag: ClassVar[str | None] = "fill-mask"
+    tokenizer_name: ClassVar[str] = "WordPiece"
+    required_tokens: ClassVar[tuple[str, ...]] = (
+        "mask_token",
+        "cls_token",
+        "sep_token",
+        "pad_token",
+    )
+
+    sample_prompts: ClassVar[tuple[str, ...]] = (
+        "The return [MASK] leaves the function.",
+        "A list is a mutable [MASK].",
+        "This module provides [MASK] for working with files.",
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--mask-probability",
+            type=float,
+            default=0.15,
+            help="share of the tokens chosen as prediction targets (default: 0.15, BERT's)",
+        )
+
+    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
+        from .data import train_wordpiece
+
+        return train_wordpiece(texts, vocab_size)
+
+    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
+        from .data import masked_lm_blocks
+
+        return masked_lm_blocks(texts, tokenizer, block_size)
+
+    def batching(
+        self,
+        settings: TrainingSettings,
+        train: SizedDataset,
+        held_out: SizedDataset,
+        tokenizer: Any,
+    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
+        from collections import Counter
+
+        from .data import MaskingCollator
+
+        collator = MaskingCollator(tokenizer, settings.recipe_options["mask_probability"])
+        # The baseline predicts the most frequent (non-special) token of the training blocks.
+        special = set(tokenizer.all_special_ids)
+        counts = Counter(
+            token for block in train["input_ids"] for token in block if token not in special
+        )
+        self.most_frequent_token = counts.most_common(1)[0][0]
+        return train, collator.mask_once(held_out, seed=settings.seed), collator
+
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        output = model(**batch)
+        labels = batch["labels"]
+        targets = labels != -100
+        predictions = output.logits.argmax(-1)
+        return {
+            "loss": output.loss,
+            # Per example, so that the accuracy is over every masked token of the held-out
+            # set, however the tokens fall into batches and processes.
+            "targets": targets.sum(-1),
+            "correct": ((predictions == labels) & targets).sum(-1),
+            "baseline_correct": ((labels == self.most_frequent_token) & targets).sum(-1),
+        }
+
+    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
+        targets = float(results.gathered["targets"].sum())
+        return {
+            "eval_loss": results.means["loss"],
+            "masked_accuracy": float(results.gathered["correct"].sum()) / targets,
+            "baseline_accuracy": float(results.gathered["baseline_correct"].sum()) / targets,
+        }
+
+    def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
+        """Each prompt with its ``[MASK]`` filled by the model's top token."""
+        import torch
+
+        tokenizer = data.processor
+        filled = []
+        for prompt in self.sample_prompts:
+            prompt = prompt.replace("[MASK]", tokenizer.mask_token)
+            batch = tokenizer(prompt, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                logits = model(**batch).logits[0]
+            ids = batch["input_ids"][0].clone()
+            masked = ids == tokenizer.mask_token_id
+            ids[masked] = logits[masked].argmax(-1)
+            filled.append(tokenizer.decode(ids, skip_special_tokens=True))
+        return filled
 
 
 def installed_recipes() -> dict[str, Callable[[], Recipe]]:
