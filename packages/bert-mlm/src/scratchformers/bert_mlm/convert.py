@@ -8,9 +8,11 @@ The config is the same, field for field, and so are the numbers: only names diff
   ``attention.output.LayerNorm``, is the layer's ``attention_norm``.
 * Feed-forward: ``intermediate.dense`` and ``output.dense`` are ``mlp.up_proj`` and
   ``mlp.down_proj``; ``output.LayerNorm`` is ``mlp_norm``.
-* The masked-LM head: ``cls.predictions.transform.{dense,LayerNorm}`` are ``cls.{dense,
-  LayerNorm}``; their decoder bias ``cls.predictions.bias`` is ``cls.decoder.bias``, and the
-  decoder weight (tied to the word embeddings, so usually not stored) ``cls.decoder.weight``.
+* The masked-LM head is one module: ``cls.predictions.transform.{dense,LayerNorm}``,
+  ``cls.predictions.decoder`` and ``cls.predictions.bias`` are ``cls.{dense,LayerNorm}``,
+  ``cls.decoder`` and ``cls.bias``, with transformers' ties (decoder weight = word embedding,
+  decoder bias = ``cls.bias``), so tied files (which store neither) and untied ones (which
+  store both) map one to one.
 
 Embeddings, the pooler and the classifier keep their names. Renames are regular expressions
 matched anywhere in a key and applied in order, so each ``attention.output.*`` rename comes
@@ -54,13 +56,12 @@ WEIGHT_CONVERSIONS = (
     WeightRenaming("output.LayerNorm", "mlp_norm"),
     WeightRenaming("cls.predictions.transform.dense", "cls.dense"),
     WeightRenaming("cls.predictions.transform.LayerNorm", "cls.LayerNorm"),
-    WeightRenaming("cls.predictions.decoder.weight", "cls.decoder.weight"),
-    WeightRenaming("cls.predictions.bias", "cls.decoder.bias"),
+    WeightRenaming("cls.predictions.decoder", "cls.decoder"),
+    WeightRenaming("cls.predictions.bias", "cls.bias"),
 )
 
-# Keys of older BERT files that are not weights of ours: the position-id buffer, and the
-# decoder bias stored a second time next to cls.predictions.bias (they are one tied tensor).
-IGNORE_UNEXPECTED = (r"embeddings\.position_ids$", r"cls\.predictions\.decoder\.bias$")
+# Keys of older BERT files that are not weights: the position-id buffer.
+IGNORE_UNEXPECTED = (r"embeddings\.position_ids$",)
 
 # What our BERT mirrors, for from_pretrained and export_to_transformers.
 CONVERTER = CheckpointConverter(

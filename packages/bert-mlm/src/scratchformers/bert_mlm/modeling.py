@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -235,7 +236,13 @@ class BertModel(BertPreTrainedModel):
 
 class BertMLMHead(nn.Module):
     """``decoder(LayerNorm(act(dense(h))))``; the decoder's weight is the word embedding's
-    (tied), its bias is its own."""
+    (tied), its bias is its own.
+
+    ``bias`` is the decoder's bias under the name transformers stores it by
+    (``cls.predictions.bias``): with tied embeddings the two are one tensor; with
+    ``tie_word_embeddings=False`` they are two, and, as in transformers, the decoder's is the
+    one used.
+    """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -243,6 +250,7 @@ class BertMLMHead(nn.Module):
         self.act = activation(config.hidden_act)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.LayerNorm(self.act(self.dense(hidden_states))))
@@ -251,7 +259,11 @@ class BertMLMHead(nn.Module):
 class BertForMaskedLM(BertPreTrainedModel):
     """BERT (without the pooler, as in transformers) with the masked-language-model head."""
 
-    _tied_weights_keys = {"cls.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+    # transformers' ties: the decoder weight is the word embedding, its bias the head's bias.
+    _tied_weights_keys = {
+        "cls.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.decoder.bias": "cls.bias",
+    }
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
@@ -265,11 +277,12 @@ class BertForMaskedLM(BertPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.decoder = new_embeddings
+        self.cls.bias = new_embeddings.bias
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, BertMLMHead):
-            nn.init.zeros_(module.decoder.bias)  # transformers' BERT starts the bias at zero
+            init.zeros_(module.bias)  # transformers' BERT starts the bias at zero
 
     @can_return_tuple
     def forward(
