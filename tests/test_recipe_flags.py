@@ -31,6 +31,7 @@ print("heavy:", heavy)
         ["train", "--help"],
         ["train", "basicformer", "--help"],
         ["train", "gpt2", "--help"],
+        ["train", "bert-mlm", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -70,6 +71,16 @@ def test_help_imports_no_torch(argv: list[str]) -> None:
                 "num_hidden_layers": 1,
                 "num_attention_heads": 3,
                 "num_key_value_heads": 1,
+                "max_position_embeddings": 24,
+            },
+        ),
+        (
+            "bert-mlm",
+            ["--width", "48", "--depth", "1", "--heads", "3", "--block-size", "24"],
+            {
+                "hidden_size": 48,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 3,
                 "max_position_embeddings": 24,
             },
         ),

@@ -1,0 +1,112 @@
+"""The bert-mlm training recipe: BERT pretrained from scratch as a masked language model.
+
+    scratchformers train bert-mlm [--preset tiny] [...]
+    accelerate launch -m scratchformers.bert_mlm.train [...]
+
+WordPiece, ``[CLS] ... [SEP]`` blocks and BERT's dynamic masking come from the shared
+``MaskedLMRecipe``; the metrics are masked-token accuracy and MLM loss on a held-out split,
+beside the accuracy of always predicting the most frequent token. This module is what
+``--help`` imports, so the model package is imported in ``build_model`` only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scratchformers.training.recipe import MaskedLMRecipe, ModelFlag, Preset, RecipeData
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from transformers import PreTrainedModel
+
+    from scratchformers.bert_mlm import BertForMaskedLM
+    from scratchformers.training.settings import TrainingSettings
+
+
+def _preset(steps: int, batch: int, lr: float, warmup: int, every: int, **model: int) -> Preset:
+    training = {
+        "max_steps": steps,
+        "batch_size": batch,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "eval_every": every,
+        "save_every": 2 * every,
+        "log_every": max(1, every // 5),
+    }
+    return Preset(training=training, model=model)
+
+
+class BertMLMRecipe(MaskedLMRecipe):
+    """BERT's masked-language-model pretraining on the shared offline corpus."""
+
+    name = "bert-mlm"
+    description = "Pretrain a BERT masked language model from scratch."
+    model_flags = {
+        **MaskedLMRecipe.model_flags,
+        "--width": ModelFlag("hidden_size", "hidden size of every layer"),
+        "--depth": ModelFlag("num_hidden_layers", "number of encoder layers"),
+        "--heads": ModelFlag("num_attention_heads", "attention heads (must divide --width)"),
+    }
+    presets = {
+        "tiny": _preset(
+            800,
+            32,
+            1e-3,
+            50,
+            200,
+            vocab_size=4096,
+            block_size=64,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_eval_blocks=256,
+        ),
+        "small": _preset(
+            5000,
+            64,
+            5e-4,
+            300,
+            500,
+            vocab_size=8192,
+            block_size=128,
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_eval_blocks=512,
+        ),
+        "base": _preset(
+            50000,
+            128,
+            1e-4,
+            5000,
+            2000,
+            vocab_size=16384,
+            block_size=512,
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_eval_blocks=1024,
+        ),
+    }
+
+    def build_model(self, settings: TrainingSettings, data: RecipeData) -> BertForMaskedLM:
+        from scratchformers.bert_mlm import BertConfig, BertForMaskedLM
+
+        options, tokenizer = settings.model, data.processor
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=options["hidden_size"],
+            num_hidden_layers=options["num_hidden_layers"],
+            num_attention_heads=options["num_attention_heads"],
+            intermediate_size=4 * options["hidden_size"],
+            max_position_embeddings=options["block_size"],
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return BertForMaskedLM(config)
+
+    def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """transformers' ``BertForMaskedLM``, with the same outputs."""
+        from scratchformers.bert_mlm import export_to_transformers
+
+        return export_to_transformers(model, out_dir)
