@@ -24,19 +24,6 @@ if TYPE_CHECKING:
     from scratchformers.training.settings import TrainingSettings
 
 
-def _preset(steps: int, batch: int, lr: float, warmup: int, every: int, **model: int) -> Preset:
-    training = {
-        "max_steps": steps,
-        "batch_size": batch,
-        "lr": lr,
-        "warmup_steps": warmup,
-        "eval_every": every,
-        "save_every": 2 * every,
-        "log_every": max(1, every // 5),
-    }
-    return Preset(training=training, model=model)
-
-
 class BertMLMRecipe(MaskedLMRecipe):
     """BERT's masked-language-model pretraining on the shared offline corpus."""
 
@@ -49,7 +36,7 @@ class BertMLMRecipe(MaskedLMRecipe):
         "--heads": ModelFlag("num_attention_heads", "attention heads (must divide --width)"),
     }
     presets = {
-        "tiny": _preset(
+        "tiny": Preset.scheduled(
             800,
             32,
             1e-3,
@@ -62,7 +49,7 @@ class BertMLMRecipe(MaskedLMRecipe):
             num_attention_heads=4,
             max_eval_blocks=256,
         ),
-        "small": _preset(
+        "small": Preset.scheduled(
             5000,
             64,
             5e-4,
@@ -75,7 +62,7 @@ class BertMLMRecipe(MaskedLMRecipe):
             num_attention_heads=4,
             max_eval_blocks=512,
         ),
-        "base": _preset(
+        "base": Preset.scheduled(
             50000,
             128,
             1e-4,

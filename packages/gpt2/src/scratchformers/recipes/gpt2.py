@@ -24,19 +24,6 @@ if TYPE_CHECKING:
     from scratchformers.training.settings import TrainingSettings
 
 
-def _preset(steps: int, batch: int, lr: float, warmup: int, every: int, **model: int) -> Preset:
-    training = {
-        "max_steps": steps,
-        "batch_size": batch,
-        "lr": lr,
-        "warmup_steps": warmup,
-        "eval_every": every,
-        "save_every": 2 * every,
-        "log_every": max(1, every // 5),
-    }
-    return Preset(training=training, model=model)
-
-
 class GPT2Recipe(CausalLMRecipe):
     """GPT-2 on the same offline corpus and byte-level BPE as the BasicFormer recipe."""
 
@@ -49,7 +36,7 @@ class GPT2Recipe(CausalLMRecipe):
         "--heads": ModelFlag("n_head", "attention heads (must divide --width)"),
     }
     presets = {
-        "tiny": _preset(
+        "tiny": Preset.scheduled(
             800,
             16,
             3e-3,
@@ -62,7 +49,7 @@ class GPT2Recipe(CausalLMRecipe):
             n_head=4,
             max_eval_blocks=256,
         ),
-        "small": _preset(
+        "small": Preset.scheduled(
             3000,
             32,
             1e-3,
@@ -75,7 +62,7 @@ class GPT2Recipe(CausalLMRecipe):
             n_head=6,
             max_eval_blocks=512,
         ),
-        "base": _preset(
+        "base": Preset.scheduled(
             20000,
             64,
             6e-4,

@@ -43,6 +43,24 @@ class Preset:
     training: dict[str, Any]
     model: dict[str, Any]
 
+    @classmethod
+    def scheduled(
+        cls, steps: int, batch: int, lr: float, warmup: int, every: int, **model: Any
+    ) -> Preset:
+        """A preset from the usual schedule: ``steps`` optimizer steps of ``batch`` examples,
+        peak ``lr`` after ``warmup`` steps, an evaluation every ``every`` steps, a checkpoint
+        every two evaluations and five logs per evaluation; ``model`` as given."""
+        training = {
+            "max_steps": steps,
+            "batch_size": batch,
+            "lr": lr,
+            "warmup_steps": warmup,
+            "eval_every": every,
+            "save_every": 2 * every,
+            "log_every": max(1, every // 5),
+        }
+        return cls(training=training, model=model)
+
 
 @dataclass(frozen=True)
 class ModelFlag:
