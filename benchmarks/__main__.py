@@ -4,6 +4,7 @@
     uv run python -m benchmarks --size gpt2           # GPT-2 (124M) shape
     uv run python -m benchmarks --device cuda --size gpt2-medium
     uv run python -m benchmarks --rows gpt2 --no-compile   # quick: no torch.compile variants
+    uv run python -m benchmarks --rows vit            # measure one row, keep the others' numbers
 
 Every row loads identical weights into ours and into transformers' class, then measures, with
 the two sides interleaved: forward throughput, a training step (forward + backward + AdamW),
@@ -13,13 +14,20 @@ side's fastest variant against the other's: dynamic cache, static cache, and sta
 lean decode loop, ``scratchformers.core_attention.decoding``), peak memory of a training step, model FLOPs
 utilisation against the machine's fp32 matmul peak measured in the same run, and the cost of
 one generated token as the context grows, with and without the cache.
+
+The numbers of every run are kept beside the report (``results.json``): a run of some rows
+replaces those rows and keeps the others as they were measured, so that a new package's row
+joins the report without measuring every other row again. The report says which rows come
+from an earlier run, with its date and matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -54,6 +62,37 @@ class Results:
     speed: list[dict[str, object]] = field(default_factory=list)
     mfu: list[dict[str, object]] = field(default_factory=list)
     growth: list[dict[str, object]] = field(default_factory=list)
+    # Rows kept from earlier runs -> that run's machine (with its "peak_flops").
+    earlier: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def keep_earlier_rows(self, path: Path) -> None:
+        """Add the rows of the earlier run saved at ``path`` that this run did not measure,
+        when it measured with the same settings (apart from the rows and the output)."""
+        if not path.is_file():
+            return
+        earlier = json.loads(path.read_text())
+        compared = ("rows", "output")
+        if {k: v for k, v in earlier["settings"].items() if k not in compared} != {
+            k: v for k, v in self.settings.items() if k not in compared
+        }:
+            print(f"not keeping the rows of {path}: they were measured with other settings")
+            return
+        measured = set(self.settings["rows"])
+        machines = earlier.get("earlier", {})
+        for name in earlier["settings"]["rows"]:
+            if name in measured:
+                continue
+            for kind in ("speed", "mfu", "growth"):
+                getattr(self, kind).extend(e for e in earlier[kind] if e["row"] == name)
+            self.earlier[name] = machines.get(
+                name, earlier["machine"] | {"peak_flops": earlier["peak_flops"]}
+            )
+        self.settings["rows"] = sorted(measured | set(self.earlier))
+        for kind in ("speed", "mfu", "growth"):
+            getattr(self, kind).sort(key=lambda e: e["row"])  # stable: workloads keep their order
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -303,8 +342,12 @@ def main() -> None:
             model.generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
         print(f"{name}: ours against {row.reference}")
         speed_rows(row, args, device, peak, results)
-        growth_rows(row, args, device, results)
+        if row.generative:
+            growth_rows(row, args, device, results)
+    saved = args.output.with_name("results.json")
+    results.keep_earlier_rows(saved)
     write_report(results, args.output)
+    results.save(saved)
     print(
         f"wrote {args.output} and its plots; median ratio "
         f"{statistics.median(r['ratio'] for r in results.speed):.2f}"

@@ -76,6 +76,14 @@ def causal_lm_flops(
     return n_layer * per_layer + 2 * n_embd * vocab_size * tokens
 
 
+def masked_lm_flops(n_layer: int, n_embd: int, vocab_size: int, batch: int, length: int) -> float:
+    """Matmul FLOPs of one BERT masked-LM forward: the encoder layers as in
+    :func:`causal_lm_flops` (full attention is counted in full there too), plus the MLM head's
+    transform (2 * d^2 per token) before its decoder over the vocabulary."""
+    tokens = batch * length
+    return causal_lm_flops(n_layer, n_embd, vocab_size, batch, length) + 2 * n_embd**2 * tokens
+
+
 def _proc_status_mb(key: str) -> float:
     text = Path("/proc/self/status").read_text()
     return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024

@@ -31,6 +31,7 @@ def write_report(results: Results, path: Path) -> None:
         "| --- | --- |",
         *[f"| {key} | {value} |" for key, value in results.machine.items()],
         f"| fp32 matmul peak (measured in this run) | {results.peak_flops / 1e9:,.0f} GFLOP/s |",
+        *_earlier_runs(results),
         "",
         "## Speed and memory",
         "",
@@ -58,7 +59,7 @@ def write_report(results: Results, path: Path) -> None:
         "## Model FLOPs utilisation (forward)",
         "",
         "Matmul FLOPs of the forward (projections, MLP, attention scores, LM head) per second, "
-        "against the fp32 matmul peak measured above.",
+        "against the fp32 matmul peak measured in the same run.",
         "",
         "| model | ours GFLOP/s | ours MFU | transformers GFLOP/s | transformers MFU |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -82,6 +83,18 @@ def write_report(results: Results, path: Path) -> None:
         )
     lines += ["", f"![cost growth]({growth_png.name})", ""]
     path.write_text("\n".join(lines))
+
+
+def _earlier_runs(results: Results) -> list[str]:
+    """Table lines for the rows kept from earlier runs: when, and the peak they measured."""
+    runs: dict[tuple[str, float], list[str]] = {}
+    for row, machine in results.earlier.items():
+        runs.setdefault((machine["date"], machine["peak_flops"]), []).append(row)
+    return [
+        f"| rows kept from an earlier run: {', '.join(sorted(rows))} | {date}, "
+        f"matmul peak {peak / 1e9:,.0f} GFLOP/s |"
+        for (date, peak), rows in sorted(runs.items())
+    ]
 
 
 def _plot_ratios(results: Results, path: Path) -> None:
@@ -111,6 +124,8 @@ def _plot_growth(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not results.growth:  # only non-generative rows were measured
+        return
     figure, axis = plt.subplots(figsize=(7, 4), dpi=110)
     for row in sorted({e["row"] for e in results.growth}):
         entries = [e for e in results.growth if e["row"] == row]

@@ -14,7 +14,7 @@ import torch
 import transformers
 from torch import nn
 
-from .measure import causal_lm_flops
+from .measure import causal_lm_flops, masked_lm_flops
 
 SIZES = {
     # For checking that the runner works, in seconds; its numbers mean little.
@@ -211,8 +211,65 @@ def basicformer_llama_row(size: dict[str, int]) -> Row:
     )
 
 
+@dataclass
+class MaskedLMRow(Row):
+    """A BERT-style encoder: padded batches with an attention mask, and a training step on
+    masked-language-model labels (15% of the positions; the rest -100, ignored)."""
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        input_ids = torch.randint(1, self.vocab_size, (batch, length), device=device)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        input_ids = inputs["input_ids"]
+        generator = torch.Generator().manual_seed(0)
+        chosen = torch.rand(input_ids.shape, generator=generator) < 0.15
+        labels = input_ids.masked_fill(~chosen.to(input_ids.device), -100)
+        return inputs | {"labels": labels}
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        return masked_lm_flops(self.n_layer, self.n_embd, self.vocab_size, batch, length)
+
+
+def bert_mlm_row(size: dict[str, int]) -> Row:
+    """Our BertForMaskedLM against transformers' BertForMaskedLM, loaded from the same
+    transformers checkpoint layout through our converter."""
+    from scratchformers.bert_mlm import BertForMaskedLM
+    from scratchformers.bert_mlm.convert import config_from_transformers, state_from_transformers
+
+    config = transformers.BertConfig(
+        vocab_size=size["vocab_size"],
+        hidden_size=size["n_embd"],
+        num_hidden_layers=size["n_layer"],
+        num_attention_heads=size["n_head"],
+        intermediate_size=4 * size["n_embd"],
+        max_position_embeddings=size["n_positions"],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.BertForMaskedLM(config).eval()
+    ours = BertForMaskedLM(config_from_transformers(theirs.config.to_dict()))
+    missing, unexpected = ours.load_state_dict(
+        state_from_transformers(theirs.state_dict()), strict=False
+    )
+    tied = {"cls.decoder.weight", "cls.decoder.bias"}  # filled by the ties, not the file
+    assert not unexpected and set(missing) <= tied, (missing, unexpected)
+    return MaskedLMRow(
+        "bert-mlm",
+        "transformers BertForMaskedLM (same weights)",
+        ours.eval(),
+        theirs,
+        False,
+        size["n_layer"],
+        size["n_embd"],
+        size["vocab_size"],
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
     "basicformer-llama": basicformer_llama_row,
+    "bert-mlm": bert_mlm_row,
 }

@@ -1,5 +1,6 @@
 """Loading transformers' BERT directories into our classes (each class's save_pretrained, with
-and without a pooler, tied and untied), refusing one that leaves a weight unfilled, and
+and without a pooler, tied and untied), starting only a task head fresh (fine-tuning), refusing
+a checkpoint that leaves any other weight unfilled, and
 exporting back: transformers' classes load our exports with no missing or unexpected keys and
 the same outputs, and the in-memory conversion inverts itself."""
 
@@ -84,16 +85,40 @@ def test_transformers_directories_load_with_their_outputs(
         assert_matches(got.logits, expected.logits, what="logit")
 
 
-def test_a_checkpoint_without_a_pooler_is_refused_where_one_is_needed(
+def test_fine_tuning_starts_from_a_masked_lm_checkpoint(
+    make_theirs: Callable, padded_batch: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers' BertForMaskedLM has no pooler and no classifier: our classifier loads its
+    body and starts those two fresh, naming them, as transformers does for fine-tuning."""
+    theirs = make_theirs("mlm")
+    theirs.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        model = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3).eval()
+    assert "classifier.weight" in caplog.text and "pooler.dense.weight" in caplog.text
+    assert model.config.num_labels == 3
+    inputs = _inputs(padded_batch)
+    with torch.no_grad():
+        body = model.bert(**inputs).last_hidden_state
+        expected = theirs.bert(**inputs).last_hidden_state
+        assert model(**inputs).logits.shape == (len(body), 3)
+    assert float((body - expected).abs().max()) <= 1e-4
+    assert BertModel.from_pretrained(tmp_path).pooler is not None
+
+
+def test_a_checkpoint_missing_a_body_weight_is_refused(
     make_theirs: Callable, tmp_path: Path
 ) -> None:
-    """transformers would initialise the pooler at random and warn; the converted load names
-    the weights it cannot fill."""
+    """Only the task head may start fresh: a checkpoint without one of the encoder's weights
+    raises, naming it, where transformers would initialise it at random and warn."""
+    from safetensors.torch import load_file, save_file
+
     make_theirs("mlm").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"pooler\.dense"):
-        BertModel.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="classifier"):
-        BertForSequenceClassification.from_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in weights if "layer.1.output.dense.weight" in k)
+    del weights[name]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"layers?\.1\.mlp\.down_proj\.weight"):
+        BertForMaskedLM.from_pretrained(tmp_path)
 
 
 def test_config_fields_are_read(make_pair: Callable) -> None:

@@ -63,6 +63,10 @@ WEIGHT_CONVERSIONS = (
 # Keys of older BERT files that are not weights: the position-id buffer.
 IGNORE_UNEXPECTED = (r"embeddings\.position_ids$",)
 
+# What fine-tuning adds on a pretrained body: the classifier, and the pooler that transformers'
+# BertForMaskedLM does not have. They start fresh on a converted load; nothing else may.
+FRESH_HEADS = (r"(^|\.)classifier\.", r"(^|\.)pooler\.dense\.")
+
 # What our BERT mirrors, for from_pretrained and export_to_transformers.
 CONVERTER = CheckpointConverter(
     transformers_model_type="bert",
@@ -73,6 +77,7 @@ CONVERTER = CheckpointConverter(
     },
     weight_conversions=WEIGHT_CONVERSIONS,
     ignore_unexpected=IGNORE_UNEXPECTED,
+    fresh_heads=FRESH_HEADS,
 )
 
 

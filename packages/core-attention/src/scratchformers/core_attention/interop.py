@@ -26,7 +26,8 @@ with ``Transpose``, ``Chunk``, ...). Why the rest is built the way it is:
   from tensor names or shapes.
 * From their checkpoints only safetensors are read: pickled ``.bin`` weights are refused, never
   unpickled. A converted load that leaves a weight unfilled raises, naming it, where
-  transformers would warn and leave random values.
+  transformers would warn and leave random values; only the weights of a task head that the
+  converter names as fresh (a classifier on a pretrained body) start from their initial values.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightTransform, revert_weight_conversion
+from transformers.utils import logging
 from transformers.utils.hub import DownloadKwargs
+
+logger = logging.get_logger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -75,6 +79,11 @@ class CheckpointConverter:
             weights (old buffers, say): left out of the loading info ``from_pretrained``
             returns. transformers' load report, logged during the load, still lists them; a
             model class's ``_keys_to_ignore_on_load_unexpected`` silences that too.
+        fresh_heads: regular expressions for weights of ours that a task head adds on top of
+            what their checkpoint holds (a classifier, or a pooler that their class lacks):
+            a converted load leaves them at their initial values, as transformers does when
+            fine-tuning starts from a pretrained body, and logs their names. Any other weight
+            that a checkpoint leaves unfilled raises.
     """
 
     transformers_model_type: str
@@ -82,6 +91,7 @@ class CheckpointConverter:
     weight_conversions: Sequence[WeightTransform]
     config_renames: Mapping[str, str] = field(default_factory=dict)
     ignore_unexpected: Sequence[str] = ()
+    fresh_heads: Sequence[str] = ()
 
     def transformers_class(self, model_class: type[PreTrainedModel]) -> type[PreTrainedModel]:
         """The transformers class that ``model_class`` mirrors."""
@@ -159,13 +169,30 @@ def from_pretrained_or_convert(
     if converter.ignore_unexpected:
         ignored = re.compile("|".join(converter.ignore_unexpected))
         info["unexpected_keys"] = {k for k in info["unexpected_keys"] if not ignored.search(k)}
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
+    fresh = _fresh_head_weights(info["missing_keys"], converter.fresh_heads)
+    if fresh:
+        logger.warning(
+            "%s: %d weights are new, not in %s, and start from their initial values "
+            "(train them before use): %s",
+            cls.__name__,
+            len(fresh),
+            pretrained_model_name_or_path,
+            fresh,
+        )
+    missing = sorted(set(info["missing_keys"]) - set(fresh))
+    if missing:
         raise ValueError(
             f"the checkpoint {pretrained_model_name_or_path} does not fill {len(missing)} weights "
             f"of {cls.__name__}: {missing[:8]}"
         )
     return (model, info) if wants_info else model
+
+
+def _fresh_head_weights(missing: Sequence[str], fresh_heads: Sequence[str]) -> list[str]:
+    if not fresh_heads:
+        return []
+    pattern = re.compile("|".join(fresh_heads))
+    return sorted(key for key in missing if pattern.search(key))
 
 
 def _download_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
