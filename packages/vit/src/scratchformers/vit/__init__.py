@@ -1,0 +1,42 @@
+"""scratchformers.vit: the Vision Transformer from scratch, which loads transformers' ViT
+checkpoints (the bare model, with or without its pooler, and the image classifier) and timm's
+``VisionTransformer`` weights, and matches both.
+
+Importing this package registers the classes with transformers' Auto classes.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration import ViTConfig
+from .convert import export_to_transformers
+from .modeling import (
+    ViTEmbeddings,
+    ViTEncoder,
+    ViTForImageClassification,
+    ViTLayer,
+    ViTMLP,
+    ViTModel,
+    ViTPatchEmbeddings,
+    ViTPooler,
+    ViTPreTrainedModel,
+)
+from .timm_checkpoints import from_timm
+
+AutoConfig.register(ViTConfig.model_type, ViTConfig, exist_ok=True)
+AutoModel.register(ViTConfig, ViTModel, exist_ok=True)
+AutoModelForImageClassification.register(ViTConfig, ViTForImageClassification, exist_ok=True)
+
+__all__ = [
+    "ViTConfig",
+    "ViTEmbeddings",
+    "ViTEncoder",
+    "ViTForImageClassification",
+    "ViTLayer",
+    "ViTMLP",
+    "ViTModel",
+    "ViTPatchEmbeddings",
+    "ViTPooler",
+    "ViTPreTrainedModel",
+    "export_to_transformers",
+    "from_timm",
+]
