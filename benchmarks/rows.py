@@ -267,9 +267,81 @@ def bert_mlm_row(size: dict[str, int]) -> Row:
     )
 
 
+@dataclass
+class ImageClassificationRow(Row):
+    """A ViT classifier: batches of random images at the configured size, and a training step
+    on class labels. ``length`` means nothing here: the sequence is the patches plus the class
+    token, set by the image and patch sizes."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    num_channels: int = 3
+    num_labels: int = 10
+    unit: str = "images"
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        shape = (batch, self.num_channels, self.image_size, self.image_size)
+        return {"pixel_values": torch.randn(shape, device=device)}
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        pixels = inputs["pixel_values"]
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, self.num_labels, (pixels.shape[0],), generator=generator)
+        return inputs | {"labels": labels.to(pixels.device)}
+
+    def items(self, batch: int, length: int) -> int:
+        return batch
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        """The encoder as in :func:`causal_lm_flops` over the patches and the class token
+        (no LM head), plus the patch projection (a matmul of each patch's pixels, 2 * c * p^2
+        * d per patch) and the classifier on one vector per image (2 * d * labels)."""
+        patches = (self.image_size // self.patch_size) ** 2
+        encoder = causal_lm_flops(self.n_layer, self.n_embd, 0, batch, patches + 1)
+        projection = 2 * self.num_channels * self.patch_size**2 * self.n_embd * patches * batch
+        return encoder + projection + 2 * self.n_embd * self.num_labels * batch
+
+
+def vit_row(size: dict[str, int]) -> Row:
+    """Our ViTForImageClassification against transformers', loaded from the same transformers
+    checkpoint layout through our converter. 64x64 images in 8x8 patches (65 tokens), or
+    ViT-B/16's 224x224 in 16x16 (197 tokens) from GPT-2's width up; 10 labels."""
+    from scratchformers.vit import ViTForImageClassification
+    from scratchformers.vit.convert import config_from_transformers, state_from_transformers
+
+    image_size, patch_size = (224, 16) if size["n_embd"] >= 768 else (64, 8)
+    config = transformers.ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=size["n_embd"],
+        num_hidden_layers=size["n_layer"],
+        num_attention_heads=size["n_head"],
+        intermediate_size=4 * size["n_embd"],
+        num_labels=10,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.ViTForImageClassification(config).eval()
+    ours = ViTForImageClassification(config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    return ImageClassificationRow(
+        "vit",
+        "transformers ViTForImageClassification (same weights)",
+        ours.eval(),
+        theirs,
+        False,
+        size["n_layer"],
+        size["n_embd"],
+        0,  # no vocabulary: the inputs are images
+        image_size=image_size,
+        patch_size=patch_size,
+        num_labels=config.num_labels,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
     "basicformer-llama": basicformer_llama_row,
     "bert-mlm": bert_mlm_row,
+    "vit": vit_row,
 }

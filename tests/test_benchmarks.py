@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not a package
@@ -18,15 +19,34 @@ from benchmarks.rows import ROWS, SIZES  # noqa: E402
 
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_forward_flops_count_every_matmul_of_the_model(name: str) -> None:
-    """2 FLOPs per weight of every linear layer and token, plus QK^T and PV, for any row."""
+    """2 FLOPs per weight of every linear layer for each position it is applied at, plus QK^T
+    and PV over the sequence, for any row: counted on the reference model's own forward."""
     row = ROWS[name](SIZES["tiny"])
     batch, length = 3, 17
-    tokens = batch * length
-    # transformers' GPT-2 projections are Conv1D modules, its head and Llama's are Linear.
-    matmuls = [m for m in row.theirs.modules() if type(m).__name__ in ("Linear", "Conv1D")]
-    weights = sum(m.weight.numel() for m in matmuls)
-    attention = row.n_layer * 4 * length * row.n_embd * tokens
-    assert row.forward_flops(batch, length) == 2 * weights * tokens + attention
+    # transformers' GPT-2 projections are Conv1D modules, its head and Llama's are Linear; a
+    # ViT's patch projection is a Conv2d, applied once per patch.
+    kinds = ("Linear", "Conv1D", "Conv2d")
+    weights_times_positions = 0
+
+    def count(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+        nonlocal weights_times_positions
+        channels = output.shape[1] if isinstance(module, torch.nn.Conv2d) else output.shape[-1]
+        weights_times_positions += module.weight.numel() * (output.numel() // channels)
+
+    hooks = [
+        m.register_forward_hook(count) for m in row.theirs.modules() if type(m).__name__ in kinds
+    ]
+    try:
+        with torch.no_grad():
+            inputs = row.inputs(batch, length, torch.device("cpu"))
+            output = row.theirs(**inputs, output_hidden_states=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    sequence = output.hidden_states[0].shape[1]  # the tokens, or a ViT's patches + class token
+    attention = row.n_layer * 4 * sequence * row.n_embd * batch * sequence
+    assert weights_times_positions > 0
+    assert row.forward_flops(batch, length) == 2 * weights_times_positions + attention
 
 
 def _run(output: Path, *rows: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from scratchformers.vit import ViTForImageClassification, ViTModel, export_to_transformers
 from scratchformers.vit.convert import state_from_transformers, state_to_transformers
@@ -88,17 +88,45 @@ def test_a_file_in_transformers_in_memory_names_loads_too(
     _compare(model, theirs, images(), assert_matches)
 
 
-def test_a_checkpoint_without_a_pooler_is_refused_where_one_is_needed(
+def test_fine_tuning_starts_from_a_bare_checkpoint(
+    make_theirs: Callable, images: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """transformers' ViTModel has no classifier (ViT's usual pretrained checkpoints are bare):
+    our classifier loads its body and starts the classifier fresh, naming it, as transformers
+    does for fine-tuning; a bare model of ours from a classifier's checkpoint starts its
+    pooler fresh."""
+    theirs = make_theirs("base")
+    theirs.save_pretrained(tmp_path / "base")
+    with caplog.at_level("WARNING"):
+        model = ViTForImageClassification.from_pretrained(tmp_path / "base", num_labels=7)
+    assert (
+        "initial values (train them before use): ['classifier.bias', 'classifier.weight']"
+        in caplog.text
+    )
+    pixels = images()
+    with torch.no_grad():
+        body = model.eval().vit(pixels).last_hidden_state
+        assert model(pixels).logits.shape == (3, 7) and len(model.config.id2label) == 7
+    torch.testing.assert_close(body, theirs(pixels).last_hidden_state, atol=1e-4, rtol=0)
+
+    make_theirs("cls").save_pretrained(tmp_path / "cls")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ViTModel.from_pretrained(tmp_path / "cls").pooler is not None
+    assert "pooler.dense.weight" in caplog.text
+
+
+def test_a_checkpoint_missing_a_body_weight_is_refused(
     make_theirs: Callable, tmp_path: Path
 ) -> None:
-    """transformers would initialise the pooler at random and warn; the converted load names
-    the weights it cannot fill."""
+    """Only a task head may start fresh: a checkpoint without one of the encoder's weights
+    raises, naming it, where transformers would initialise it at random and warn."""
     make_theirs("cls").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"pooler\.dense"):
-        ViTModel.from_pretrained(tmp_path)
-    make_theirs("base").save_pretrained(tmp_path / "base")
-    with pytest.raises(ValueError, match="classifier"):
-        ViTForImageClassification.from_pretrained(tmp_path / "base")
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["vit.encoder.layer.1.output.dense.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"vit\.layers\.1\.mlp\.fc2\.weight"):
+        ViTForImageClassification.from_pretrained(tmp_path)
 
 
 def test_config_fields_and_labels_are_read(make_pair: Callable) -> None:

@@ -78,6 +78,11 @@ class ViTCheckpointConverter(CheckpointConverter):
         return fields
 
 
+# What fine-tuning adds on a pretrained body: the classifier, and the pooler that transformers'
+# ViTForImageClassification does not have. They start fresh on a converted load; nothing else
+# may.
+FRESH_HEADS = (r"(^|\.)classifier\.", r"(^|\.)pooler\.dense\.")
+
 # What our ViT mirrors, for from_pretrained and export_to_transformers.
 CONVERTER = ViTCheckpointConverter(
     transformers_model_type="vit",
@@ -86,6 +91,7 @@ CONVERTER = ViTCheckpointConverter(
         ViTModel: transformers.ViTModel,
     },
     weight_conversions=WEIGHT_CONVERSIONS,
+    fresh_heads=FRESH_HEADS,
 )
 
 
