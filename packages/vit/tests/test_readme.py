@@ -1,4 +1,5 @@
-"""The usage snippets of the package README run as written and do what they say."""
+"""The usage snippets of the package README and the root README run as written and do what
+they say."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE_README = Path(__file__).parents[1] / "README.md"
+ROOT_README = Path(__file__).parents[3] / "README.md"
 
 
 def test_readme_snippets_classify_load_and_export(
@@ -26,3 +28,17 @@ def test_readme_snippets_classify_load_and_export(
     assert (tmp_path / "vit-exported" / "model.safetensors").is_file()
     assert type(namespace["back"]).__module__.startswith("transformers.")
     assert type(namespace["ours"]).__name__ == "ViTForImageClassification"
+
+
+def test_root_readme_snippet_classifies_an_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", ROOT_README.read_text(), flags=re.DOTALL)
+    snippet = "\n".join(block for block in blocks if "scratchformers.vit" in block)
+    assert snippet, "the root README lost its vit snippet"
+    namespace: dict[str, object] = {}
+    exec(compile(snippet, str(ROOT_README), "exec"), namespace)
+    predictions = namespace["predictions"]
+    assert {p["label"] for p in predictions} == {"cat", "dog"}
+    assert abs(sum(p["score"] for p in predictions) - 1) <= 1e-5
