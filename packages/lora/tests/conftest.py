@@ -18,7 +18,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import copy
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +32,6 @@ import scratchformers.gpt2 as gpt2
 
 torch.set_num_threads(2)
 transformers.logging.set_verbosity_error()
-# peft's merge_and_unload asks transformers a deprecated question; not ours to answer.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 VOCAB = 97
 LENGTHS = (11, 7, 4)  # a right-padded batch of three
@@ -47,6 +44,13 @@ _LARGEST: dict[str, tuple[float, str]] = {}
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for what, (value, where) in sorted(_LARGEST.items()):
         terminalreporter.write_line(f"largest {what} difference vs peft: {value:.3g} ({where})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # peft asks transformers a deprecated question when it wraps a model; not ours to answer.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+    )
 
 
 @pytest.fixture(autouse=True)

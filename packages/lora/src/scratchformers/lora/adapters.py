@@ -100,10 +100,23 @@ def _plan(model: nn.Module, config: LoraConfig, strict: bool) -> _Plan:
     """Resolve ``config`` against ``model`` without changing it; raises on what cannot work."""
     modules = _candidate_modules(model)
     to_save = config.modules_to_save or []
+    saved: list[str] = []
+    for name, module in modules.items():
+        if not any(name.endswith(entry) for entry in to_save):
+            continue
+        if any(name.startswith(f"{outer}.") for outer in saved):
+            continue  # inside a module already saved in full
+        if any(isinstance(inner, LoraLinear) for inner in module.modules()):
+            raise ValueError(
+                f"modules_to_save names {name}, which holds LoRA layers of another adapter"
+            )
+        saved.append(name)
     targets = [
         name
         for name in modules
-        if _matches_target(config.target_modules, name) and not _inside_saved(to_save, name)
+        if _matches_target(config.target_modules, name)
+        and not _inside_saved(to_save, name)
+        and not any(name == outer or name.startswith(f"{outer}.") for outer in saved)
     ]
     if isinstance(config.target_modules, str):
         unmatched = [] if targets else [config.target_modules]
@@ -136,17 +149,6 @@ def _plan(model: nn.Module, config: LoraConfig, strict: bool) -> _Plan:
                 f"directly, so a LoRA there would change nothing"
             )
 
-    saved: list[str] = []
-    for name, module in modules.items():
-        if not any(name.endswith(entry) for entry in to_save):
-            continue
-        if any(name.startswith(f"{outer}.") for outer in saved):
-            continue  # inside a module already saved in full
-        if any(isinstance(inner, LoraLinear) for inner in module.modules()):
-            raise ValueError(
-                f"modules_to_save names {name}, which holds LoRA layers of another adapter"
-            )
-        saved.append(name)
     if strict and to_save and not saved:
         raise ValueError(
             f"modules_to_save {to_save} names no module of this {type(model).__name__}; "

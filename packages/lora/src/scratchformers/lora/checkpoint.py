@@ -123,9 +123,9 @@ def load_adapter(
             layer.lora_A[adapter_name].weight.copy_(saved[f"{name}.lora_A.weight"])
             layer.lora_B[adapter_name].weight.copy_(saved[f"{name}.lora_B.weight"])
     for name in plan.saved:
-        copy = model.get_submodule(name).modules_to_save[adapter_name]
+        trained = model.get_submodule(name).modules_to_save[adapter_name]
         prefix = f"{name}."
-        copy.load_state_dict(
+        trained.load_state_dict(
             {key.removeprefix(prefix): t for key, t in saved.items() if key.startswith(prefix)}
         )
     return model
