@@ -32,6 +32,7 @@ print("heavy:", heavy)
         ["train", "basicformer", "--help"],
         ["train", "gpt2", "--help"],
         ["train", "bert-mlm", "--help"],
+        ["train", "vit", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -99,3 +100,14 @@ def test_model_shape_flags_reach_the_model(
     tokenizer = train_byte_level_bpe(["the cat sat on the mat"] * 20, 300)
     model = recipe.build_model(settings, SimpleNamespace(processor=tokenizer))
     assert {key: getattr(model.config, key) for key in expected} == expected
+
+
+def test_vit_shape_flags_reach_the_model() -> None:
+    recipe = load_recipe("vit")
+    flags = ["--width", "48", "--depth", "1", "--heads", "3", "--patch-size", "4"]
+    settings = parse_settings(recipe, [*flags, "--image-size", "16", "--pooling", "mean"])
+    classes = SimpleNamespace(train=SimpleNamespace(class_names=["circle", "star"]))
+    config = recipe.build_model(settings, classes).config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (48, 1, 3)
+    assert (config.patch_size, config.image_size, config.pooling) == (4, 16, "mean")
+    assert config.id2label == {0: "circle", 1: "star"}

@@ -44,16 +44,35 @@ _EXPORTS = {
     "installed_recipes": "recipe",
     "load_recipe": "recipe",
     "parameter_groups": "recipe",
+    "ImageClassificationRecipe": "vision",
+    "ImageRecipe": "vision",
+    "ImageBatches": "images",
+    "ImageExamples": "images",
+    "ImageSplits": "images",
+    "image_processor": "images",
+    "image_splits": "images",
+    "load_image_folder": "images",
+    "to_rgb": "images",
+    "SHAPES": "shapes",
+    "draw_shape": "shapes",
+    "shape_caption": "shapes",
+    "shapes_dataset": "shapes",
     "status": "console",
     "TrainingSettings": "settings",
     "parse_settings": "settings",
 }
 
 __all__ = [
+    "SHAPES",
     "CausalLMRecipe",
     "CheckpointError",
     "DataError",
     "EvalResults",
+    "ImageBatches",
+    "ImageClassificationRecipe",
+    "ImageExamples",
+    "ImageRecipe",
+    "ImageSplits",
     "MaskedLMRecipe",
     "MaskingCollator",
     "ModelFlag",
@@ -69,8 +88,12 @@ __all__ = [
     "TrainingSettings",
     "causal_lm_blocks",
     "collate_blocks",
+    "draw_shape",
     "gather_with_gradients",
+    "image_processor",
+    "image_splits",
     "installed_recipes",
+    "load_image_folder",
     "load_recipe",
     "load_texts",
     "load_tokenizer",
@@ -79,8 +102,11 @@ __all__ = [
     "parse_settings",
     "python_docs_corpus",
     "run_recipe",
+    "shape_caption",
+    "shapes_dataset",
     "split_train_eval",
     "status",
+    "to_rgb",
     "train",
     "train_byte_level_bpe",
     "train_wordpiece",
@@ -118,6 +144,15 @@ if TYPE_CHECKING:
     )
     from .distributed import gather_with_gradients
     from .errors import TrainingError, TrainingInterrupted
+    from .images import (
+        ImageBatches,
+        ImageExamples,
+        ImageSplits,
+        image_processor,
+        image_splits,
+        load_image_folder,
+        to_rgb,
+    )
     from .loop import Trainer, TrainingResult, train
     from .recipe import (
         CausalLMRecipe,
@@ -134,3 +169,5 @@ if TYPE_CHECKING:
         parameter_groups,
     )
     from .settings import TrainingSettings, parse_settings
+    from .shapes import SHAPES, draw_shape, shape_caption, shapes_dataset
+    from .vision import ImageClassificationRecipe, ImageRecipe

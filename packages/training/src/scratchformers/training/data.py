@@ -31,6 +31,8 @@ from transformers import PreTrainedTokenizerFast
 from .console import status
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
+# ``--dataset imagefolder:<dir>``: a local folder of images (one subfolder per class).
+IMAGE_FOLDER_PREFIX = "imagefolder:"
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",
     "bos_token": "<s>",
@@ -111,7 +113,9 @@ def load_texts(source: str | None, text_column: str = "text") -> list[str]:
 def hub_dataset_id(source: str | None) -> str | None:
     """``source`` when :func:`load_texts` reads it from the Hugging Face Hub, else ``None``
     (the default corpus or a local file or folder): what a model card may list as its data."""
-    if source is None or Path(source).exists() or _looks_like_a_path(source):
+    if source is None or source.startswith(IMAGE_FOLDER_PREFIX):
+        return None
+    if Path(source).exists() or _looks_like_a_path(source):
         return None
     return source
 

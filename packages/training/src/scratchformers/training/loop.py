@@ -218,7 +218,7 @@ class Trainer:
             output_dir.mkdir(parents=True, exist_ok=True)
             checkpoints.remove_partial_checkpoints(output_dir)
             if settings.overwrite:
-                clear_previous_run(output_dir)
+                clear_previous_run(output_dir, self.recipe.output_files)
             elif checkpoint is None:
                 # A resume with nothing to resume from: the earlier run's log would mislead.
                 self.metrics.path.unlink(missing_ok=True)
@@ -416,20 +416,27 @@ class Trainer:
                 output_dir / PLOT_FILE,
                 f"{settings.recipe} ({settings.preset})",
             )
+            files = self.recipe.finish(unwrapped, data, output_dir)
             write_model_card(
                 output_dir / "README.md",
                 model_name=f"{settings.recipe}-{settings.preset}",
                 recipe=settings.recipe,
                 preset=settings.preset,
                 auto_class=self.recipe.auto_class,
+                processor_class=self.recipe.processor_auto_class,
                 pipeline_tag=self.recipe.pipeline_tag,
                 license=self.recipe.license,
                 data_description=data.description,
                 settings=settings.to_dict(),
                 summary=summary,
                 samples=samples,
+                figures={
+                    name: path.relative_to(output_dir)
+                    for name, path in files.items()
+                    if path.suffix == ".png" and path.parent == output_dir
+                },
             )
-            self._report(first_eval_loss, final_metrics, samples, summary)
+            self._report(first_eval_loss, final_metrics, samples, summary, files)
         accelerator.end_training()
         return TrainingResult(
             output_dir=output_dir,
@@ -446,8 +453,12 @@ class Trainer:
         final: dict[str, float],
         samples: list[str],
         summary: dict[str, Any],
+        files: dict[str, Path],
     ) -> None:
         output_dir = self.settings.output_dir
+        processor = (
+            "tokenizer" if self.recipe.processor_auto_class == "AutoTokenizer" else "processor"
+        )
         took = f"{summary['total_wall_time_s']:.0f} s"
         if len(summary["segments"]) > 1:
             took += f" over {len(summary['segments'])} segments (resumed)"
@@ -459,8 +470,9 @@ class Trainer:
             )
         lines += [f"  {sample!r}" for sample in samples]
         lines += [
-            f"model and tokenizer: {output_dir}/ (load with from_pretrained)",
+            f"{'model and ' + processor + ':':<21}{output_dir}/ (load with from_pretrained)",
             f"loss curve:          {output_dir / PLOT_FILE}",
+            *(f"{name + ':':<21}{path}" for name, path in files.items()),
             f"metrics:             {self.metrics.path} and TensorBoard logs in {output_dir}/tensorboard",
             f"model card:          {output_dir / 'README.md'}",
         ]

@@ -124,6 +124,8 @@ class Recipe:
     presets: ClassVar[dict[str, Preset]]
     default_preset: ClassVar[str] = "tiny"
     auto_class: ClassVar[str] = "AutoModel"  # how users load the result, for the model card
+    # How users load the processor saved beside the model, for the model card.
+    processor_auto_class: ClassVar[str] = "AutoTokenizer"
     item_unit: ClassVar[str] = "examples"  # what count_items counts: the throughput's unit
     # Flags for the model's shape (``--width``, ``--depth``, ...), by flag name; each overrides
     # one option of the chosen preset's ``model``.
@@ -134,6 +136,9 @@ class Recipe:
     # The Hub license id of the trained weights when the recipe knows it. The weights inherit
     # the terms of their training data, not the code's license, so none by default.
     license: ClassVar[str | None] = None
+    # The files ``finish`` writes into the output folder: ``--overwrite`` removes them with the
+    # rest of an earlier run, so that none is left from it if the new run stops early.
+    output_files: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,
@@ -184,6 +189,14 @@ class Recipe:
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
         """A few outputs to print at the end of training (none by default)."""
         return []
+
+    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
+        """Write the recipe's own files about the trained model into ``output_dir`` (a plot,
+        say), at the end of training, on the main process, after the final evaluation; name
+        them in ``output_files``. Returns them by what they show (``{"confusion matrix":
+        path}``): the run prints each path beside the loss curve's, and the model card shows
+        the PNGs. None by default."""
+        return {}
 
     def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
         """The trained model saved in ``model_dir`` by a run with ``settings``, for the

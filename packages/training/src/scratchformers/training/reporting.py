@@ -71,6 +71,52 @@ def plot_losses(records: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def plot_confusion_matrix(
+    counts: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str
+) -> None:
+    """A classifier's confusion matrix as a PNG: ``counts[true][predicted]`` held-out
+    examples, one row per true class and one column per predicted class, both labelled with
+    ``class_names``. Each cell is shaded by the share of its row (so a rare class reads as
+    clearly as a common one) and, for up to 20 classes, shows its count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.asarray(counts, dtype=np.int64)
+    classes = len(class_names)
+    if matrix.shape != (classes, classes):
+        raise ValueError(f"a confusion matrix of {classes} classes is {classes}x{classes}")
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.55 * classes + 2.5), 20.0)
+    figure, axis = plt.subplots(figsize=(side + 1.0, side), dpi=120)
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = range(classes)
+    axis.set_xticks(ticks, labels=list(class_names), rotation=45, ha="right")
+    axis.set_yticks(ticks, labels=list(class_names))
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(title)
+    if classes <= 20:
+        for true in ticks:
+            for predicted in ticks:
+                colour = "white" if shares[true, predicted] > 0.5 else "black"
+                axis.text(
+                    predicted,
+                    true,
+                    str(matrix[true, predicted]),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8,
+                )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
 def command_line(
     argv: Sequence[str] | None = None,
     main_module: str | None = None,
@@ -332,12 +378,14 @@ def write_model_card(
     recipe: str,
     preset: str,
     auto_class: str,
+    processor_class: str = "AutoTokenizer",
     pipeline_tag: str | None,
     license: str | None,
     data_description: str,
     settings: dict[str, Any],
     summary: dict[str, Any],
     samples: list[str],
+    figures: Mapping[str, Path | str] | None = None,
 ) -> ModelCard:
     """The README.md beside the saved model, as the Hugging Face Hub reads and shows it.
 
@@ -345,7 +393,9 @@ def write_model_card(
     eval metrics as model-index results) above a text saying what was trained on what, with
     which command(s) and settings, for how many steps and how long (over every segment of a
     resumed run), how the eval loss moved, samples, the loss curve, and how to load it.
-    ``summary`` is run.json's (with :func:`finish_segments`'s keys). Returns the card.
+    ``summary`` is run.json's (with :func:`finish_segments`'s keys); ``figures`` are more
+    images beside the loss curve (by what they show, paths relative to the card), and
+    ``processor_class`` the Auto class that loads the saved processor. Returns the card.
     """
     final_metrics = summary.get("final_metrics") or {}
     data = _model_card_data(
@@ -357,6 +407,7 @@ def write_model_card(
         final_metrics=final_metrics,
     )
     first, last = summary.get("first_eval_loss"), summary.get("final_eval_loss")
+    processor_name = "tokenizer" if processor_class == "AutoTokenizer" else "processor"
     lines = [
         f"# {model_name}",
         "",
@@ -384,6 +435,8 @@ def write_model_card(
         f"- **{name}**: {value:.4g}" for name, value in final_metrics.items() if name not in shown
     ]
     lines += ["", "![loss curve](loss_curve.png)", ""]
+    for name, figure in (figures or {}).items():
+        lines += [f"![{name}]({Path(figure).as_posix()})", ""]
     if samples:
         lines += ["## Samples (greedy)", ""]
         lines += [f"- `{sample!r}`" for sample in samples]
@@ -392,11 +445,11 @@ def write_model_card(
         "## Use",
         "",
         "```python",
-        f"from transformers import {auto_class}, AutoTokenizer",
+        f"from transformers import {auto_class}, {processor_class}",
         f"import scratchformers.{recipe.replace('-', '_')}  # registers the model classes",
         "",
         f'model = {auto_class}.from_pretrained("path/to/this/folder")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        f'{processor_name} = {processor_class}.from_pretrained("path/to/this/folder")',
         "```",
         "",
     ]

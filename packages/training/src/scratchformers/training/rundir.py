@@ -109,9 +109,10 @@ def _progress(previous: dict[str, Any], output_dir: Path) -> str:
     return f"checkpoint at step {steps[-1]}" if steps else "no checkpoint yet"
 
 
-def clear_previous_run(output_dir: Path) -> None:
-    """For ``--overwrite``: remove the earlier run's checkpoints, logs and plot."""
-    for name in RUN_ARTIFACTS:
+def clear_previous_run(output_dir: Path, recipe_files: tuple[str, ...] = ()) -> None:
+    """For ``--overwrite``: remove the earlier run's checkpoints, logs and plot, and the
+    ``recipe_files`` its recipe wrote (``Recipe.output_files``)."""
+    for name in (*RUN_ARTIFACTS, *recipe_files):
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -1,0 +1,316 @@
+"""Image classification: the generated shapes (deterministic, balanced, captioned), folders of
+the user's own images, augmentation of the training images only, and a tiny transformers ViT
+trained through the real loop on the shapes, far above chance, leaving a confusion matrix and a
+folder that ``pipeline("image-classification")`` loads."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, pipeline
+
+from scratchformers.training import (
+    SHAPES,
+    DataError,
+    ImageBatches,
+    ImageClassificationRecipe,
+    Preset,
+    RecipeData,
+    TrainingSettings,
+    draw_shape,
+    parse_settings,
+    shape_caption,
+    shapes_dataset,
+    to_rgb,
+    train,
+)
+from scratchformers.training.rundir import clear_previous_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ToyImageClassifier(ImageClassificationRecipe):
+    name = "toy-vit"
+    description = "A tiny transformers ViT for testing the image-classification recipe."
+    presets = {
+        "tiny": Preset.scheduled(
+            300,
+            64,
+            3e-3,
+            20,
+            150,
+            image_size=24,
+            patch_size=6,
+            train_images=2400,
+            eval_images=192,
+            augment=False,  # too short a run for augmentation to pay
+        )
+    }
+
+    def build_model(
+        self, settings: TrainingSettings, data: RecipeData
+    ) -> ViTForImageClassification:
+        options = settings.model
+        config = ViTConfig(
+            image_size=options["image_size"],
+            patch_size=options["patch_size"],
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            **self.label_config(data),
+        )
+        return ViTForImageClassification(config)
+
+
+def build(flags: list[str]) -> RecipeData:
+    recipe = ToyImageClassifier()
+    return recipe.build_data(parse_settings(recipe, [*flags, "--output-dir", "run"]))
+
+
+def test_the_shapes_are_deterministic_balanced_and_labelled_by_shape() -> None:
+    first, again, other = (shapes_dataset(60, 24, seed=seed) for seed in (3, 3, 4))
+    assert first.features["label"].names == list(SHAPES)
+    assert Counter(first["label"]) == dict.fromkeys(range(len(SHAPES)), 10)
+    assert first["label"] != sorted(first["label"]), "shuffled, not class by class"
+    assert [first.features["label"].int2str(label) for label in first["label"]] == first["shape"]
+    pixels = [np.array(example["image"]) for example in first]
+    assert all(p.shape == (24, 24, 3) for p in pixels)
+    assert all(np.array_equal(p, np.array(e["image"])) for p, e in zip(pixels, again, strict=True))
+    assert not any(
+        np.array_equal(p, np.array(e["image"])) for p, e in zip(pixels, other, strict=True)
+    )
+    assert {"plain", "gradient", "noise"} == set(first["background"])
+
+
+def test_each_shape_draws_a_different_figure() -> None:
+    """Same colour, size, place and seed: only the shape differs, and so does the figure."""
+    masks = {}
+    for shape in SHAPES:
+        pixels = np.array(draw_shape(shape, "red", "large", "centre", image_size=32, seed=1))
+        background = pixels[0, 0].astype(int)
+        masks[shape] = np.abs(pixels.astype(int) - background).sum(-1) > 90
+        assert 0.08 < masks[shape].mean() < 0.5, (shape, masks[shape].mean())
+    for one in SHAPES:
+        for two in SHAPES:
+            if one < two:
+                overlap = (masks[one] & masks[two]).sum() / (masks[one] | masks[two]).sum()
+                assert overlap < 0.85, (one, two, overlap)
+
+
+def test_the_position_says_where_the_shape_is() -> None:
+    for position, inside, outside in (
+        ("top left", (8, 8), (28, 28)),
+        ("bottom right", (24, 24), (3, 3)),
+    ):
+        pixels = np.array(draw_shape("square", "blue", "small", position, image_size=32)).astype(
+            int
+        )
+        assert np.abs(pixels[inside] - pixels[outside]).sum() > 90, position
+    with pytest.raises(ValueError, match="unknown colour 'pink'"):
+        draw_shape("circle", "pink", "small", "top")
+
+
+def test_captions_name_every_attribute() -> None:
+    example = {"shape": "circle", "colour": "red", "size": "small", "position": "top left"}
+    assert shape_caption(example) == "a small red circle at the top left"
+    assert shape_caption({**example, "position": "centre"}) == "a small red circle in the centre"
+    assert shape_caption({**example, "position": "right"}) == "a small red circle on the right"
+    for row in shapes_dataset(24, 16, seed=0):
+        caption = shape_caption(row)
+        assert caption.startswith(f"a {row['size']} {row['colour']} {row['shape']} ")
+        assert caption.endswith(row["position"])
+
+
+def write_image(path: Path, mode: str, size: tuple[int, int], seed: int = 0) -> None:
+    """A noisy image (so that resizing it is not trivial) in ``mode``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    Image.fromarray(noise, "RGBA").convert(mode).save(path)
+
+
+def test_a_folder_of_images_loads_with_its_classes_converted_to_rgb(tmp_path: Path) -> None:
+    folder = tmp_path / "pets"
+    for index in range(6):
+        write_image(folder / "cats" / f"{index}.png", "RGB", (30, 20), index)
+        write_image(folder / "dogs" / f"{index}.png", "L", (16, 40), index)
+    write_image(folder / "dogs" / "see-through.png", "RGBA", (24, 24))
+    write_image(folder / "dogs" / "palette.gif", "P", (24, 24))
+    (folder / "notes.txt").write_text("not an image")
+    data = build(["--dataset", f"imagefolder:{folder}", "--eval-fraction", "0.25"])
+    assert data.train.class_names == data.eval.class_names == ["cats", "dogs"]
+    assert (len(data.train), len(data.eval)) == (10, 4)
+    assert set(data.eval.labels()) == {0, 1}, "stratified by class"
+    # The held-out batches are what the saved image processor makes of the same images, so a
+    # pipeline sees what the model was evaluated on.
+    raw = [to_rgb(data.eval.dataset[i]["image"]) for i in range(len(data.eval))]
+    batch = data.collate([data.eval[i] for i in range(len(data.eval))])
+    expected = data.processor(raw, return_tensors="pt")["pixel_values"]
+    assert batch["pixel_values"].shape == (4, 3, 24, 24)
+    torch.testing.assert_close(batch["pixel_values"], expected, atol=1e-5, rtol=0)
+    assert all(data.train[i]["pixels"].shape == (3, 24, 24) for i in range(len(data.train)))
+    see_through = to_rgb(Image.new("RGBA", (2, 2), (0, 0, 255, 0)))
+    assert see_through.getpixel((0, 0)) == (255, 255, 255), "transparent is white"
+    assert to_rgb(Image.new("I;16", (2, 2), 65535)).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("L", (2, 2), 7)).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_a_folders_own_test_split_is_the_held_out_set(tmp_path: Path) -> None:
+    for split, count in (("train", 5), ("test", 2)):
+        for kind in ("circles", "squares"):
+            for index in range(count):
+                write_image(tmp_path / split / kind / f"{index}.png", "RGB", (24, 24), index)
+    data = build(["--dataset", str(tmp_path), "--num-eval-images", "3"])
+    assert (len(data.train), len(data.eval)) == (10, 3)
+    assert data.train.class_names == ["circles", "squares"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ([], "holds no images"),
+        (
+            ["cats/a.png", "cats/b.png"],
+            "all 2 of its images are in its subfolder 'cats', which is one",
+        ),
+        (["a.png"], "its only image is directly in it, which is one class"),
+    ],
+)
+def test_a_folder_that_cannot_train_a_classifier_is_refused(
+    tmp_path: Path, layout: list[str], message: str
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no images here")
+    for name in layout:
+        write_image(folder / name, "RGB", (8, 8))
+    with pytest.raises(DataError, match=re.escape(f"--dataset {folder}") + ".*" + message):
+        build(["--dataset", str(folder)])
+
+
+def test_bad_image_flags_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--image-size 32 is not a multiple of the patch size 6"):
+        build(["--image-size", "32"])
+    with pytest.raises(
+        DataError, match=re.escape(f"--dataset {tmp_path / 'nowhere'} does not exist")
+    ):
+        build(["--dataset", str(tmp_path / "nowhere")])
+    with pytest.raises(ValueError, match="--num-train-images must be at least 1, got 0"):
+        build(["--num-train-images", "0"])
+
+
+def test_augmentation_changes_training_batches_and_never_held_out_ones() -> None:
+    # --augment over the preset's augment=False
+    data = build(["--num-train-images", "8", "--num-eval-images", "8", "--augment"])
+    train = [data.train[i] for i in range(8)]
+    held_out = [data.eval[i] for i in range(8)]
+
+    def unchanged(examples: list[dict]) -> torch.Tensor:
+        return torch.stack([e["pixels"] for e in examples]).float() / 255 * 2 - 1  # mean, std 0.5
+
+    torch.manual_seed(0)
+    first, second = data.collate(train)["pixel_values"], data.collate(train)["pixel_values"]
+    torch.manual_seed(0)
+    assert torch.equal(data.collate(train)["pixel_values"], first), "seeded by torch's RNG"
+    for a, b, original in zip(first, second, unchanged(train), strict=True):
+        assert not torch.equal(a, b) and not torch.equal(a, original)
+    assert float(first.min()) >= -1 and float(first.max()) <= 1
+    for _ in range(2):
+        torch.testing.assert_close(
+            data.collate(held_out)["pixel_values"], unchanged(held_out), atol=1e-6, rtol=0
+        )
+    plain = build(["--num-train-images", "8", "--num-eval-images", "8", "--no-augment"])
+    examples = [plain.train[i] for i in range(8)]
+    torch.testing.assert_close(
+        plain.collate(examples)["pixel_values"], unchanged(examples), atol=1e-6, rtol=0
+    )
+
+
+def test_each_augmentation_moves_or_mirrors_the_image_as_it_says() -> None:
+    image = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    image[:, 5, 9] = 255  # one bright pixel, off both axes of symmetry
+    batch = [{"pixels": image, "label": 0, "augment": True}] * 200
+    torch.manual_seed(0)
+    flips = ImageBatches((0.0,) * 3, (1.0,) * 3, max_shift=0, jitter=0)(batch)["pixel_values"]
+    mirrored = [bool(out[0, 5, 6] == 1) for out in flips]  # 15 - 9 = 6
+    assert all(bool(out[0, 5, 9] == 1) != m for out, m in zip(flips, mirrored, strict=True))
+    assert 60 < sum(mirrored) < 140
+    torch.manual_seed(0)
+    shifts = ImageBatches((0.0,) * 3, (1.0,) * 3, flip=False, jitter=0)(batch)["pixel_values"]
+    moves = set()
+    for out in shifts:
+        (row, column), *others = (out[0] == 1).nonzero().tolist()
+        assert not others and float(out.sum()) == 3, "moved, not blurred or cut"
+        moves.add((row - 5, column - 9))
+    assert moves == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}  # 2 = 16 / 8
+
+
+def test_overwrite_removes_the_recipes_own_files(tmp_path: Path) -> None:
+    (tmp_path / "confusion_matrix.png").write_bytes(PNG_MAGIC)
+    (tmp_path / "config.json").write_text("{}")
+    clear_previous_run(tmp_path, ToyImageClassifier.output_files)
+    assert not (tmp_path / "confusion_matrix.png").exists()
+    assert (tmp_path / "config.json").exists(), "only what a run writes is removed"
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A finished run of the toy ViT on the shapes, and what it printed."""
+    root = tmp_path_factory.mktemp("image_run")
+    recipe = ToyImageClassifier()
+    settings = parse_settings(recipe, ["--output-dir", str(root / "run")])
+    printed = io.StringIO()
+    try:
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+            patch.setenv("HOME", str(root / "home"))
+            torch.manual_seed(0)
+            train(recipe, settings)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    yield root / "run", printed.getvalue()
+
+
+def test_the_toy_vit_learns_the_shapes_far_above_chance(image_run: tuple[Path, str]) -> None:
+    output_dir, printed = image_run
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").open()]
+    evaluations = [r for r in records if "accuracy" in r]
+    first, final = evaluations[0], evaluations[-1]
+    assert abs(final["baseline_accuracy"] - 1 / len(SHAPES)) < 0.05
+    assert final["accuracy"] > final["baseline_accuracy"] + 0.2, final
+    assert final["accuracy"] > first["accuracy"] + 0.15
+    assert final["eval_loss"] < first["eval_loss"]
+    assert any(r.get("images_per_s", 0) > 0 for r in records)
+    matrix = output_dir / "confusion_matrix.png"
+    assert matrix.read_bytes().startswith(PNG_MAGIC)
+    assert f"confusion matrix:    {matrix}" in printed
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card
+    assert "![confusion matrix](confusion_matrix.png)" in card
+    assert "AutoImageProcessor.from_pretrained" in card
+
+
+def test_the_trained_folder_works_in_an_image_classification_pipeline(
+    image_run: tuple[Path, str],
+) -> None:
+    output_dir, _ = image_run
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert processor.size == {"height": 24, "width": 24}
+    classify = pipeline("image-classification", model=str(output_dir))
+    assert classify.model.config.id2label == dict(enumerate(SHAPES))
+    shapes = shapes_dataset(60, 24, seed="pipeline")
+    answers = classify(list(shapes["image"]), top_k=1)
+    right = sum(
+        answer[0]["label"] == shape for answer, shape in zip(answers, shapes["shape"], strict=True)
+    )
+    assert right / len(shapes) > 1 / len(SHAPES) + 0.3, right
