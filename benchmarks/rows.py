@@ -338,10 +338,120 @@ def vit_row(size: dict[str, int]) -> Row:
     )
 
 
+@dataclass
+class MaskedImageRow(Row):
+    """A masked autoencoder (ViTMAE): batches of random images at the configured size, and one
+    ``noise`` tensor that both sides get, so that they hide the same patches. The training step
+    is the reconstruction loss (no labels). ``n_layer`` and ``n_embd`` are the encoder's, which
+    runs on the class token and the kept patches; the decoder has its own depth and width and
+    runs on every patch and the class token. ``length`` means nothing here."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    num_channels: int = 3
+    mask_ratio: float = 0.75
+    decoder_layers: int = 1
+    decoder_embd: int = 16
+    decoder_inner: int = 64
+    unit: str = "images"
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        shape = (batch, self.num_channels, self.image_size, self.image_size)
+        noise = torch.rand((batch, self.patches), generator=torch.Generator().manual_seed(0))
+        return {"pixel_values": torch.randn(shape, device=device), "noise": noise.to(device)}
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        return inputs  # the loss needs only the images
+
+    def items(self, batch: int, length: int) -> int:
+        return batch
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        """The patch projection on every patch (all are embedded, then the kept ones chosen:
+        2 * c * p^2 * d each), the encoder as in :func:`causal_lm_flops` over the class token
+        and the kept patches, the map to the decoder's width on those (2 * d * d_dec each),
+        the decoder's layers over every patch and the class token, and the pixel prediction
+        on those (2 * d_dec * c * p^2 each)."""
+        pixels = self.num_channels * self.patch_size**2
+        kept = int(self.patches * (1 - self.mask_ratio))
+        projection = 2 * pixels * self.n_embd * self.patches * batch
+        encoder = causal_lm_flops(self.n_layer, self.n_embd, 0, batch, kept + 1)
+        to_decoder = 2 * self.n_embd * self.decoder_embd * (kept + 1) * batch
+        decoder = causal_lm_flops(
+            self.decoder_layers,
+            self.decoder_embd,
+            0,
+            batch,
+            self.patches + 1,
+            n_inner=self.decoder_inner,
+        )
+        prediction = 2 * self.decoder_embd * pixels * (self.patches + 1) * batch
+        return projection + encoder + to_decoder + decoder + prediction
+
+
+def vitmae_row(size: dict[str, int]) -> Row:
+    """Our ViTMAEForPreTraining against transformers', loaded from the same transformers
+    checkpoint layout through our converter, with the same noise (75% of the patches hidden).
+    64x64 images in 8x8 patches and a decoder of half the width and depth, or from GPT-2's
+    width up ViT-B/16's 224x224 in 16x16 and MAE's decoder (8 layers of width 512, 16 heads)."""
+    from scratchformers.vitmae import ViTMAEForPreTraining, sincos_position_table
+    from scratchformers.vitmae.convert import config_from_transformers, state_from_transformers
+
+    width, depth, heads = size["n_embd"], size["n_layer"], size["n_head"]
+    if width >= 768:
+        image_size, patch_size = 224, 16
+        decoder_width, decoder_depth, decoder_heads = 512, 8, 16
+    else:
+        image_size, patch_size = 64, 8
+        decoder_width, decoder_depth, decoder_heads = width // 2, max(1, depth // 2), heads
+    config = transformers.ViTMAEConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        decoder_hidden_size=decoder_width,
+        decoder_num_hidden_layers=decoder_depth,
+        decoder_num_attention_heads=decoder_heads,
+        decoder_intermediate_size=4 * decoder_width,
+        mask_ratio=0.75,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.ViTMAEForPreTraining(config).eval()
+    grid = (image_size // patch_size,) * 2
+    with torch.no_grad():  # transformers 5.24 leaves a fresh model's fixed positions at zero
+        theirs.vit.embeddings.position_embeddings.copy_(sincos_position_table(grid, width))
+        theirs.decoder.decoder_pos_embed.copy_(sincos_position_table(grid, decoder_width))
+    ours = ViTMAEForPreTraining(config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    return MaskedImageRow(
+        "vitmae",
+        "transformers ViTMAEForPreTraining (same weights, same noise)",
+        ours.eval(),
+        theirs,
+        False,
+        depth,
+        width,
+        0,  # no vocabulary: the inputs are images
+        image_size=image_size,
+        patch_size=patch_size,
+        mask_ratio=config.mask_ratio,
+        decoder_layers=decoder_depth,
+        decoder_embd=decoder_width,
+        decoder_inner=config.decoder_intermediate_size,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
     "basicformer-llama": basicformer_llama_row,
     "bert-mlm": bert_mlm_row,
     "vit": vit_row,
+    "vitmae": vitmae_row,
 }

@@ -3,10 +3,12 @@ is reported in benchmarks/RESULTS.md, never tested."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -20,32 +22,50 @@ from benchmarks.rows import ROWS, SIZES  # noqa: E402
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_forward_flops_count_every_matmul_of_the_model(name: str) -> None:
     """2 FLOPs per weight of every linear layer for each position it is applied at, plus QK^T
-    and PV over the sequence, for any row: counted on the reference model's own forward."""
+    and PV of every attention, for any row: counted on the reference model's own forward.
+
+    Attention is counted at transformers' call of ``scaled_dot_product_attention`` (its
+    default backend), from the shapes it is given: 2 * queries * keys * head_dim per head for
+    each product, so that a sequence whose length depends on the inputs (a masked
+    autoencoder's kept patches) counts as long as it really was.
+    """
     row = ROWS[name](SIZES["tiny"])
     batch, length = 3, 17
     # transformers' GPT-2 projections are Conv1D modules, its head and Llama's are Linear; a
     # ViT's patch projection is a Conv2d, applied once per patch.
     kinds = ("Linear", "Conv1D", "Conv2d")
     weights_times_positions = 0
+    attention = 0
 
     def count(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
         nonlocal weights_times_positions
         channels = output.shape[1] if isinstance(module, torch.nn.Conv2d) else output.shape[-1]
         weights_times_positions += module.weight.numel() * (output.numel() // channels)
 
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted_sdpa(
+        query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: object, **kwargs: object
+    ) -> torch.Tensor:
+        nonlocal attention
+        *batch_and_heads, queries, head_dim = query.shape
+        keys, value_dim = key.shape[-2], value.shape[-1]
+        attention += 2 * math.prod(batch_and_heads) * queries * keys * (head_dim + value_dim)
+        return sdpa(query, key, value, *args, **kwargs)
+
     hooks = [
         m.register_forward_hook(count) for m in row.theirs.modules() if type(m).__name__ in kinds
     ]
     try:
-        with torch.no_grad():
-            inputs = row.inputs(batch, length, torch.device("cpu"))
-            output = row.theirs(**inputs, output_hidden_states=True)
+        with (
+            torch.no_grad(),
+            mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa),
+        ):
+            row.theirs(**row.inputs(batch, length, torch.device("cpu")))
     finally:
         for hook in hooks:
             hook.remove()
-    sequence = output.hidden_states[0].shape[1]  # the tokens, or a ViT's patches + class token
-    attention = row.n_layer * 4 * sequence * row.n_embd * batch * sequence
-    assert weights_times_positions > 0
+    assert weights_times_positions > 0 and attention > 0
     assert row.forward_flops(batch, length) == 2 * weights_times_positions + attention
 
 

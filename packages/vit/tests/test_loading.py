@@ -116,6 +116,48 @@ def test_fine_tuning_starts_from_a_bare_checkpoint(
     assert "pooler.dense.weight" in caplog.text
 
 
+def test_the_encoder_of_a_transformers_vitmae_checkpoint_fine_tunes(
+    randomized: Callable,
+    images: Callable,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After masked-autoencoder pretraining: the classifier reads the encoder of transformers'
+    ViTMAEForPreTraining (its fixed positions included), starts the classifier fresh, names
+    it, and leaves the decoder and the MAE's config fields out. With nothing masked, in image
+    order, the MAE encoder computes what our ViT computes."""
+    config = transformers.ViTMAEConfig(
+        image_size=20,
+        patch_size=4,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=52,
+        decoder_hidden_size=20,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=28,
+        mask_ratio=0.0,
+    )
+    mae = randomized(transformers.ViTMAEForPreTraining(config), 3).eval()
+    mae.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        model = ViTForImageClassification.from_pretrained(tmp_path, num_labels=4).eval()
+    assert "(train them before use): ['classifier.bias', 'classifier.weight']" in caplog.text
+    assert "decoder" not in caplog.text
+    assert "decoder_hidden_size" not in model.config.to_dict()
+    assert model.config.model_type == "scratchformers-vit" and model.config.num_labels == 4
+    state = model.state_dict()
+    for name, tensor in mae.vit.state_dict().items():
+        assert torch.equal(state[f"vit.{name}"], tensor), name
+    pixels = images()
+    in_order = torch.arange(25.0).expand(3, -1)
+    with torch.no_grad():
+        expected = mae.vit(pixels, noise=in_order).last_hidden_state
+        torch.testing.assert_close(model.vit(pixels).last_hidden_state, expected, atol=1e-4, rtol=0)
+    assert ViTModel.from_pretrained(tmp_path).pooler is not None  # started fresh
+
+
 def test_a_checkpoint_missing_a_body_weight_is_refused(
     make_theirs: Callable, tmp_path: Path
 ) -> None:

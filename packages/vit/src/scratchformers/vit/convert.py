@@ -18,6 +18,11 @@ regular expressions matched anywhere in a key and applied in order, so the
 it. A file already in the new names passes unchanged. A ``ViTModel`` file has no ``vit.``
 prefix; transformers' loader adds or strips it.
 
+The encoder of a masked autoencoder's checkpoint (transformers' ``vit_mae``, or
+scratchformers-vitmae's) is a ViT in the same names, without a pooler and with a decoder
+beside it: our ViT classes read it too (``MAE_ENCODER_CONVERTERS``), which is how fine-tuning
+starts after MAE pretraining.
+
 transformers' own ``ViTModel`` renames are looked up by class name, so a converted load of our
 (identically named) ``ViTModel`` gets those rather than these; both say the same, and apply
 to our names as the identity, which is why ours must keep its in-memory names.
@@ -94,6 +99,45 @@ CONVERTER = ViTCheckpointConverter(
     fresh_heads=FRESH_HEADS,
 )
 
+# A masked autoencoder's config fields that describe its decoder and its masking, which a ViT
+# built from its encoder leaves out.
+MAE_ONLY_FIELDS = (
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+    "mask_ratio",
+    "norm_pix_loss",
+)
+
+
+class MAEEncoderConverter(CheckpointConverter):
+    """The encoder of a masked autoencoder's checkpoint, read as a ViT: its config without
+    the MAE's own fields."""
+
+    def config_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        fields = super().config_from_transformers(config)
+        for name in MAE_ONLY_FIELDS:
+            fields.pop(name, None)
+        return fields
+
+
+# Fine-tuning after masked-autoencoder pretraining: the checkpoints of transformers' ViTMAE
+# (model type "vit_mae") and of scratchformers-vitmae ("scratchformers-vitmae") hold a ViT
+# encoder in ViT's names, with its (fixed sin-cos) position table, no pooler and a decoder.
+# Our ViT classes load the encoder, start the classifier and the pooler fresh (named in a
+# warning), and leave the decoder out (ViTPreTrainedModel ignores its weights); the positions
+# become learned ones from there on.
+MAE_ENCODER_CONVERTERS = tuple(
+    MAEEncoderConverter(
+        transformers_model_type=model_type,
+        transformers_classes={},  # nothing is exported to them
+        weight_conversions=WEIGHT_CONVERSIONS,
+        fresh_heads=FRESH_HEADS,
+    )
+    for model_type in ("vit_mae", "scratchformers-vitmae")
+)
+
 
 def load_pretrained(
     cls: type[PreTrainedModel],
@@ -101,9 +145,11 @@ def load_pretrained(
     *args: Any,
     **kwargs: Any,
 ) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our ViT classes: transformers' checkpoints are converted."""
+    """``from_pretrained`` for our ViT classes: transformers' ViT checkpoints are converted,
+    and the encoder of a masked autoencoder's (transformers' ViTMAE or ours) is read."""
+    converters = (CONVERTER, *MAE_ENCODER_CONVERTERS)
     return from_pretrained_or_convert(
-        cls, ViTPreTrainedModel, pretrained_model_name_or_path, CONVERTER, *args, **kwargs
+        cls, ViTPreTrainedModel, pretrained_model_name_or_path, converters, *args, **kwargs
     )
 
 

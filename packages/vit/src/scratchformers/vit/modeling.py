@@ -278,6 +278,9 @@ class ViTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # output_hidden_states / output_attentions are recorded by transformers' hooks.
     _can_record_outputs = {"hidden_states": ViTLayer, "attentions": Attention}
+    # A masked autoencoder's checkpoint (fine-tuning starts from one, see convert.py) holds a
+    # decoder that a ViT leaves out: not worth a line per weight in the load report.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
