@@ -215,6 +215,19 @@ def _split(
     return parts["train"], parts["test"]
 
 
+def decoded(image: Image.Image | dict[str, Any]) -> Image.Image:
+    """An image of an undecoded ``datasets.Image`` column (``{"path", "bytes"}``) opened as
+    ``datasets`` opens it (EXIF orientation applied); a file that cannot be read as an image
+    raises a :class:`DataError` that names it. An image already open is returned as it is."""
+    if isinstance(image, Image.Image):
+        return image
+    try:
+        return datasets.Image().decode_example(image)
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow's errors for broken files
+        name = image.get("path") or "an image stored as bytes"
+        raise DataError(f"could not read {name} as an image ({error})") from error
+
+
 class ImageExamples(torch.utils.data.Dataset):
     """The images and labels of a ``datasets.Dataset``, as the model reads them.
 
@@ -241,13 +254,18 @@ class ImageExamples(torch.utils.data.Dataset):
                 f"(columns: {dataset.column_names})"
             )
         self.dataset = dataset.select_columns(["image", "label"])
+        # Read undecoded and decoded here rather than by datasets, so that a file Pillow
+        # cannot read is named.
+        self._files = self.dataset
+        if isinstance(self.dataset.features["image"], datasets.Image):
+            self._files = self.dataset.cast_column("image", datasets.Image(decode=False))
         self.class_names: list[str] = list(dataset.features["label"].names)
         self.image_size = image_size
         self.augment = augment
         self._labels: list[int] = list(self.dataset["label"])
         self._pixels: torch.Tensor | None = None
         if len(dataset) * 3 * image_size**2 <= preload_bytes:
-            self._pixels = torch.stack([self.pixels(row["image"]) for row in self.dataset])
+            self._pixels = torch.stack([self.pixels(decoded(row["image"])) for row in self._files])
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -256,7 +274,7 @@ class ImageExamples(torch.utils.data.Dataset):
         if self._pixels is not None:
             pixels = self._pixels[index]
         else:
-            pixels = self.pixels(self.dataset[index]["image"])
+            pixels = self.pixels(decoded(self._files[index]["image"]))
         example = {"pixels": pixels, "label": self._labels[index]}
         if self.augment:
             example["augment"] = True

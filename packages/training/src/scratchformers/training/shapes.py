@@ -55,6 +55,7 @@ COLUMNS = ("image", "label", "shape", "colour", "size", "position", "background"
 _SUPERSAMPLING = 4  # drawn at 4x and scaled down: smooth edges without an anti-aliasing API
 _MIN_CONTRAST = 110.0  # RGB distance between a shape and its background, so it stays visible
 _MAX_TURN_DEGREES = 12.0  # small turns only: a diamond turned 45 degrees would be a square
+_CELL = 0.125  # half the distance between two anchors of POSITIONS, as a share of the side
 
 
 def shape_caption(example: Mapping[str, Any]) -> str:
@@ -164,13 +165,16 @@ def _draw(
     # The shape is drawn as a mask at four times the size and scaled down: its edge pixels
     # become partly covered, which Pillow's polygons (never anti-aliased) are not.
     big = image_size * _SUPERSAMPLING
-    # The shape's box: its size with a little jitter, its centre near the position's anchor
-    # and kept inside the image, so that no shape is cut off.
+    # The shape's box: its size with a little jitter, its centre anywhere in its position's
+    # cell and kept inside the image, so that no shape is cut off. The cells are as wide as
+    # the anchors are apart, so centres cover the image evenly: with anchors alone, shapes
+    # would sit on the patch grid in a few ways only and a ViT could learn those layouts
+    # instead of the shapes (it then fails on a shape moved by half a patch).
     side = SIZES[size] * rng.uniform(0.9, 1.1) * big
     half = side / 2
     anchor_x, anchor_y = POSITIONS[position]
-    centre_x = min(max(anchor_x * big + rng.uniform(-0.05, 0.05) * big, half), big - half)
-    centre_y = min(max(anchor_y * big + rng.uniform(-0.05, 0.05) * big, half), big - half)
+    centre_x = min(max((anchor_x + rng.uniform(-_CELL, _CELL)) * big, half), big - half)
+    centre_y = min(max((anchor_y + rng.uniform(-_CELL, _CELL)) * big, half), big - half)
     turn = 0.0 if shape == "circle" else math.radians(rng.uniform(-1, 1) * _MAX_TURN_DEGREES)
     mask = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask)

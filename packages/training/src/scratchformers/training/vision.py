@@ -143,7 +143,7 @@ class ImageRecipe(Recipe):
             seed=settings.seed,
         )
         augment = recipe_options.get("augment")
-        if augment is None:  # short presets train better on the images as they are
+        if augment is None:  # a preset may turn it off (a very short run can learn faster without)
             augment = options.get("augment", True)
         train = ImageExamples(splits.train, image_size, augment=augment)
         held_out = ImageExamples(splits.held_out, image_size)

@@ -42,23 +42,22 @@ class ViTRecipe(ImageClassificationRecipe):
         ),
     }
     presets = {
+        # 92.6% of held-out shapes right (chance: 16.6%) in about 4 minutes on 2 CPU cores;
+        # patches of 4 pixels (36 of them) learn the shapes far faster than 6-pixel ones.
         "tiny": Preset.scheduled(
-            600,
+            2000,
             64,
             1e-3,
             30,
-            150,
+            250,
             image_size=24,
-            patch_size=6,
-            hidden_size=48,
-            num_hidden_layers=2,
+            patch_size=4,
+            hidden_size=64,
+            num_hidden_layers=3,
             num_attention_heads=4,
             pooling="cls",
-            train_images=8000,
+            train_images=20000,
             eval_images=1000,
-            # Off until the shape generator spreads positions: its shapes sit on the patch
-            # grid, which shifts break (28% held out with augmentation, 88% without).
-            augment=False,
         ),
         "small": Preset.scheduled(
             4000,
