@@ -33,6 +33,7 @@ print("heavy:", heavy)
         ["train", "gpt2", "--help"],
         ["train", "bert-mlm", "--help"],
         ["train", "vit", "--help"],
+        ["train", "vitmae", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -111,3 +112,20 @@ def test_vit_shape_flags_reach_the_model() -> None:
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (48, 1, 3)
     assert (config.patch_size, config.image_size, config.pooling) == (4, 16, "mean")
     assert config.id2label == {0: "circle", 1: "star"}
+
+
+def test_vitmae_shape_flags_reach_the_model() -> None:
+    recipe = load_recipe("vitmae")
+    flags = ["--width", "48", "--depth", "1", "--heads", "3", "--decoder-width", "32"]
+    flags += ["--decoder-depth", "1", "--decoder-heads", "2", "--mask-ratio", "0.5"]
+    settings = parse_settings(recipe, [*flags, "--norm-pix-loss", "true", "--image-size", "16"])
+    config = recipe.build_model(settings, SimpleNamespace()).config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (48, 1, 3)
+    decoder = (config.decoder_hidden_size, config.decoder_num_hidden_layers)
+    assert (*decoder, config.decoder_num_attention_heads) == (32, 1, 2)
+    assert (config.mask_ratio, config.norm_pix_loss, config.image_size) == (0.5, True, 16)
+    with pytest.raises(SystemExit):
+        parse_settings(recipe, ["--norm-pix-loss", "maybe"])
+    settings = parse_settings(recipe, ["--mask-ratio", "1.5"])
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        recipe.build_model(settings, SimpleNamespace())

@@ -177,7 +177,7 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
             model.add_argument(
                 flag,
                 dest=MODEL_DEST + spec.option,
-                metavar="N",
+                metavar={int: "N", float: "X"}.get(spec.type, "VALUE"),
                 type=spec.type,
                 help=f"{spec.help} (preset {recipe.default_preset}: {preset_value})",
             )
@@ -201,7 +201,8 @@ def parse_settings(
         if value is not None:
             option = dest.removeprefix(MODEL_DEST)
             flag = next(f for f, spec in recipe.model_flags.items() if spec.option == option)
-            if isinstance(value, int | float) and value < 1:
+            # Sizes and counts; ratios, names and switches are checked by the model's config.
+            if type(value) is int and value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
             model[option] = value
     resume = arguments.pop("resume")
