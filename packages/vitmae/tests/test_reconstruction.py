@@ -86,6 +86,12 @@ def test_the_command_draws_a_saved_folder_on_image_files(
     assert Image.open(out / "photo.png").width >= 4 * 96
     assert reconstruct_command([str(folder), str(tmp_path / "missing.png")]) == 2
     assert "missing.png is not a file" in capsys.readouterr().err
+    # What an earlier call wrote stays unless --overwrite says otherwise.
+    before = (out / "photo.png").stat().st_mtime_ns
+    assert reconstruct_command([str(folder), str(photo), "--out", str(out)]) == 2
+    assert f"{out / 'photo.png'} already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "photo.png").stat().st_mtime_ns == before
+    assert reconstruct_command([str(folder), str(photo), "--out", str(out), "--overwrite"]) == 0
 
 
 def test_features_are_the_vit_encoders_with_every_patch_visible(

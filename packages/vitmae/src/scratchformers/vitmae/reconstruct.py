@@ -8,7 +8,8 @@ The folder is one that ``ViTMAEForPreTraining.from_pretrained`` loads (a scratch
 or a directory written by transformers' ViTMAE) with its image processor beside it. Each grid
 shows the original, the masked input, the reconstruction, and the reconstruction with the
 visible patches pasted back (see :mod:`scratchformers.vitmae.reconstruction`); ``overview.png``
-stacks them. Without image files it draws the generated shapes the recipes train on (that
+stacks them. They go into ``--out`` (default ``./reconstructions``), which must not hold PNGs
+of the same names unless ``--overwrite`` says to replace them. Without image files it draws the generated shapes the recipes train on (that
 needs the ``train`` extra).
 """
 
@@ -35,8 +36,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=None,
-        help="folder of the PNGs (default: MODEL_DIR/reconstructions)",
+        default=Path("reconstructions"),
+        help="folder of the PNGs (default: ./reconstructions)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace PNGs of the same names in --out"
     )
     parser.add_argument("--seed", type=int, default=0, help="which patches are hidden")
     return parser.parse_args(argv)
@@ -90,9 +94,15 @@ def run(arguments: argparse.Namespace) -> list[Path]:
         model.vit.embeddings.patch_embeddings.num_patches,
         generator=torch.Generator().manual_seed(arguments.seed),
     )
-    out = arguments.out or model_dir / "reconstructions"
+    out: Path = arguments.out
+    stems = names or [f"sample_{index + 1}" for index in range(len(images))]
+    taken = [out / f"{stem}.png" for stem in [*stems, "overview"] if (out / f"{stem}.png").exists()]
+    if taken and not arguments.overwrite:
+        raise ValueError(
+            f"{taken[0]} already exists; pass --overwrite to replace it, or another --out"
+        )
     return save_reconstructions(
-        model, pixels, processor.image_mean, processor.image_std, out, names=names, noise=noise
+        model, pixels, processor.image_mean, processor.image_std, out, names=stems, noise=noise
     )
 
 
