@@ -149,8 +149,9 @@ def speed_rows(
     # The short workloads get more repeats: they are cheap, and the machine is noisy.
     repeats = max(args.repeats, 15)
 
+    forward_models = {side: row.forward_model(side) for side in sides}
     seconds = interleaved_medians(
-        {s: lambda m=m: forward(m, inputs) for s, m in sides.items()}, repeats, device
+        {s: lambda m=m: forward(m, inputs) for s, m in forward_models.items()}, repeats, device
     )
     add_speed(results, row, "forward", rate, {s: items / t for s, t in seconds.items()})
     flops = row.forward_flops(args.batch, args.length)

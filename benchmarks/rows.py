@@ -7,6 +7,7 @@ benchmark by adding a function to ``ROWS``; the runner does not change.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +70,11 @@ class Row:
     def items(self, batch: int, length: int) -> int:
         """How many ``unit`` one forward of ``inputs(batch, length)`` processes."""
         return batch * length
+
+    def forward_model(self, side: str) -> nn.Module:
+        """The model whose forward is timed for ``side`` (``"ours"`` or ``"theirs"``): the
+        row's own, unless the row times another state of it (LoRA merged, say)."""
+        return getattr(self, side)
 
     def forward_flops(self, batch: int, length: int) -> float:
         """Matmul FLOPs of one forward of ``inputs(batch, length)``."""
@@ -447,6 +453,69 @@ def vitmae_row(size: dict[str, int]) -> Row:
     )
 
 
+@dataclass
+class LoraRow(Row):
+    """A LoRA adapter on a causal LM, ours against peft's on the same base model with the same
+    adapter weights. The training step trains the adapters only (the base frozen); the forward
+    is timed after merging (``lora.merge`` against peft's ``merge_adapter``: both keep their
+    adapter layers, which then cost what the base layers cost)."""
+
+    _merged: dict[str, nn.Module] | None = None
+
+    def forward_model(self, side: str) -> nn.Module:
+        if self._merged is None:
+            from scratchformers import lora
+
+            ours, theirs = copy.deepcopy(self.ours), copy.deepcopy(self.theirs)
+            lora.merge(ours)
+            theirs.merge_adapter()
+            self._merged = {"ours": ours.eval(), "theirs": theirs.eval()}
+        return self._merged[side]
+
+
+LORA_TARGETS = ["q_proj", "v_proj"]
+
+
+def lora_row(size: dict[str, int]) -> Row:
+    """Our LoRA against peft's LoRA (rank 8, alpha 16, no dropout, on every layer's query and
+    value projections) on two copies of our GPT-2 with the same weights, and the same adapter
+    weights (B drawn at random instead of peft's zeros, so that the adapter changes the
+    output)."""
+    import peft
+
+    from scratchformers import lora
+    from scratchformers.gpt2 import GPT2LMHeadModel
+    from scratchformers.gpt2.convert import config_from_transformers, state_from_transformers
+
+    reference = _gpt2_reference(size)
+    base = GPT2LMHeadModel(config_from_transformers(reference.config.to_dict()))
+    base.load_state_dict(state_from_transformers(reference.state_dict()), strict=False)
+    ours = lora.inject(
+        copy.deepcopy(base),
+        lora.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS),
+    )
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS),
+    )
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in ours.named_parameters():
+            if ".lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+                theirs.get_parameter(f"base_model.model.{name}").copy_(parameter)
+    return LoraRow(
+        "lora",
+        "peft LoRA on our GPT-2 (same base and adapter weights)",
+        ours.eval(),
+        theirs.eval(),
+        False,
+        size["n_layer"],
+        size["n_embd"],
+        size["vocab_size"],
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
@@ -454,4 +523,5 @@ ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "bert-mlm": bert_mlm_row,
     "vit": vit_row,
     "vitmae": vitmae_row,
+    "lora": lora_row,
 }

@@ -53,15 +53,18 @@ def test_forward_flops_count_every_matmul_of_the_model(name: str) -> None:
         attention += 2 * math.prod(batch_and_heads) * queries * keys * (head_dim + value_dim)
         return sdpa(query, key, value, *args, **kwargs)
 
-    hooks = [
-        m.register_forward_hook(count) for m in row.theirs.modules() if type(m).__name__ in kinds
+    # peft's LoRA layers are named Linear too, and wrap the base Linear that does the work.
+    reference = row.forward_model("theirs")
+    counted = [
+        m for m in reference.modules() if type(m).__name__ in kinds and not hasattr(m, "base_layer")
     ]
+    hooks = [m.register_forward_hook(count) for m in counted]
     try:
         with (
             torch.no_grad(),
             mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", counted_sdpa),
         ):
-            row.theirs(**row.inputs(batch, length, torch.device("cpu")))
+            reference(**row.inputs(batch, length, torch.device("cpu")))
     finally:
         for hook in hooks:
             hook.remove()
@@ -74,6 +77,22 @@ def _run(output: Path, *rows: str) -> str:
     command += ["--repeats", "1", "--output", str(output), "--rows", *rows]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     return output.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_both_sides_of_a_row_compute_the_same_function(name: str) -> None:
+    """A ratio means something only if ours and theirs give the same outputs on the timed
+    inputs: the same weights (and for lora the same adapter, merged and not)."""
+    row = ROWS[name](SIZES["tiny"])
+    inputs = row.inputs(3, 17, torch.device("cpu"))
+    with torch.no_grad():
+        for ours, theirs in (
+            (row.ours, row.theirs),
+            (row.forward_model("ours"), row.forward_model("theirs")),
+        ):
+            expected = theirs(**inputs).logits
+            assert float((ours(**inputs).logits - expected).abs().max()) <= 1e-4
+            assert float(expected.std()) > 1e-3
 
 
 def test_runner_writes_results_and_plots_and_keeps_earlier_rows(tmp_path: Path) -> None:
