@@ -14,24 +14,12 @@ import transformers
 from safetensors import safe_open
 
 from scratchformers.bert_mlm import BertForMaskedLM, BertForSequenceClassification
+from scratchformers.core_attention.testing import lay_out_hub_cache
 
 
 def _inputs(padded_batch: Callable) -> dict[str, torch.Tensor]:
     input_ids, mask, types = padded_batch()
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def lay_out_hub_cache(cache_dir: Path, repo_id: str, snapshots: dict[str, Path], main: str) -> None:
-    """The Hugging Face cache as huggingface_hub writes it: one folder per commit, and the
-    commit that the ref ``main`` points at."""
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    for commit, source in snapshots.items():
-        snapshot = repo / "snapshots" / commit
-        snapshot.mkdir(parents=True)
-        for file in source.iterdir():
-            (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(main)
 
 
 def test_hub_id_with_revision(

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from scratchformers.core_attention.testing import lay_out_hub_cache
 from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 # Odd sizes, and a square MLP (n_inner == n_embd): a missed transpose fails on numbers, not shapes.
@@ -177,19 +178,6 @@ def test_device_map_and_loader_flags(transformers_dir: Path, our_class: type) ->
 def test_pickles_cannot_be_asked_for(lm_dir: Path) -> None:
     with pytest.raises(ValueError, match="safetensors only"):
         GPT2LMHeadModel.from_pretrained(lm_dir, use_safetensors=False)
-
-
-def lay_out_hub_cache(cache_dir: Path, repo_id: str, snapshots: dict[str, Path], main: str) -> None:
-    """The Hugging Face cache as huggingface_hub writes it: one folder per commit, and the
-    commit that the ref ``main`` points at."""
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    for commit, source in snapshots.items():
-        snapshot = repo / "snapshots" / commit
-        snapshot.mkdir(parents=True)
-        for file in source.iterdir():
-            (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(main)
 
 
 def test_hub_id_with_revision_cache_dir_and_local_files_only(

@@ -16,6 +16,7 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from scratchformers.core_attention.testing import lay_out_hub_cache
 from scratchformers.vit import ViTForImageClassification, ViTModel, export_to_transformers
 from scratchformers.vit.convert import state_from_transformers, state_to_transformers
 
@@ -191,25 +192,13 @@ def test_config_fields_and_labels_are_read(make_pair: Callable) -> None:
     assert (config.pooling, config.use_class_token) == ("cls", True)
 
 
-def lay_out_hub_cache(cache_dir: Path, repo_id: str, source: Path, commit: str) -> None:
-    """The Hugging Face cache as huggingface_hub writes it: a snapshot folder per commit, and
-    the commit that the ref ``main`` points at."""
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for file in source.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_a_hub_id_loads_through_the_same_path(
     make_theirs: Callable, images: Callable, assert_matches: Callable, tmp_path: Path
 ) -> None:
     theirs = make_theirs("cls")
     theirs.save_pretrained(tmp_path / "saved")
     cache = tmp_path / "cache"
-    lay_out_hub_cache(cache, "someone/tiny-vit", tmp_path / "saved", "c" * 40)
+    lay_out_hub_cache(cache, "someone/tiny-vit", {"c" * 40: tmp_path / "saved"}, "c" * 40)
     model = ViTForImageClassification.from_pretrained(
         "someone/tiny-vit", cache_dir=cache, local_files_only=True
     ).eval()

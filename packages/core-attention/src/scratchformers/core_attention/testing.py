@@ -18,7 +18,8 @@ written once and every model, present and future, is held to the same one:
   (:func:`assert_lean_routing`), and the compiled step is compiled once per model and reused
   (:func:`assert_lean_compiled_step`);
 * checkpoints: a bit-exact, safetensors-only save/load round trip
-  (:func:`assert_save_load_round_trip`) and the Auto classes (:func:`assert_auto_classes_load`);
+  (:func:`assert_save_load_round_trip`), the Auto classes (:func:`assert_auto_classes_load`),
+  and a hub cache laid out offline for loading by hub id (:func:`lay_out_hub_cache`);
 * errors: bad inputs and config values raise a ``ValueError`` naming the argument or field and
   the value (:func:`assert_input_errors`, :func:`assert_empty_inputs_raise`,
   :func:`assert_config_error` with :func:`invalid_config_values`).
@@ -750,6 +751,24 @@ def assert_auto_classes_load(
         expected = base(**inputs).last_hidden_state
         actual = bare(**inputs).last_hidden_state
     assert torch.equal(actual, expected)
+
+
+def lay_out_hub_cache(
+    cache_dir: str | Path, repo_id: str, snapshots: Mapping[str, str | Path], main: str
+) -> None:
+    """Lay out ``cache_dir`` as huggingface_hub's cache holding the model repo ``repo_id``:
+    one snapshot folder per commit (each a copy of a directory of ``snapshots``, by commit
+    hash) and the ref ``main`` pointing at the commit ``main``. Loading a hub id offline
+    (``local_files_only=True``, ``cache_dir=...``, ``revision=...``) then goes through the
+    same code path as a download."""
+    repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    for commit, source in snapshots.items():
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for file in Path(source).iterdir():
+            (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main)
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .modeling import (
     ViTPatchEmbeddings,
     ViTPooler,
     ViTPreTrainedModel,
+    resize_position_grid,
 )
 from .timm_checkpoints import from_timm
 
@@ -39,4 +40,5 @@ __all__ = [
     "ViTPreTrainedModel",
     "export_to_transformers",
     "from_timm",
+    "resize_position_grid",
 ]

@@ -161,11 +161,23 @@ class ViTEmbeddings(nn.Module):
         if grid == trained:  # a bicubic resize to the same grid is the identity
             return self.position_embeddings
         slots = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = self.position_embeddings[:, self.num_prefix_tokens :]
-        patches = patches.reshape(1, *trained, -1).permute(0, 3, 1, 2)
-        patches = nn.functional.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
-        patches = patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
+        patches = resize_position_grid(
+            self.position_embeddings[:, self.num_prefix_tokens :], trained, grid
+        )
         return torch.cat([slots, patches], dim=1)
+
+
+def resize_position_grid(
+    positions: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """Patch positions ``(1, rows * columns, hidden)`` laid out on ``grid``, resized
+    bicubically (``align_corners=False``, as transformers' ViT and CLIP resize them) to
+    ``new_grid``: ``(1, new_rows * new_columns, hidden)``."""
+    positions = positions.reshape(1, *grid, -1).permute(0, 3, 1, 2)
+    positions = nn.functional.interpolate(
+        positions, size=new_grid, mode="bicubic", align_corners=False
+    )
+    return positions.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1)
 
 
 class ViTMLP(nn.Module):
@@ -188,10 +200,13 @@ class ViTLayer(GradientCheckpointingLayer):
     (``"gelu"``; CLIP's ``"quick_gelu"``, any name transformers knows) and ``layer_norm_eps``
     from the config, and where present ``qkv_bias`` (default ``True``),
     ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` (default 0), so that a
-    sibling package's config can build it.
+    sibling package's config can build it. ``is_causal`` makes each token attend only to
+    itself and those before it (CLIP's text tower).
     """
 
-    def __init__(self, config: PreTrainedConfig, layer_idx: int | None = None) -> None:
+    def __init__(
+        self, config: PreTrainedConfig, layer_idx: int | None = None, is_causal: bool = False
+    ) -> None:
         super().__init__()
         qkv_bias = getattr(config, "qkv_bias", True)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -199,7 +214,7 @@ class ViTLayer(GradientCheckpointingLayer):
             config.hidden_size,
             config.num_attention_heads,
             config=config,
-            is_causal=False,
+            is_causal=is_causal,
             q_bias=qkv_bias,
             k_bias=qkv_bias,
             v_bias=qkv_bias,
@@ -228,12 +243,16 @@ class ViTEncoder(nn.ModuleList):
     A ``ModuleList`` with a forward, so that held as ``layers`` its keys read
     ``layers.<i>...`` as in transformers' ViT. ``attention_mask`` is optional, ``(batch,
     tokens)`` with 1 for tokens to attend to: images have no padding, but a sibling that runs
-    the encoder on sequences of unequal length passes one.
+    the encoder on sequences of unequal length passes one. With ``causal`` every layer attends
+    causally (CLIP's text tower is this stack with a causal mask).
     """
 
-    def __init__(self, config: PreTrainedConfig) -> None:
-        super().__init__(ViTLayer(config, i) for i in range(config.num_hidden_layers))
+    def __init__(self, config: PreTrainedConfig, causal: bool = False) -> None:
+        super().__init__(
+            ViTLayer(config, i, is_causal=causal) for i in range(config.num_hidden_layers)
+        )
         self.config = config
+        self.causal = causal
 
     def forward(
         self,
@@ -242,7 +261,7 @@ class ViTEncoder(nn.ModuleList):
         **kwargs: object,
     ) -> torch.Tensor:
         _, mask = prepare_attention_inputs(
-            self.config, hidden_states, attention_mask, None, causal=False, positions="count"
+            self.config, hidden_states, attention_mask, None, causal=self.causal, positions="count"
         )
         for layer in self:
             hidden_states = layer(hidden_states, mask, **kwargs)
