@@ -40,6 +40,7 @@ from transformers import GenerationConfig
 
 from .measure import (
     forward,
+    forward_method,
     generate,
     interleaved_medians,
     matmul_peak_flops,
@@ -164,6 +165,16 @@ def speed_rows(
             "theirs_gflops": flops / seconds["theirs"] / 1e9,
         }
     )
+
+    for name, (method, keys) in row.encoders().items():
+        arguments = {key: inputs[key] for key in keys}
+        methods = {s: getattr(m, method) for s, m in sides.items()}
+        seconds = interleaved_medians(
+            {s: lambda f=f, a=arguments: forward_method(f, a) for s, f in methods.items()},
+            repeats,
+            device,
+        )
+        add_speed(results, row, name, rate, {s: items / t for s, t in seconds.items()})
 
     trainees = {s: copy.deepcopy(m).train() for s, m in sides.items()}
     optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in trainees.items()}

@@ -127,6 +127,12 @@ def forward(model: nn.Module, inputs: dict[str, object]) -> None:
 
 
 @torch.no_grad()
+def forward_method(method: Callable[..., object], inputs: dict[str, object]) -> None:
+    """One call of a model's method (a tower's ``get_image_features``, say) on ``inputs``."""
+    method(**inputs)
+
+
+@torch.no_grad()
 def generate(model: nn.Module, prompt: torch.Tensor, new_tokens: int, **options: object) -> None:
     model.generate(
         prompt,

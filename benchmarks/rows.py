@@ -71,6 +71,15 @@ class Row:
         """How many ``unit`` one forward of ``inputs(batch, length)`` processes."""
         return batch * length
 
+    def encoders(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """More forward workloads, timed like the forward: name -> (a method both sides have,
+        the keys of ``inputs`` it takes). CLIP's towers, say; none by default."""
+        return {}
+
+    def compared_output(self, output: object) -> torch.Tensor:
+        """The tensor of a forward's output that must agree between the two sides."""
+        return output.logits
+
     def forward_model(self, side: str) -> nn.Module:
         """The model whose forward is timed for ``side`` (``"ours"`` or ``"theirs"``): the
         row's own, unless the row times another state of it (LoRA merged, say)."""
@@ -516,6 +525,119 @@ def lora_row(size: dict[str, int]) -> Row:
     )
 
 
+@dataclass
+class ContrastiveRow(Row):
+    """A CLIP: random images and end-of-text-terminated texts of ``min(length, 77)`` tokens
+    (CLIP's context), one text per image; the training step is the contrastive loss on the
+    batch. The image and the text towers are also timed alone (``get_image_features``,
+    ``get_text_features``). ``n_layer`` and ``n_embd`` are the image tower's."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    text_layers: int = 2
+    text_embd: int = 32
+    max_text_length: int = 77
+    projection_dim: int = 32
+    unit: str = "image-text pairs"
+
+    def text_length(self, length: int) -> int:
+        return min(length, self.max_text_length)
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        generator = torch.Generator().manual_seed(0)
+        tokens = self.text_length(length)
+        input_ids = torch.randint(1, self.vocab_size - 1, (batch, tokens), generator=generator)
+        input_ids[:, -1] = self.vocab_size - 1  # the end-of-text token, where texts are read
+        pixels = torch.randn((batch, 3, self.image_size, self.image_size), generator=generator)
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": torch.ones_like(input_ids).to(device),
+            "pixel_values": pixels.to(device),
+        }
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        return inputs | {"return_loss": True}
+
+    def items(self, batch: int, length: int) -> int:
+        return batch
+
+    def encoders(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return {
+            "image encoding": ("get_image_features", ("pixel_values",)),
+            "text encoding": ("get_text_features", ("input_ids", "attention_mask")),
+        }
+
+    def compared_output(self, output: object) -> torch.Tensor:
+        return output.logits_per_image
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        """Both towers as in :func:`causal_lm_flops` (the image tower over the patches and the
+        class token, with its patch projection; the text tower over its tokens), and the two
+        projections into the shared space, once per image and text."""
+        patches = (self.image_size // self.patch_size) ** 2
+        vision = causal_lm_flops(self.n_layer, self.n_embd, 0, batch, patches + 1)
+        vision += 2 * 3 * self.patch_size**2 * self.n_embd * patches * batch
+        text = causal_lm_flops(self.text_layers, self.text_embd, 0, batch, self.text_length(length))
+        projections = 2 * (self.n_embd + self.text_embd) * self.projection_dim * batch
+        return vision + text + projections
+
+
+def clip_row(size: dict[str, int]) -> Row:
+    """Our CLIPModel against transformers', loaded from the same transformers checkpoint
+    layout through our converter: an image tower of the size's width and depth on 64x64 images
+    in 8x8 patches and a text tower of half the width over the size's vocabulary, or from
+    GPT-2's width up OpenAI's ViT-B/32 shape (224x224 in 32x32; text 512 wide, 12 layers)."""
+    from scratchformers.clip import CLIPModel
+    from scratchformers.clip.convert import config_from_transformers, state_from_transformers
+
+    width, depth, heads = size["n_embd"], size["n_layer"], size["n_head"]
+    vocab_size = size["vocab_size"]
+    if width >= 768:
+        image_size, patch_size, text_width, text_depth, text_heads = 224, 32, 512, 12, 8
+    else:
+        image_size, patch_size = 64, 8
+        text_width, text_depth, text_heads = width // 2, depth, max(1, heads // 2)
+    config = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": text_depth,
+            "num_attention_heads": text_heads,
+            "max_position_embeddings": 77,
+            "eos_token_id": vocab_size - 1,
+        },
+        vision_config={
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": depth,
+            "num_attention_heads": heads,
+        },
+        projection_dim=text_width,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.CLIPModel(config).eval()
+    ours = CLIPModel(config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    return ContrastiveRow(
+        "clip",
+        "transformers CLIPModel (same weights)",
+        ours.eval(),
+        theirs,
+        False,
+        depth,
+        width,
+        vocab_size,
+        image_size=image_size,
+        patch_size=patch_size,
+        text_layers=text_depth,
+        text_embd=text_width,
+        projection_dim=text_width,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
@@ -524,4 +646,5 @@ ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "vit": vit_row,
     "vitmae": vitmae_row,
     "lora": lora_row,
+    "clip": clip_row,
 }

@@ -34,6 +34,7 @@ print("heavy:", heavy)
         ["train", "bert-mlm", "--help"],
         ["train", "vit", "--help"],
         ["train", "vitmae", "--help"],
+        ["train", "clip", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -129,3 +130,22 @@ def test_vitmae_shape_flags_reach_the_model() -> None:
     settings = parse_settings(recipe, ["--mask-ratio", "1.5"])
     with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
         recipe.build_model(settings, SimpleNamespace())
+
+
+def test_clip_shape_flags_reach_the_model() -> None:
+    from scratchformers.clip import train_caption_tokenizer
+
+    recipe = load_recipe("clip")
+    flags = ["--width", "48", "--depth", "1", "--heads", "3", "--text-width", "32"]
+    flags += ["--text-depth", "1", "--text-heads", "2", "--projection-dim", "16"]
+    settings = parse_settings(recipe, [*flags, "--image-size", "16", "--patch-size", "8"])
+    tokenizer = train_caption_tokenizer(["a small red circle"], model_max_length=12)
+    data = SimpleNamespace(processor=SimpleNamespace(tokenizer=tokenizer))
+    config = recipe.build_model(settings, data).config
+    vision, text = config.vision_config, config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (48, 1, 3)
+    assert (vision.image_size, vision.patch_size) == (16, 8)
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads) == (32, 1, 2)
+    assert (text.vocab_size, text.max_position_embeddings) == (len(tokenizer), 12)
+    assert text.eos_token_id == tokenizer.eos_token_id
+    assert config.projection_dim == 16

@@ -11,6 +11,7 @@ from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from .convert import export_to_transformers
 from .modeling import (
     CLIPModel,
+    CLIPOutput,
     CLIPPreTrainedModel,
     CLIPTextEmbeddings,
     CLIPTextTransformer,
@@ -30,6 +31,7 @@ AutoModelForZeroShotImageClassification.register(CLIPConfig, CLIPModel, exist_ok
 __all__ = [
     "CLIPConfig",
     "CLIPModel",
+    "CLIPOutput",
     "CLIPPreTrainedModel",
     "CLIPTextConfig",
     "CLIPTextEmbeddings",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.models.clip.modeling_clip import CLIPOutput as TransformersCLIPOutput
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -48,6 +49,16 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (
         F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.T, targets)
     ) / 2
+
+
+@dataclass
+class CLIPOutput(TransformersCLIPOutput):
+    """transformers' CLIP output (``loss``, ``logits_per_image``, ``logits_per_text``,
+    ``text_embeds``, ``image_embeds``, the towers' outputs) and ``logit_scale``, the
+    temperature the logits were multiplied by (``exp`` of the parameter): a loss over more
+    than this batch (gathered across processes) needs it with the embeddings."""
+
+    logit_scale: torch.Tensor | None = None
 
 
 class CLIPVisionEmbeddings(nn.Module):
@@ -373,7 +384,8 @@ class CLIPModel(CLIPPreTrainedModel):
         text_outputs = self.get_text_features(input_ids, attention_mask, position_ids, **kwargs)
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
-        logits_per_text = self.logit_scale.exp() * text_embeds @ image_embeds.T
+        logit_scale = self.logit_scale.exp()
+        logits_per_text = logit_scale * text_embeds @ image_embeds.T
         loss = None
         if return_loss:
             if len(text_embeds) != len(image_embeds):
@@ -390,4 +402,5 @@ class CLIPModel(CLIPPreTrainedModel):
             image_embeds=image_embeds,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            logit_scale=logit_scale,
         )
