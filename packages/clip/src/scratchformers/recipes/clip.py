@@ -92,12 +92,14 @@ class CLIPRecipe(Recipe):
         "--projection-dim": ModelFlag("projection_dim", "width of the shared embedding space"),
     }
     presets = {
+        # Zero-shot on the held-out pairs peaks early: 28% (chance 2.8%) after 300 steps of
+        # 128, 23% after 600, while retrieval of the training kind keeps improving.
         "tiny": Preset.scheduled(
-            1500,
+            400,
             128,
             2e-3,
+            50,
             100,
-            250,
             image_size=24,
             patch_size=4,
             vision_hidden_size=64,
@@ -107,7 +109,7 @@ class CLIPRecipe(Recipe):
             text_num_hidden_layers=2,
             text_num_attention_heads=4,
             projection_dim=64,
-            train_images=20000,
+            train_images=10000,
             eval_images=1024,
         ),
         "small": Preset.scheduled(
