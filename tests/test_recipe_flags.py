@@ -3,13 +3,21 @@ model-shape flags that reach the model."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from scratchformers.training import load_recipe, parse_settings, train_byte_level_bpe
+from scratchformers.training import (
+    TrainingError,
+    load_recipe,
+    parse_settings,
+    train_byte_level_bpe,
+    train_wordpiece,
+)
 
 HELP_WITHOUT_TORCH = """
 import sys
@@ -35,6 +43,7 @@ print("heavy:", heavy)
         ["train", "vit", "--help"],
         ["train", "vitmae", "--help"],
         ["train", "clip", "--help"],
+        ["train", "lora", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -149,3 +158,122 @@ def test_clip_shape_flags_reach_the_model() -> None:
     assert (text.vocab_size, text.max_position_embeddings) == (len(tokenizer), 12)
     assert text.eos_token_id == tokenizer.eos_token_id
     assert config.projection_dim == 16
+
+
+@pytest.fixture(scope="module")
+def bert_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder as a bert-mlm run leaves it (a tiny untrained BertForMaskedLM and a WordPiece
+    tokenizer), for the lora recipe to fine-tune."""
+    from scratchformers.bert_mlm import BertConfig, BertForMaskedLM
+
+    root = tmp_path_factory.mktemp("bert_base")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(root / "home"))  # the tokenizer cache
+        tokenizer = train_wordpiece(["the battery is not good but the screen is great"] * 20, 300)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertForMaskedLM(config).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    return root / "base"
+
+
+def lora_model(base: Path, flags: list[str]):
+    """The lora recipe's model for ``flags``, on a few reviews."""
+    recipe = load_recipe("lora")
+    few = ["--num-train-reviews", "30", "--num-eval-reviews", "9"]
+    settings = parse_settings(recipe, ["--base", str(base), *few, *flags])
+    return recipe.build_model(settings, recipe.build_data(settings))
+
+
+def test_lora_flags_reach_the_adapter(bert_base: Path) -> None:
+    from scratchformers.lora import LoraLinear, ModulesToSave, trainable_parameters
+
+    flags = ["--rank", "4", "--alpha", "12", "--lora-dropout", "0.1", "--targets", "q_proj, v_proj"]
+    model = lora_model(bert_base, flags)
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+    assert sorted(adapted) == [
+        f"bert.encoder.layer.{i}.attention.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")
+    ]
+    layer = adapted["bert.encoder.layer.0.attention.q_proj"]
+    assert layer.lora_A["default"].weight.shape == (4, 48)
+    assert layer.scaling["default"] == 3.0 and layer.lora_dropout["default"].p == 0.1
+    # The base checkpoint (a masked LM) has no pooler: it trains beside the classifier.
+    saved = {name for name, m in model.named_modules() if isinstance(m, ModulesToSave)}
+    assert saved == {"classifier", "bert.pooler"}
+    trainable, _ = trainable_parameters(model)
+    assert trainable == 2 * 2 * 4 * (48 + 48) + (48 * 48 + 48) + (48 * 3 + 3), trainable
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+    default = lora_model(bert_base, [])
+    assert sum(isinstance(m, LoraLinear) for m in default.modules()) == 8  # q, k, v, o x 2
+
+    full = lora_model(bert_base, ["--full"])
+    assert not any(isinstance(m, LoraLinear | ModulesToSave) for m in full.modules())
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_lora_refuses_a_base_or_a_comparison_that_cannot_work(
+    bert_base: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"--base .*nowhere does not exist; give the folder of"):
+        lora_model(tmp_path / "nowhere", [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"--base .*empty holds no model \(no config.json\)"):
+        lora_model(tmp_path / "empty", [])
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"has not finished .* --resume"):
+        lora_model(tmp_path / "unfinished", [])
+    with pytest.raises(SystemExit):
+        parse_settings(load_recipe("lora"), ["--targets", " , "])
+
+    with pytest.raises(ValueError, match=r"holds no finetune\.json"):
+        lora_model(bert_base, ["--compare-with", str(tmp_path / "empty")])
+    other = tmp_path / "other"
+    other.mkdir()
+    report = {"mode": "lora", "train_reviews": 30, "held_out_reviews": 9, "seed": 0}
+    (other / "finetune.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"is a lora run too; .* \(--full\)"):
+        lora_model(bert_base, ["--compare-with", str(other)])
+    (other / "finetune.json").write_text(json.dumps(report | {"mode": "full", "seed": 3}))
+    with pytest.raises(ValueError, match=r"other data \(seed 3 \(here 0\)\)"):
+        lora_model(bert_base, ["--compare-with", str(other)])
+
+
+def test_lora_pretrains_its_default_base_first_as_a_process_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scratchformers.lora import finetune
+
+    calls = []
+
+    def fail(command: list[str], env: dict[str, str], check: bool) -> SimpleNamespace:
+        calls.append((command, env))
+        return SimpleNamespace(returncode=3)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "0")  # as under accelerate launch: not for the base's process
+    monkeypatch.setattr(finetune.subprocess, "run", fail)
+    recipe = load_recipe("lora")
+    settings = parse_settings(recipe, ["--num-train-reviews", "30", "--num-eval-reviews", "9"])
+    with pytest.raises(
+        TrainingError, match=r"pretraining the base model into outputs/bert-mlm-tiny"
+    ):
+        recipe.build_data(settings)
+    [(command, env)] = calls
+    assert command[1:] == [
+        "-m",
+        "scratchformers.bert_mlm.train",
+        "--preset",
+        "tiny",
+        "--output-dir",
+        "outputs/bert-mlm-tiny",
+    ]
+    assert "RANK" not in env

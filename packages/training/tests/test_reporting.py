@@ -133,6 +133,49 @@ def test_the_card_names_a_hub_dataset_and_leaves_out_what_is_not_known(tmp_path:
     data = ModelCard.load(tmp_path / "README.md").data
     assert "pipeline_tag" not in data.to_dict() and "model-index" not in data.to_dict()
     assert data.metrics == ["eval_loss"]
+    assert "Trained from scratch with scratchformers" in card.text
+    assert "import scratchformers.demo  # registers" in card.text  # no model type: the recipe's
+
+
+def test_the_card_holds_the_recipes_sections_and_imports_the_models_package(
+    tmp_path: Path,
+) -> None:
+    """A fine-tuning recipe (lora) saves another package's model (bert-mlm): the card says it
+    was fine-tuned, shows the recipe's own section, and imports the package of the model."""
+    summary = {
+        "parameters": 10,
+        "final_metrics": {},
+        **finish_segments(
+            segments_at_start(tmp_path / "run.json", None, command="x", num_processes=1), 3, 1.0
+        ),
+    }
+    common = {
+        "model_name": "lora-tiny",
+        "recipe": "lora",
+        "preset": "tiny",
+        "auto_class": "AutoModelForSequenceClassification",
+        "pipeline_tag": None,
+        "license": None,
+        "data_description": "reviews",
+        "settings": TrainingSettings(recipe="lora", preset="tiny", output_dir=tmp_path).to_dict(),
+        "summary": summary,
+        "samples": [],
+    }
+    card = write_model_card(
+        tmp_path / "README.md",
+        sections=["## Fine-tuning", "", "| a | b |"],
+        model_type="scratchformers-bert-mlm",
+        trained_from_scratch=False,
+        **common,
+    ).text
+    assert "Fine-tuned with scratchformers: recipe `lora`" in card
+    assert "## Fine-tuning\n\n| a | b |" in card
+    assert card.index("## Results") < card.index("## Fine-tuning") < card.index("## Use")
+    assert "import scratchformers.bert_mlm  # registers" in card
+    assert "import scratchformers.lora" not in card
+    # transformers' own model type needs no import.
+    card = write_model_card(tmp_path / "README.md", model_type="gpt2", **common).text
+    assert "import scratchformers" not in card and "Trained from scratch" in card
 
 
 def test_a_stopped_and_resumed_run_records_both_segments(

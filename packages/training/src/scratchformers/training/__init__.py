@@ -57,15 +57,21 @@ _EXPORTS = {
     "draw_shape": "shapes",
     "shape_caption": "shapes",
     "shapes_dataset": "shapes",
+    "SENTIMENTS": "reviews",
+    "Clause": "reviews",
+    "Review": "reviews",
+    "reviews_dataset": "reviews",
     "status": "console",
     "TrainingSettings": "settings",
     "parse_settings": "settings",
 }
 
 __all__ = [
+    "SENTIMENTS",
     "SHAPES",
     "CausalLMRecipe",
     "CheckpointError",
+    "Clause",
     "DataError",
     "EvalResults",
     "ImageBatches",
@@ -79,6 +85,7 @@ __all__ = [
     "Preset",
     "Recipe",
     "RecipeData",
+    "Review",
     "SizedDataset",
     "TextRecipe",
     "Trainer",
@@ -101,6 +108,7 @@ __all__ = [
     "parameter_groups",
     "parse_settings",
     "python_docs_corpus",
+    "reviews_dataset",
     "run_recipe",
     "shape_caption",
     "shapes_dataset",
@@ -168,6 +176,7 @@ if TYPE_CHECKING:
         load_recipe,
         parameter_groups,
     )
+    from .reviews import SENTIMENTS, Clause, Review, reviews_dataset
     from .settings import TrainingSettings, parse_settings
     from .shapes import SHAPES, draw_shape, shape_caption, shapes_dataset
     from .vision import ImageClassificationRecipe, ImageRecipe

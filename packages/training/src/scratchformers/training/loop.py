@@ -430,6 +430,9 @@ class Trainer:
                 settings=settings.to_dict(),
                 summary=summary,
                 samples=samples,
+                sections=self.recipe.card_sections(output_dir),
+                model_type=unwrapped.config.model_type,
+                trained_from_scratch=self.recipe.trained_from_scratch,
                 figures={
                     name: path.relative_to(output_dir)
                     for name, path in files.items()

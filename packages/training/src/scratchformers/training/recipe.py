@@ -139,6 +139,9 @@ class Recipe:
     # The files ``finish`` writes into the output folder: ``--overwrite`` removes them with the
     # rest of an earlier run, so that none is left from it if the new run stops early.
     output_files: ClassVar[tuple[str, ...]] = ()
+    # Whether the model card says the model was trained from scratch; a recipe that starts
+    # from a pretrained model (a fine-tuning) says False, and the card says "Fine-tuned".
+    trained_from_scratch: ClassVar[bool] = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,
@@ -197,6 +200,12 @@ class Recipe:
         path}``): the run prints each path beside the loss curve's, and the model card shows
         the PNGs. None by default."""
         return {}
+
+    def card_sections(self, output_dir: Path) -> list[str]:
+        """Markdown lines for the model card, shown after its results (a table of the
+        recipe's own figures, say); called on the main process after ``finish``. None by
+        default."""
+        return []
 
     def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
         """The trained model saved in ``model_dir`` by a run with ``settings``, for the

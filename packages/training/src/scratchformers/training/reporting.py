@@ -371,6 +371,19 @@ def _training_section(settings: dict[str, Any], summary: dict[str, Any]) -> list
     return lines
 
 
+def _registering_import(recipe: str, model_type: str | None) -> list[str]:
+    """The import that registers the saved model with transformers' Auto classes, as a line
+    of the card's code: the package of a ``scratchformers-<package>`` model type, none for a
+    model type of transformers itself, the recipe's package when the model type is unknown."""
+    if model_type is None:
+        package = recipe
+    elif model_type.startswith("scratchformers-"):
+        package = model_type.removeprefix("scratchformers-")
+    else:
+        return []
+    return [f"import scratchformers.{package.replace('-', '_')}  # registers the model classes"]
+
+
 def write_model_card(
     path: Path,
     *,
@@ -386,6 +399,9 @@ def write_model_card(
     summary: dict[str, Any],
     samples: list[str],
     figures: Mapping[str, Path | str] | None = None,
+    sections: list[str] | None = None,
+    model_type: str | None = None,
+    trained_from_scratch: bool = True,
 ) -> ModelCard:
     """The README.md beside the saved model, as the Hugging Face Hub reads and shows it.
 
@@ -395,7 +411,11 @@ def write_model_card(
     resumed run), how the eval loss moved, samples, the loss curve, and how to load it.
     ``summary`` is run.json's (with :func:`finish_segments`'s keys); ``figures`` are more
     images beside the loss curve (by what they show, paths relative to the card), and
-    ``processor_class`` the Auto class that loads the saved processor. Returns the card.
+    ``processor_class`` the Auto class that loads the saved processor. ``sections`` are the
+    recipe's own Markdown lines, after the results. ``model_type`` (the saved config's) names
+    the package whose import registers the model (``scratchformers-bert-mlm``:
+    ``scratchformers.bert_mlm``; none for a model type of transformers itself); without it,
+    the recipe's package. ``trained_from_scratch=False`` says "Fine-tuned". Returns the card.
     """
     final_metrics = summary.get("final_metrics") or {}
     data = _model_card_data(
@@ -411,7 +431,8 @@ def write_model_card(
     lines = [
         f"# {model_name}",
         "",
-        f"Trained from scratch with scratchformers: recipe `{recipe}`, preset `{preset}`.",
+        f"{'Trained from scratch' if trained_from_scratch else 'Fine-tuned'} with "
+        f"scratchformers: recipe `{recipe}`, preset `{preset}`.",
         "",
         "## Data",
         "",
@@ -437,6 +458,7 @@ def write_model_card(
     lines += ["", "![loss curve](loss_curve.png)", ""]
     for name, figure in (figures or {}).items():
         lines += [f"![{name}]({Path(figure).as_posix()})", ""]
+    lines += sections or []
     if samples:
         lines += ["## Samples (greedy)", ""]
         lines += [f"- `{sample!r}`" for sample in samples]
@@ -446,7 +468,7 @@ def write_model_card(
         "",
         "```python",
         f"from transformers import {auto_class}, {processor_class}",
-        f"import scratchformers.{recipe.replace('-', '_')}  # registers the model classes",
+        *_registering_import(recipe, model_type),
         "",
         f'model = {auto_class}.from_pretrained("path/to/this/folder")',
         f'{processor_name} = {processor_class}.from_pretrained("path/to/this/folder")',
