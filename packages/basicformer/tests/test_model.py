@@ -29,7 +29,9 @@ from scratchformers.core_attention.testing import (
 )
 
 TASK_MODELS = (BasicFormerForMaskedLM, BasicFormerForCausalLM, BasicFormerForSeq2SeqLM)
-ATOL = 1e-5
+# A padded row and the row alone go through matmuls of different shapes, whose float32 sums
+# round differently: up to about 1e-5 on logits near 5 (a real padding leak is of order 1).
+ATOL = 5e-5
 
 
 def task_inputs(
