@@ -62,19 +62,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_tower(config: TransformersCLIPTextConfig | TransformersCLIPVisionConfig) -> None:
-    check_config(config)
-    if config.hidden_act not in ACT2FN:
-        raise ValueError(
-            f"hidden_act={config.hidden_act!r} is not an activation transformers knows"
-        )
-    dropout = config.attention_dropout
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"attention_dropout must be in [0, 1), got {dropout}")
+class _Tower:
+    """What both towers' configs share: checked once built, and CLIP's ``attention_dropout``
+    under the name the vit package's layers read."""
+
+    def __post_init__(self, **kwargs: object) -> None:
+        super().__post_init__(**kwargs)
+        self.check()
+
+    @property
+    def attention_probs_dropout_prob(self) -> float:
+        """ViT's name for ``attention_dropout``."""
+        return self.attention_dropout
+
+    def check_tower(self) -> None:
+        """The checks every tower needs: standard sizes, the activation, the dropout."""
+        check_config(self)
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"hidden_act={self.hidden_act!r} is not an activation transformers knows"
+            )
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
 
 
 @strict
-class CLIPTextConfig(TransformersCLIPTextConfig):
+class CLIPTextConfig(_Tower, TransformersCLIPTextConfig):
     """The text tower: transformers' ``CLIPTextConfig`` (``vocab_size``, ``hidden_size``,
     ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``,
     ``max_position_embeddings``, ``hidden_act`` (``"quick_gelu"`` for OpenAI's weights,
@@ -88,18 +101,9 @@ class CLIPTextConfig(TransformersCLIPTextConfig):
 
     model_type = "scratchformers-clip-text"
 
-    def __post_init__(self, **kwargs: object) -> None:
-        super().__post_init__(**kwargs)
-        self.check()
-
-    @property
-    def attention_probs_dropout_prob(self) -> float:
-        """ViT's name for ``attention_dropout``, which the vit package's layers read."""
-        return self.attention_dropout
-
     def check(self) -> None:
         """Raise a ``ValueError`` naming the field for a config this tower cannot honour."""
-        _check_tower(self)
+        self.check_tower()
         if self.eos_token_id is None or isinstance(self.eos_token_id, list):
             raise ValueError(
                 f"eos_token_id must be one token id (the text embedding is read at the first "
@@ -112,7 +116,7 @@ class CLIPTextConfig(TransformersCLIPTextConfig):
 
 
 @strict
-class CLIPVisionConfig(TransformersCLIPVisionConfig):
+class CLIPVisionConfig(_Tower, TransformersCLIPVisionConfig):
     """The vision tower: transformers' ``CLIPVisionConfig`` (``image_size``, ``patch_size``,
     ``num_channels``, ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
     ``num_attention_heads``, ``hidden_act``, ``layer_norm_eps``, ``attention_dropout``, ...).
@@ -122,18 +126,9 @@ class CLIPVisionConfig(TransformersCLIPVisionConfig):
     # Read by the vit package's patch embedding: CLIP's patch projection has no bias.
     patch_bias = False
 
-    def __post_init__(self, **kwargs: object) -> None:
-        super().__post_init__(**kwargs)
-        self.check()
-
-    @property
-    def attention_probs_dropout_prob(self) -> float:
-        """ViT's name for ``attention_dropout``, which the vit package's layers read."""
-        return self.attention_dropout
-
     def check(self) -> None:
         """Raise a ``ValueError`` naming the field for a config this tower cannot honour."""
-        _check_tower(self)
+        self.check_tower()
         for name in ("image_size", "patch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or min(as_pair(value)) < 1:
