@@ -6,8 +6,8 @@ with random weights, whose features are only a random projection of the pixels.
 The features of an image are, for every encoder layer, its class token and the mean of its
 patch tokens, side by side, with every patch visible (the masking is for pretraining only).
 One layer's class token is the MAE paper's probe; on the tiny recipe's small images every
-layer together separates pretrained from random weights more clearly: 40.8% of held-out
-shapes right against 26.5%, where the last layer's class token alone gives 36.4% against 27.0%.
+layer together separates pretrained from random weights far more clearly: 39.8% of held-out
+shapes right against 28.9%, where the last layer's class token alone gives 28.0% against 27.3%.
 """
 
 from __future__ import annotations
@@ -48,32 +48,31 @@ def linear_probe(
     train_labels: torch.Tensor,
     eval_features: torch.Tensor,
     eval_labels: torch.Tensor,
-    steps: int = 1000,
-    lr: float = 0.05,
-    seed: int = 0,
+    ridge: float = 1.0,
 ) -> float:
     """Top-1 accuracy on ``eval_features`` of a linear classifier fitted on
-    ``train_features`` (standardised with the training features' mean and std, the MAE
-    paper's normalisation before its linear head): full-batch AdamW on the cross-entropy for
-    ``steps`` steps, with a little weight decay."""
+    ``train_features``: ridge regression onto one-hot labels, solved in closed form (float64)
+    on features standardised with the training features' mean and std (the MAE paper's
+    normalisation before its linear head).
+
+    Closed form rather than gradient descent because the probe is a measurement: a few
+    hundred AdamW steps on these features land on accuracies several points apart when the
+    features move by 1e-5 (another CPU's rounding), while the ridge solution moves by a
+    fraction of a point."""
     if train_features.shape[0] != train_labels.shape[0]:
         raise ValueError(
             f"{train_features.shape[0]} training features for {train_labels.shape[0]} labels"
         )
     mean = train_features.mean(dim=0)
     std = train_features.std(dim=0) + 1e-6
-    inputs, held_out = (train_features - mean) / std, (eval_features - mean) / std
+
+    def design(features: torch.Tensor) -> torch.Tensor:  # standardised, with a bias column
+        standard = ((features - mean) / std).double()
+        return torch.cat([standard, standard.new_ones(standard.shape[0], 1)], dim=1)
+
+    inputs, held_out = design(train_features), design(eval_features)
     classes = int(max(train_labels.max(), eval_labels.max())) + 1
-    generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(inputs.shape[1], classes)
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.01, generator=generator)
-        head.bias.zero_()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(head(inputs), train_labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float((head(held_out).argmax(-1) == eval_labels).float().mean())
+    targets = nn.functional.one_hot(train_labels, classes).double()
+    regulariser = ridge * torch.eye(inputs.shape[1], dtype=inputs.dtype)
+    weights = torch.linalg.solve(inputs.T @ inputs + regulariser, inputs.T @ targets)
+    return float(((held_out @ weights).argmax(-1) == eval_labels).float().mean())
