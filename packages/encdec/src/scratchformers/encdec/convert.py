@@ -38,10 +38,11 @@ from scratchformers.core_attention.interop import (
 from .configuration import EncDecConfig
 from .modeling import EncDecForConditionalGeneration, EncDecModel, EncDecPreTrainedModel
 
-# Their names -> ours, matched anywhere in a key (with or without the "model." prefix).
+# Their names -> ours, matched anywhere in a key (with or without the "model." prefix). Plain
+# names, not regular expressions: the export writes each source name back as it stands.
 WEIGHT_CONVERSIONS = (
-    WeightRenaming(r"_attn\.out_proj\.", "_attn.o_proj."),
-    WeightRenaming(r"\bshared\.weight$", "encoder.embed_tokens.weight"),
+    WeightRenaming("_attn.out_proj.", "_attn.o_proj."),
+    WeightRenaming("shared.weight", "encoder.embed_tokens.weight"),
 )
 
 # Keys of their files that are not weights of ours (see the module docstring).

@@ -347,6 +347,7 @@ class EncDecModel(EncDecPreTrainedModel):
 
     def __init__(self, config: EncDecConfig) -> None:
         super().__init__(config)
+        config.check()  # a config changed after it was built is checked again here
         self.encoder = EncDecEncoder(config)
         self.decoder = EncDecDecoder(config)
         self.post_init()
