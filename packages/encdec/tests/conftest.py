@@ -173,3 +173,26 @@ def tiny_config() -> Callable[..., ours.EncDecConfig]:
         return ours.EncDecConfig(**{**SIZES, **overrides})
 
     return make
+
+
+@pytest.fixture
+def word_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``VOCAB`` ids: BART's special tokens (<s> 0, <pad> 1,
+    </s> 2, <unk> 3), then the words ``w4`` .. ``w112``; every text ends with </s>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3} | {
+        f"w{i}": i for i in range(FIRST_ID, VOCAB)
+    }
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 2)]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
