@@ -34,7 +34,7 @@ def assert_varied(tokens: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
-def test_cache_changes_nothing_and_a_padded_batch_is_each_source_alone(
+def test_the_cache_static_or_not_changes_nothing_and_a_padded_batch_is_each_source_alone(
     tiny_config: Callable, batch: Callable, options: dict, num_beams: int
 ) -> None:
     model = build(tiny_config, options)
@@ -42,7 +42,9 @@ def test_cache_changes_nothing_and_a_padded_batch_is_each_source_alone(
     settings = {"max_new_tokens": 9, "num_beams": num_beams, "do_sample": False}
     cached = model.generate(**inputs, **settings)
     uncached = model.generate(**inputs, **settings, use_cache=False)
+    static = model.generate(**inputs, **settings, cache_implementation="static")
     assert torch.equal(cached, uncached), (cached, uncached)
+    assert torch.equal(cached, static), (cached, static)
     assert_varied(cached)
     for row, length in enumerate(inputs["attention_mask"].sum(-1).tolist()):
         alone = model.generate(inputs["input_ids"][row : row + 1, :length], **settings)
