@@ -100,21 +100,38 @@ def test_a_hub_id_loads_offline_through_the_same_path(
     )
 
 
-def test_marian_with_separate_vocabularies_is_refused(tmp_path: Path) -> None:
-    config = transformers.MarianConfig(
-        vocab_size=50,
-        decoder_vocab_size=40,
-        d_model=12,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=8,
-        decoder_ffn_dim=8,
-        share_encoder_decoder_embeddings=False,
-        pad_token_id=3,
-        decoder_start_token_id=3,
-    )
-    transformers.MarianMTModel(config).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="share_encoder_decoder_embeddings=False"):
+SMALL = {
+    "vocab_size": 50,
+    "d_model": 12,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 8,
+    "decoder_ffn_dim": 8,
+    "pad_token_id": 3,
+    "decoder_start_token_id": 3,
+}
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "named"),
+    [
+        (
+            "marian",
+            {"decoder_vocab_size": 40, "share_encoder_decoder_embeddings": False},
+            "share_encoder_decoder_embeddings=False",
+        ),
+        ("bart", {"tie_word_embeddings": False}, "tie_word_embeddings=False"),
+    ],
+)
+def test_checkpoints_with_separate_embeddings_are_refused(
+    tmp_path: Path, family: str, options: dict, named: str
+) -> None:
+    config_class, model_class = {
+        "marian": (transformers.MarianConfig, transformers.MarianMTModel),
+        "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration),
+    }[family]
+    model_class(config_class(**SMALL, **options)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=named):
         EncDecForConditionalGeneration.from_pretrained(tmp_path)

@@ -93,6 +93,12 @@ class FamilyConverter(CheckpointConverter):
         return {k: v for k, v in theirs.items() if k not in OUR_OPTIONS}
 
     def _check_supported(self, config: Mapping[str, Any]) -> None:
+        if not config.get("tie_word_embeddings", True):
+            # transformers then unties the encoder's, the decoder's and the shared table too.
+            raise ValueError(
+                "this checkpoint has tie_word_embeddings=False (separate encoder, decoder and "
+                "output embeddings); EncDec shares one token embedding and ties the output to it"
+            )
         if self.transformers_model_type != "marian":
             return
         if not config.get("share_encoder_decoder_embeddings", True):

@@ -434,6 +434,25 @@ class EncDecForConditionalGeneration(EncDecPreTrainedModel, GenerationMixin):
     def get_encoder(self, modality: str | None = None) -> EncDecEncoder:
         return self.model.encoder
 
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """transformers' resize (the shared table and the tied output layer), and the output
+        bias with them: cut, or extended with zeros for the new tokens."""
+        embeddings = super().resize_token_embeddings(
+            new_num_tokens, pad_to_multiple_of, mean_resizing
+        )
+        size, old = embeddings.num_embeddings, self.final_logits_bias
+        if size <= old.shape[-1]:
+            bias = old[:, :size]
+        else:
+            bias = torch.cat([old, old.new_zeros(1, size - old.shape[-1])], dim=-1)
+        self.final_logits_bias = nn.Buffer(bias.contiguous())
+        return embeddings
+
     @can_return_tuple
     def forward(
         self,
