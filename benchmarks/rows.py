@@ -8,12 +8,14 @@ benchmark by adding a function to ``ROWS``; the runner does not change.
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import transformers
 from torch import nn
+from transformers import GenerationConfig
 
 from .measure import causal_lm_flops, masked_lm_flops
 
@@ -84,6 +86,15 @@ class Row:
         """The model whose forward is timed for ``side`` (``"ours"`` or ``"theirs"``): the
         row's own, unless the row times another state of it (LoRA merged, say)."""
         return getattr(self, side)
+
+    def generation_config(self) -> GenerationConfig:
+        """What ``generate()`` runs with on both sides: greedy, padding id 0."""
+        return GenerationConfig(pad_token_id=0, do_sample=False)
+
+    def extra_generate_variants(self) -> dict[str, dict[str, object]]:
+        """``generate()`` options timed besides the cache variants (beam search, say), on both
+        sides alike; left out of "best against best", which races the cache variants."""
+        return {}
 
     def forward_flops(self, batch: int, length: int) -> float:
         """Matmul FLOPs of one forward of ``inputs(batch, length)``."""
@@ -638,6 +649,90 @@ def clip_row(size: dict[str, int]) -> Row:
     )
 
 
+class Seq2SeqRow(Row):
+    """An encoder-decoder: a source of ``length`` tokens and a target of ``length`` tokens
+    (teacher forcing; the training step's labels are the target), and ``generate()`` from the
+    source, greedy and with beam search. ``n_layer`` is each stack's depth."""
+
+    decoder_start_token_id: int = 2
+
+    def inputs(self, batch: int, length: int, device: torch.device) -> dict[str, object]:
+        generator = torch.Generator().manual_seed(0)
+        source = torch.randint(3, self.vocab_size, (batch, length), generator=generator)
+        target = torch.randint(3, self.vocab_size, (batch, length), generator=generator)
+        return {
+            "input_ids": source.to(device),
+            "attention_mask": torch.ones_like(source).to(device),
+            "decoder_input_ids": target.to(device),
+            "use_cache": False,
+        }
+
+    def training_inputs(self, inputs: dict[str, object]) -> dict[str, object]:
+        return inputs | {"labels": inputs["decoder_input_ids"]}
+
+    def items(self, batch: int, length: int) -> int:
+        return 2 * batch * length  # source and target tokens
+
+    def generation_config(self) -> GenerationConfig:
+        start = self.decoder_start_token_id
+        return GenerationConfig(pad_token_id=0, decoder_start_token_id=start, do_sample=False)
+
+    def extra_generate_variants(self) -> dict[str, dict[str, object]]:
+        return {"beam search, 3 beams": {"num_beams": 3}}
+
+    def forward_flops(self, batch: int, length: int) -> float:
+        """The encoder as a stack of :func:`causal_lm_flops` layers over the source (no head),
+        the decoder as one over the target with the head, plus its cross attention: q and o
+        over the target, k and v over the source, and QK^T and PV over target x source."""
+        d, n_inner = self.n_embd, self.n_inner
+        encoder = causal_lm_flops(self.n_layer, d, 0, batch, length, n_inner=n_inner)
+        decoder = causal_lm_flops(self.n_layer, d, self.vocab_size, batch, length, n_inner=n_inner)
+        cross = self.n_layer * batch * (2 * 2 * d * d * length * 2 + 4 * length * length * d)
+        return encoder + decoder + cross
+
+
+def encdec_row(size: dict[str, int]) -> Row:
+    """Our EncDecForConditionalGeneration against transformers' BartForConditionalGeneration
+    (``n_layer`` encoder and ``n_layer`` decoder layers), loaded from the directory BART's
+    class saved, through our converter."""
+    from scratchformers.encdec import EncDecForConditionalGeneration
+
+    width = size["n_embd"]
+    config = transformers.BartConfig(
+        vocab_size=size["vocab_size"],
+        d_model=width,
+        encoder_layers=size["n_layer"],
+        decoder_layers=size["n_layer"],
+        encoder_attention_heads=size["n_head"],
+        decoder_attention_heads=size["n_head"],
+        encoder_ffn_dim=4 * width,
+        decoder_ffn_dim=4 * width,
+        max_position_embeddings=size["n_positions"],
+        dropout=0.0,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=Seq2SeqRow.decoder_start_token_id,
+        forced_eos_token_id=None,
+    )
+    torch.manual_seed(0)
+    theirs = transformers.BartForConditionalGeneration(config).eval()
+    with tempfile.TemporaryDirectory() as directory:
+        theirs.save_pretrained(directory)
+        ours = EncDecForConditionalGeneration.from_pretrained(directory)
+    return Seq2SeqRow(
+        "encdec",
+        "transformers BartForConditionalGeneration (same weights)",
+        ours.eval(),
+        theirs,
+        True,
+        size["n_layer"],
+        width,
+        size["vocab_size"],
+        n_inner=4 * width,
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "gpt2": gpt2_row,
     "basicformer": basicformer_row,
@@ -647,4 +742,5 @@ ROWS: dict[str, Callable[[dict[str, int]], Row]] = {
     "vitmae": vitmae_row,
     "lora": lora_row,
     "clip": clip_row,
+    "encdec": encdec_row,
 }

@@ -44,6 +44,7 @@ print("heavy:", heavy)
         ["train", "vitmae", "--help"],
         ["train", "clip", "--help"],
         ["train", "lora", "--help"],
+        ["train", "encdec", "--help"],
     ],
 )
 def test_help_imports_no_torch(argv: list[str]) -> None:
@@ -158,6 +159,29 @@ def test_clip_shape_flags_reach_the_model() -> None:
     assert (text.vocab_size, text.max_position_embeddings) == (len(tokenizer), 12)
     assert text.eos_token_id == tokenizer.eos_token_id
     assert config.projection_dim == 16
+
+
+def test_encdec_shape_flags_reach_the_model() -> None:
+    recipe = load_recipe("encdec")
+    flags = ["--width", "48", "--depth", "1", "--decoder-depth", "2", "--heads", "3"]
+    settings = parse_settings(recipe, [*flags, "--ffn-dim", "40", "--max-positions", "24"])
+    tokenizer = train_byte_level_bpe(["three hundred and forty-two", "trois cent"] * 20, 300)
+    model = recipe.build_model(settings, SimpleNamespace(processor=tokenizer))
+    config = model.config
+    assert (config.d_model, config.encoder_layers, config.decoder_layers) == (48, 1, 2)
+    assert (config.encoder_attention_heads, config.decoder_attention_heads) == (3, 3)
+    assert (config.encoder_ffn_dim, config.decoder_ffn_dim) == (40, 40)
+    assert (config.max_position_embeddings, config.vocab_size) == (24, len(tokenizer))
+    # The decoder starts from <s>; generate() stops at </s> and at the positions' end.
+    assert config.decoder_start_token_id == tokenizer.bos_token_id
+    assert model.generation_config.max_length == 24
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert parse_settings(recipe, []).recipe_options["label_smoothing"] == 0.1
+    for bad in ("1", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            parse_settings(recipe, ["--label-smoothing", bad])
+    with pytest.raises(SystemExit):
+        parse_settings(recipe, ["--target-language", "es"])
 
 
 @pytest.fixture(scope="module")

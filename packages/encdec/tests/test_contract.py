@@ -1,0 +1,144 @@
+"""The shared contracts: save/load round trip, Auto classes, and errors that name the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+from scratchformers.core_attention.testing import (
+    assert_auto_classes_load,
+    assert_config_error,
+    assert_empty_inputs_raise,
+    assert_save_load_round_trip,
+    invalid_config_values,
+)
+from scratchformers.encdec import EncDecConfig, EncDecForConditionalGeneration, EncDecModel
+
+
+def seq2seq_inputs(batch: Callable, pad: int = 1) -> dict[str, torch.Tensor]:
+    inputs = batch(pad, target_lengths=None)
+    inputs["decoder_input_ids"] = torch.randint(4, 113, (inputs["input_ids"].shape[0], 6))
+    return inputs
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"norm_position": "pre", "position_embedding_type": "sinusoidal", "scale_embedding": True},
+    ],
+    ids=["bart-like", "pre-norm-sinusoidal"],
+)
+def test_save_load_round_trip_and_auto_classes(
+    tiny_config: Callable, batch: Callable, tmp_path: Path, options: dict
+) -> None:
+    model = EncDecForConditionalGeneration(tiny_config(**options)).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()  # a buffer that must survive the round trip too
+    inputs = seq2seq_inputs(batch)
+    assert_save_load_round_trip(model, tmp_path / "saved", inputs)
+    assert_auto_classes_load(model, tmp_path / "auto", AutoModelForSeq2SeqLM, inputs)
+
+
+def test_a_source_longer_than_the_position_table_is_refused(tiny_config: Callable) -> None:
+    for kind in ("learned", "sinusoidal"):
+        model = EncDecForConditionalGeneration(tiny_config(position_embedding_type=kind)).eval()
+        limit = model.config.max_position_embeddings
+        with pytest.raises(
+            ValueError,
+            match=rf"input_ids is {limit + 1} tokens long.*max_position_embeddings={limit}",
+        ):
+            model(torch.full((1, limit + 1), 5), decoder_input_ids=torch.full((1, 2), 5))
+        with pytest.raises(ValueError, match=rf"decoder_input_ids is {limit + 3} tokens long"):
+            model(torch.full((1, 3), 5), decoder_input_ids=torch.full((1, limit + 3), 5))
+    # The limit is the table's: a source of exactly max_position_embeddings tokens is fine.
+    assert (
+        model(torch.full((1, limit), 5), decoder_input_ids=torch.full((1, 2), 5))
+        .logits.isfinite()
+        .all()
+    )
+
+
+def test_empty_inputs_raise(tiny_config: Callable, batch: Callable) -> None:
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    inputs = seq2seq_inputs(batch)
+    assert_empty_inputs_raise(model, inputs)
+    assert_empty_inputs_raise(model, inputs, "decoder_input_ids", empty_batch=False)
+
+
+def test_labels_and_decoder_input_ids_of_other_shapes_are_refused(tiny_config: Callable) -> None:
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    source = torch.full((2, 5), 7)
+    with pytest.raises(
+        ValueError, match=r"labels has shape \(2, 4\) but decoder_input_ids has \(2, 6\)"
+    ):
+        model(source, decoder_input_ids=torch.full((2, 6), 7), labels=torch.full((2, 4), 7))
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        EncDecModel(model.config)(source)  # no target at all
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("position_embedding_type", "rotary"),
+        ("norm_position", "sandwich"),
+        ("decoder_attention_heads", 5),
+        ("activation_function", "no-such-act"),
+        ("position_offset", -1),
+        ("decoder_ffn_dim", 0),
+    ],
+)
+def test_config_errors_name_the_field(field: str, value: object) -> None:
+    valid = {
+        "vocab_size": 113,
+        "d_model": 36,
+        "encoder_attention_heads": 3,
+        "decoder_attention_heads": 3,
+    }
+    assert_config_error(
+        EncDecConfig, valid, field, [value], builders=[EncDecForConditionalGeneration]
+    )
+
+
+def test_standard_sizes_are_checked(tiny_config: Callable) -> None:
+    config = tiny_config()
+    bad = invalid_config_values(config)
+    assert {"d_model", "encoder_attention_heads", "encoder_layers", "vocab_size"} <= bad.keys()
+    for field in ("d_model", "encoder_layers"):
+        assert_config_error(EncDecConfig, {"vocab_size": 113}, field, bad[field])
+
+
+def test_resizing_the_vocabulary_resizes_the_output_bias(tiny_config: Callable) -> None:
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_()
+    old_bias = model.final_logits_bias.clone()
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120 and model.final_logits_bias.shape == (1, 120)
+    assert torch.equal(model.final_logits_bias[:, :113], old_bias)
+    assert not model.final_logits_bias[:, 113:].any()
+    assert model.lm_head.weight is model.model.encoder.embed_tokens.weight
+    logits = model(torch.full((1, 3), 119), decoder_input_ids=torch.full((1, 2), 119)).logits
+    assert logits.shape == (1, 2, 120)
+    model.resize_token_embeddings(100)
+    assert torch.equal(model.final_logits_bias, old_bias[:, :100])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(
+    tiny_config: Callable, batch: Callable
+) -> None:
+    model = EncDecForConditionalGeneration(tiny_config(norm_position="pre")).train()
+    inputs = batch(model.config.pad_token_id)
+    model(**inputs).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.model.decoder.layers[0].gradient_checkpointing
+    model(**inputs).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-5)
+    assert float(expected["model.encoder.layers.0.fc1.weight"].abs().max()) > 0
