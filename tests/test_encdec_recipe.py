@@ -1,10 +1,17 @@
-"""The encdec recipe's parts: the tokenizer saved with the run, the batches, the label
-smoothed loss, and the figures against copying the source. (The end-to-end run of the tiny
-preset joins once the preset is tuned: issue 17.)
+"""The encdec recipe: its parts (the tokenizer saved with the run, the batches, the label
+smoothed loss, the figures against copying the source), and end to end a short run of the tiny
+preset that must translate held-out numbers far better than copying them, evaluate again with
+``scratchformers eval``, translate through the Auto classes and ``translate``, and export to
+transformers' BART with the same logits and tokens.
+
+The end-to-end tests are marked ``slow``: they run in the ``distributed`` nox session (part of
+the default run).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchformers.training import EvalResults, load_recipe, parse_settings
+from scratchformers.training.cli import main
 
 FEW = ["--num-train-pairs", "300", "--num-eval-pairs", "16"]
 
@@ -91,3 +99,89 @@ def test_the_figures_score_translations_against_copying_the_source(small_data) -
     assert some["exact_match"] == 0.5
     assert 5 < some["bleu"] < 100
     assert [t["correct"] for t in recipe.last_translations] == [True] * 8 + [False] * 8
+
+
+STEPS = 300
+PAIRS = ["--num-train-pairs", "8000", "--num-eval-pairs", "192"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The output directory of 300 steps of the encdec recipe (tiny preset, 8,000 training
+    pairs), run in this process; accelerate's process-wide state is reset afterwards."""
+    from accelerate.state import AcceleratorState
+
+    root = tmp_path_factory.mktemp("encdec")
+    output_dir = root / "run"
+    argv = ["train", "encdec", "--output-dir", str(output_dir), "--max-steps", str(STEPS)]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HOME", str(root / "home"))  # the tokenizer cache
+            assert main([*argv, *PAIRS, "--eval-every", str(STEPS)]) == 0
+        yield output_dir
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def report(folder: Path) -> dict:
+    return json.loads((folder / "translations.json").read_text())
+
+
+@pytest.mark.slow
+def test_held_out_numbers_are_translated_far_better_than_copying(trained: Path) -> None:
+    summary = json.loads((trained / "run.json").read_text())["summary"]
+    assert summary["steps"] == STEPS
+    final, figures = summary["final_metrics"], report(trained)
+    assert final["copy_exact_match"] == 0.0 and final["copy_bleu"] < 5, final
+    assert final["bleu"] > final["copy_bleu"] + 50, final
+    assert final["exact_match"] > 0.5, final
+    for name in ("bleu", "chrf", "exact_match", "copy_bleu"):
+        assert figures[name] == pytest.approx(final[name], abs=1e-9)
+    translations = figures["translations"]
+    assert figures["eval_pairs"] == len(translations) == 192
+    right = [t for t in translations if t["correct"]]
+    assert len(right) / len(translations) == pytest.approx(final["exact_match"])
+    assert all(t["translation"] == t["target"] for t in right)
+    assert (trained / "bleu.png").stat().st_size > 0
+    card = (trained / "README.md").read_text()
+    assert "## Translation (English -> French, held-out numbers)" in card
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_runs_bleu(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["eval", str(trained), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for name in ("bleu", "exact_match", "eval_loss"):
+        assert metrics[name] == pytest.approx(report(trained)[name], abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_translate_through_the_auto_classes_and_export_to_bart(
+    trained: Path, tmp_path: Path
+) -> None:
+    import transformers
+
+    import scratchformers.encdec  # noqa: F401  (registers the model with the Auto classes)
+    from scratchformers.encdec import translate
+
+    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(trained).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(trained)
+    examples = report(trained)["translations"][:6]
+    sources = [example["source"] for example in examples]
+    together = translate(model, tokenizer, sources)  # one padded batch
+    assert together == [translate(model, tokenizer, [source])[0] for source in sources]
+    assert together == [example["translation"] for example in examples]
+
+    assert main(["export", str(trained), str(tmp_path / "bart")]) == 0
+    theirs = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "bart").eval()
+    inputs = tokenizer(sources, padding=True, return_tensors="pt")
+    assert not bool(inputs["attention_mask"].all())  # the batch really is padded
+    labels = tokenizer([example["target"] for example in examples], padding=True)["input_ids"]
+    labels = torch.tensor(labels).masked_fill(torch.tensor(labels) == tokenizer.pad_token_id, -100)
+    with torch.no_grad():
+        ours_out = model(**inputs, labels=labels)
+        theirs_out = theirs(**inputs, labels=labels)
+    assert float((ours_out.logits - theirs_out.logits).abs().max()) <= 1e-4
+    assert float((ours_out.loss - theirs_out.loss).abs()) <= 1e-5
+    assert translate(theirs, tokenizer, sources) == together
