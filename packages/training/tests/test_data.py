@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,33 @@ def test_tokenizer_is_byte_level_cached_and_loads_with_auto(tmp_path: Path) -> N
     assert again.get_vocab() == tokenizer.get_vocab() and len(list(tmp_path.iterdir())) == 1
     reloaded = AutoTokenizer.from_pretrained(cached)
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_a_process_that_loses_the_race_loads_the_winners_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trainings of one tokenizer can differ (tokenizers' trainers are not deterministic),
+    so every process of a distributed run must load the one that reached the cache first."""
+    from scratchformers.training import data
+
+    texts = ["The quick brown fox jumps over the lazy dog."] * 50
+    # A tokenizer unlike the one these texts give, standing in for the other process's.
+    other = train_byte_level_bpe(["other words, entirely."] * 50, 300, cache_dir=tmp_path / "o")
+    (others_folder,) = (tmp_path / "o").iterdir()
+    cache = tmp_path / "cache"
+    real_save = data.PreTrainedTokenizerFast.save_pretrained
+
+    def save_after_the_other_process(self, folder, *args, **kwargs):
+        # The other process renames its finished tokenizer into place while this one saves.
+        shutil.copytree(others_folder, cache / Path(folder).name.split(".partial-")[0])
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(
+        data.PreTrainedTokenizerFast, "save_pretrained", save_after_the_other_process
+    )
+    loaded = train_byte_level_bpe(texts, vocab_size=300, cache_dir=cache)
+    assert loaded.get_vocab() == other.get_vocab()
+    assert len(list(cache.iterdir())) == 1  # this process's own folder is gone
 
 
 def test_blocks_are_full_length_and_end_documents_with_eos(tmp_path: Path) -> None:

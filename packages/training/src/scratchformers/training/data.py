@@ -8,9 +8,9 @@ friends) and the docstrings of the standard library, read with ``ast`` (nothing 
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import os
+import shutil
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,9 +245,13 @@ def _cached_tokenizer(
     # Write to a temporary folder and rename, so a concurrent process never reads half a file.
     partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
     build().save_pretrained(partial)
-    # If another process finished first the rename fails; its tokenizer is the same one.
-    with contextlib.suppress(OSError):
+    # If another process finished first the rename fails, and every process loads the
+    # winner's: tokenizers' trainers are not deterministic (the ids of "##" pieces follow a
+    # hash map's order, huggingface/tokenizers#1794), so two trainings can differ.
+    try:
         partial.rename(cached)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(cached)
 
 
