@@ -90,9 +90,10 @@ def worker() -> None:
         torch.allclose(parameter.grad, theirs.grad, atol=1e-6, rtol=1e-5)
         for parameter, theirs in zip(model.module.parameters(), reference.parameters(), strict=True)
     )
-    print(
+    # A file per rank: two processes' lines on one stdout can interleave mid-line.
+    Path(f"rank{rank}.txt").write_text(
         f"rank {rank}: loss {float(mean_loss):.6f} against one process's {float(expected):.6f}; "
-        f"loss matches: {loss_matches}; gradients match: {grads_match}"
+        f"loss matches: {loss_matches}; gradients match: {grads_match}\n"
     )
     dist.destroy_process_group()
 
@@ -112,8 +113,8 @@ def test_two_processes_give_the_one_process_loss_and_gradient(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank}: loss" in result.stdout, result.stdout
-        line = next(line for line in result.stdout.splitlines() if line.startswith(f"rank {rank}:"))
+        line = (tmp_path / f"rank{rank}.txt").read_text().strip()
+        assert line.startswith(f"rank {rank}: loss"), line
         assert "loss matches: True; gradients match: True" in line, line
 
 

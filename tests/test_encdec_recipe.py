@@ -73,8 +73,13 @@ def test_batches_pad_and_the_loss_is_label_smoothed(small_data) -> None:
     ).logits
     expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), label_smoothing=0.1)
     plain = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-    loss = recipe.compute_loss(model, batch)
+    items = recipe.count_loss_items(batch)
+    assert items == sum(targets)
+    # The loss over the step's items: with this batch alone, its mean.
+    loss = recipe.compute_loss(model, batch, items)
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    doubled = recipe.compute_loss(model, batch, 2 * items)
+    assert float(doubled) == pytest.approx(float(expected) / 2, rel=1e-5)
     # An untrained model's logits are nearly uniform, so smoothing moves the loss only a little.
     assert float(loss) != pytest.approx(float(plain), rel=1e-6)
     assert recipe.count_items(batch) == sum(lengths) + sum(targets)
@@ -98,7 +103,11 @@ def test_the_figures_score_translations_against_copying_the_source(small_data) -
     )
     assert some["exact_match"] == 0.5
     assert 5 < some["bleu"] < 100
-    assert [t["correct"] for t in recipe.last_translations] == [True] * 8 + [False] * 8
+    translations = recipe.translations(
+        EvalResults(means={"loss": 0.5}, gathered={"translations": half, "index": index})
+    )
+    assert [t["correct"] for t in translations] == [True] * 8 + [False] * 8
+    assert [t["target"] for t in translations] == right
 
 
 STEPS = 300

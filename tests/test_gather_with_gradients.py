@@ -73,6 +73,7 @@ def worker() -> None:
     dist.init_process_group("gloo")
     rank, share = dist.get_rank(), BATCH // dist.get_world_size()
     mine = slice(rank * share, (rank + 1) * share)
+    lines = []
     for gather, should_match in ((gather_with_gradients, True), (detached_gather, False)):
         model = DistributedDataParallel(DualEncoder())
         clip_loss(*model(images[mine], texts[mine]), gather=gather).backward()
@@ -83,7 +84,9 @@ def worker() -> None:
             )
         )
         assert matches == should_match, (gather.__name__, matches)
-        print(f"rank {rank}: {gather.__name__} matches the one-process gradient: {matches}")
+        lines.append(f"rank {rank}: {gather.__name__} matches the one-process gradient: {matches}")
+    # A file per rank: two processes' lines on one stdout can interleave mid-line.
+    Path(f"rank{rank}.txt").write_text("\n".join(lines) + "\n")
     dist.destroy_process_group()
 
 
@@ -102,12 +105,11 @@ def test_two_processes_give_the_one_process_gradient(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
-        assert f"rank {rank}: gather_with_gradients matches the one-process gradient: True" in (
-            result.stdout
-        )
-        assert f"rank {rank}: detached_gather matches the one-process gradient: False" in (
-            result.stdout
-        )
+        lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+        assert lines == [
+            f"rank {rank}: gather_with_gradients matches the one-process gradient: True",
+            f"rank {rank}: detached_gather matches the one-process gradient: False",
+        ]
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ class ToyImageClassifier(ImageClassificationRecipe):
     description = "A tiny transformers ViT for testing the image-classification recipe."
     presets = {
         "tiny": Preset.scheduled(
-            600,
-            64,
-            2e-3,
-            20,
-            300,
+            steps=600,
+            batch=64,
+            lr=2e-3,
+            warmup=20,
+            eval_every=300,
             image_size=24,
             patch_size=6,
             train_images=4800,

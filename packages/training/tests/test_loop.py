@@ -267,3 +267,66 @@ def test_the_saved_tokenizer_knows_the_context_and_can_be_reused(
     ):
         with pytest.raises(ValueError, match=message):
             train(recipe, settings_for(recipe, corpus, tmp_path / "bad", "--tokenizer", str(bad)))
+
+
+class ReportsTheFinalEvaluation:
+    """Mixed into the toy recipe: a file and a card section of its own, both from the final
+    evaluation that the loop hands over (as the real recipes' confusion matrices and tables)."""
+
+    def finish(self, model, data, output_dir, evaluation):
+        right = int(evaluation.results.gathered["right"].sum())
+        figures = {"next_tokens_right": right, **evaluation.metrics}
+        (output_dir / "figures.json").write_text(json.dumps(figures))
+        return {}
+
+    def eval_step(self, model, batch):
+        output = model(**batch)
+        predicted = output.logits[:, :-1].argmax(-1)
+        return {"loss": output.loss, "right": (predicted == batch["input_ids"][:, 1:]).sum(-1)}
+
+    def card_sections(self, output_dir, evaluation):
+        right = int(evaluation.results.gathered["right"].sum())
+        perplexity = evaluation.metrics["perplexity"]
+        return ["## Held out", "", f"{right} next tokens right, perplexity {perplexity:.6f}", ""]
+
+
+def card_figures(output_dir: Path) -> str:
+    """The model card from its results to its end: every figure, and none of the timings."""
+    card = (output_dir / "README.md").read_text()
+    return card[card.index("## Results") : card.index("## Use")]
+
+
+def test_a_resumed_run_reports_the_uninterrupted_runs_figures(
+    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = type("ReportingRecipe", (ReportsTheFinalEvaluation, type(recipe)), {})()
+    flags = ("--save-every", "2")  # evaluations at 4, 8 and 12; checkpoints every 2 steps
+    train(recipe, settings_for(recipe, corpus, tmp_path / "straight", *flags))
+    real_save = checkpoint_module.save_checkpoint
+
+    def die_after(stop_step: int):
+        def save_then_die(accelerator, output_dir, step, state, keep):
+            path = real_save(accelerator, output_dir, step, state, keep)
+            if step == stop_step:
+                raise Killed
+            return path
+
+        return save_then_die
+
+    # Stopped at step 6, between two evaluations; and stopped at the last step, after its
+    # checkpoint and before the end, so that the resumed segment trains no step at all.
+    for name, stop_step in (("between", 6), ("at-the-end", 12)):
+        monkeypatch.setattr(checkpoint_module, "save_checkpoint", die_after(stop_step))
+        with pytest.raises(Killed):
+            train(recipe, settings_for(recipe, corpus, tmp_path / name, *flags))
+        monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+        train(recipe, settings_for(recipe, corpus, tmp_path / name, *flags, "--resume"))
+
+    straight = card_figures(tmp_path / "straight")
+    assert "## Held out" in straight and "perplexity" in straight
+    expected = json.loads((tmp_path / "straight" / "figures.json").read_text())
+    for name in ("between", "at-the-end"):
+        assert card_figures(tmp_path / name) == straight, name
+        assert json.loads((tmp_path / name / "figures.json").read_text()) == expected, name
+        summary = json.loads((tmp_path / name / "run.json").read_text())["summary"]
+        assert len(summary["segments"]) == 2, name

@@ -122,21 +122,26 @@ class ClassifierRecipe(Recipe):
         )
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> ToyClassifier:
-        self.label_smoothing = settings.recipe_options["label_smoothing"]  # for compute_loss
+        self.label_smoothing = settings.options.label_smoothing  # for compute_loss
         model = ToyClassifier(ToyConfig())
         with torch.no_grad():
             model.linear.weight.copy_(torch.eye(FEATURES))
             model.linear.bias.zero_()
         return model
 
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
         logits = model(features=batch["features"]).logits
-        return F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            logits, batch["labels"], label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return loss / num_items_in_batch
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         logits = model(features=batch["features"]).logits
         return {
-            "loss": self.compute_loss(model, batch),
+            "loss": F.cross_entropy(logits, batch["labels"], label_smoothing=self.label_smoothing),
             "predictions": logits.argmax(-1),
             "labels": batch["labels"],
         }
@@ -309,11 +314,14 @@ class ContrastiveRecipe(Recipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> ToyDualEncoder:
         return ToyDualEncoder(ToyConfig())
 
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
         images, texts = model(**batch)
-        return contrastive_loss(
+        loss = contrastive_loss(
             images, texts, gather_with_gradients(images), gather_with_gradients(texts)
         )
+        return loss * len(images) / num_items_in_batch
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         images, texts = model(**batch)

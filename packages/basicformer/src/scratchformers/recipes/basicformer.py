@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scratchformers.training.recipe import CausalLMRecipe, ModelFlag, Preset, RecipeData
+from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.text import CausalLMRecipe
 
 if TYPE_CHECKING:
     from scratchformers.basicformer import BasicFormerForCausalLM
@@ -100,15 +101,15 @@ class BasicFormerRecipe(CausalLMRecipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> BasicFormerForCausalLM:
         from scratchformers.basicformer import BasicFormerConfig, BasicFormerForCausalLM
 
-        options = settings.model
+        options = settings.options
         tokenizer = data.processor
         config = BasicFormerConfig(
             vocab_size=len(tokenizer),
-            hidden_size=options["hidden_size"],
-            num_hidden_layers=options["num_hidden_layers"],
-            num_attention_heads=options["num_attention_heads"],
-            num_key_value_heads=options["num_key_value_heads"],
-            max_position_embeddings=options["block_size"],
+            hidden_size=options.hidden_size,
+            num_hidden_layers=options.num_hidden_layers,
+            num_attention_heads=options.num_attention_heads,
+            num_key_value_heads=options.num_key_value_heads,
+            max_position_embeddings=options.block_size,
             position_embedding_type="rotary",
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scratchformers.training.recipe import MaskedLMRecipe, ModelFlag, Preset, RecipeData
+from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.text import MaskedLMRecipe
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,11 +38,11 @@ class BertMLMRecipe(MaskedLMRecipe):
     }
     presets = {
         "tiny": Preset.scheduled(
-            800,
-            32,
-            1e-3,
-            50,
-            200,
+            steps=800,
+            batch=32,
+            lr=1e-3,
+            warmup=50,
+            eval_every=200,
             vocab_size=4096,
             block_size=64,
             hidden_size=128,
@@ -50,11 +51,11 @@ class BertMLMRecipe(MaskedLMRecipe):
             max_eval_blocks=256,
         ),
         "small": Preset.scheduled(
-            5000,
-            64,
-            5e-4,
-            300,
-            500,
+            steps=5000,
+            batch=64,
+            lr=5e-4,
+            warmup=300,
+            eval_every=500,
             vocab_size=8192,
             block_size=128,
             hidden_size=256,
@@ -63,11 +64,11 @@ class BertMLMRecipe(MaskedLMRecipe):
             max_eval_blocks=512,
         ),
         "base": Preset.scheduled(
-            50000,
-            128,
-            1e-4,
-            5000,
-            2000,
+            steps=50000,
+            batch=128,
+            lr=1e-4,
+            warmup=5000,
+            eval_every=2000,
             vocab_size=16384,
             block_size=512,
             hidden_size=768,
@@ -80,14 +81,14 @@ class BertMLMRecipe(MaskedLMRecipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> BertForMaskedLM:
         from scratchformers.bert_mlm import BertConfig, BertForMaskedLM
 
-        options, tokenizer = settings.model, data.processor
+        options, tokenizer = settings.options, data.processor
         config = BertConfig(
             vocab_size=len(tokenizer),
-            hidden_size=options["hidden_size"],
-            num_hidden_layers=options["num_hidden_layers"],
-            num_attention_heads=options["num_attention_heads"],
-            intermediate_size=4 * options["hidden_size"],
-            max_position_embeddings=options["block_size"],
+            hidden_size=options.hidden_size,
+            num_hidden_layers=options.num_hidden_layers,
+            num_attention_heads=options.num_attention_heads,
+            intermediate_size=4 * options.hidden_size,
+            max_position_embeddings=options.block_size,
             pad_token_id=tokenizer.pad_token_id,
         )
         return BertForMaskedLM(config)

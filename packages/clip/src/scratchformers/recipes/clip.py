@@ -26,7 +26,15 @@ import json
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scratchformers.training.recipe import EvalResults, ModelFlag, Preset, Recipe, RecipeData
+from scratchformers.training.recipe import (
+    EvalResults,
+    Evaluation,
+    ModelFlag,
+    Preset,
+    Recipe,
+    RecipeData,
+    example_counts,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -95,11 +103,11 @@ class CLIPRecipe(Recipe):
         # Zero-shot on the held-out pairs peaks early: 28% (chance 2.8%) after 300 steps of
         # 128, 23% after 600, while retrieval of the training kind keeps improving.
         "tiny": Preset.scheduled(
-            400,
-            128,
-            2e-3,
-            50,
-            100,
+            steps=400,
+            batch=128,
+            lr=2e-3,
+            warmup=50,
+            eval_every=100,
             image_size=24,
             patch_size=4,
             vision_hidden_size=64,
@@ -113,11 +121,11 @@ class CLIPRecipe(Recipe):
             eval_images=1024,
         ),
         "small": Preset.scheduled(
-            6000,
-            256,
-            1e-3,
-            300,
-            500,
+            steps=6000,
+            batch=256,
+            lr=1e-3,
+            warmup=300,
+            eval_every=500,
             image_size=32,
             patch_size=4,
             vision_hidden_size=192,
@@ -132,11 +140,11 @@ class CLIPRecipe(Recipe):
         ),
         # OpenAI's ViT-B/32 shape (its text tower's 77 positions; our vocabulary).
         "base": Preset.scheduled(
-            50000,
-            512,
-            5e-4,
-            2000,
-            2000,
+            steps=50000,
+            batch=512,
+            lr=5e-4,
+            warmup=2000,
+            eval_every=2000,
             image_size=224,
             patch_size=32,
             vision_hidden_size=768,
@@ -183,22 +191,16 @@ class CLIPRecipe(Recipe):
         from scratchformers.training.console import status
         from scratchformers.training.images import image_processor
 
-        options, recipe_options = settings.model, settings.recipe_options
-        image_size, patch_size = options["image_size"], options["patch_size"]
+        options = settings.options
+        image_size, patch_size = options.image_size, options.patch_size
         if image_size < 8 or image_size % patch_size:
             raise ValueError(
                 f"--image-size {image_size} must be at least 8 (to draw shapes in) and a "
                 f"multiple of --patch-size {patch_size}"
             )
-        counts = {}
-        for flag, key in (
-            ("--num-train-images", "train_images"),
-            ("--num-eval-images", "eval_images"),
-        ):
-            value = recipe_options.get(flag[2:].replace("-", "_"))
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-            counts[key] = value or options[key]
+        counts = example_counts(
+            options, {"--num-train-images": "train_images", "--num-eval-images": "eval_images"}
+        )
         status(
             f"drawing {counts['train_images']:,} + {counts['eval_images']:,} captioned shapes "
             f"of {image_size}x{image_size}"
@@ -231,29 +233,29 @@ class CLIPRecipe(Recipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> CLIPModel:
         from scratchformers.clip import CLIPConfig, CLIPModel
 
-        options = settings.model
+        options = settings.options
         tokenizer = data.processor.tokenizer
         text = {
             "vocab_size": len(tokenizer),
-            "hidden_size": options["text_hidden_size"],
-            "num_hidden_layers": options["text_num_hidden_layers"],
-            "num_attention_heads": options["text_num_attention_heads"],
-            "intermediate_size": 4 * options["text_hidden_size"],
+            "hidden_size": options.text_hidden_size,
+            "num_hidden_layers": options.text_num_hidden_layers,
+            "num_attention_heads": options.text_num_attention_heads,
+            "intermediate_size": 4 * options.text_hidden_size,
             "max_position_embeddings": tokenizer.model_max_length,
             "eos_token_id": tokenizer.eos_token_id,
             "bos_token_id": tokenizer.bos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
         }
         vision = {
-            "image_size": options["image_size"],
-            "patch_size": options["patch_size"],
-            "hidden_size": options["vision_hidden_size"],
-            "num_hidden_layers": options["vision_num_hidden_layers"],
-            "num_attention_heads": options["vision_num_attention_heads"],
-            "intermediate_size": 4 * options["vision_hidden_size"],
+            "image_size": options.image_size,
+            "patch_size": options.patch_size,
+            "hidden_size": options.vision_hidden_size,
+            "num_hidden_layers": options.vision_num_hidden_layers,
+            "num_attention_heads": options.vision_num_attention_heads,
+            "intermediate_size": 4 * options.vision_hidden_size,
         }
         config = CLIPConfig(
-            text_config=text, vision_config=vision, projection_dim=options["projection_dim"]
+            text_config=text, vision_config=vision, projection_dim=options.projection_dim
         )
         return CLIPModel(config)
 
@@ -263,15 +265,19 @@ class CLIPRecipe(Recipe):
         self.tokenizer = AutoProcessor.from_pretrained(model_dir).tokenizer
         return super().load_model(model_dir, settings)
 
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
         outputs = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
         )
-        return gathered_contrastive_loss(
+        # A mean over this process's pairs, weighed by their share of the step's.
+        loss = gathered_contrastive_loss(
             outputs.text_embeds, outputs.image_embeds, outputs.logit_scale
         )
+        return loss * (self.count_loss_items(batch) / num_items_in_batch)
 
     def count_items(self, batch: dict[str, Any]) -> int:
         return batch["pixel_values"].shape[0]
@@ -280,7 +286,6 @@ class CLIPRecipe(Recipe):
         from scratchformers.clip.captioned_shapes import CLASS_NAMES, caption_templates
         from scratchformers.clip.zero_shot import class_embeddings
 
-        unwrapped = getattr(model, "module", model)
         outputs = model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -289,7 +294,7 @@ class CLIPRecipe(Recipe):
         loss = gathered_contrastive_loss(
             outputs.text_embeds, outputs.image_embeds, outputs.logit_scale
         )
-        classes = class_embeddings(unwrapped, self._tokenize, CLASS_NAMES, caption_templates())
+        classes = class_embeddings(model, self._tokenize, CLASS_NAMES, caption_templates())
         predicted = (outputs.image_embeds @ classes.T).argmax(dim=-1)
         own_caption = outputs.logits_per_image.argmax(dim=-1)
         rows = own_caption.new_tensor(range(len(own_caption)))
@@ -309,7 +314,7 @@ class CLIPRecipe(Recipe):
 
         predicted, pairs = results.gathered["predicted"], results.gathered["pair"]
         shapes = len({name.split()[1] for name in CLASS_NAMES})
-        self.last_metrics = {
+        return {
             "eval_loss": results.means["loss"],
             "zero_shot_accuracy": float((predicted == pairs).float().mean()),
             "zero_shot_chance": 1 / len(CLASS_NAMES),
@@ -317,9 +322,14 @@ class CLIPRecipe(Recipe):
             "shape_accuracy": float((predicted % shapes == pairs % shapes).float().mean()),
             "retrieval_accuracy": float(results.gathered["retrieved"].mean()),
         }
-        return dict(self.last_metrics)
 
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
         """``zero_shot.json`` (the final held-out figures and what they mean) and the
         similarity matrix of the first held-out images and their captions."""
         import torch
@@ -347,7 +357,7 @@ class CLIPRecipe(Recipe):
             f"{self.name}: held-out images against their captions (cosine similarity)",
         )
         summary = {
-            **getattr(self, "last_metrics", {}),
+            **evaluation.metrics,
             "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS],
             "classes": list(CLASS_NAMES),
             "chance": 1 / len(CLASS_NAMES),

@@ -27,7 +27,15 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scratchformers.training.recipe import EvalResults, ModelFlag, Preset, Recipe, RecipeData
+from scratchformers.training.recipe import (
+    EvalResults,
+    Evaluation,
+    ModelFlag,
+    Preset,
+    Recipe,
+    RecipeData,
+    example_counts,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -130,13 +138,30 @@ class EncDecRecipe(Recipe):
     presets = {
         # Held-out BLEU 99.9, exact match 99.8% in about 2 minutes on 2 CPU cores; most of it is
         # learned between steps 150 and 300.
-        "tiny": Preset.scheduled(600, 64, 2e-3, 60, 150, **_model(128, 2, 4, 384, 20000, 512)),
+        "tiny": Preset.scheduled(
+            steps=600,
+            batch=64,
+            lr=2e-3,
+            warmup=60,
+            eval_every=150,
+            **_model(128, 2, 4, 384, 20000, 512),
+        ),
         "small": Preset.scheduled(
-            6000, 128, 1e-3, 300, 1000, **_model(256, 3, 4, 1024, 100000, 2000)
+            steps=6000,
+            batch=128,
+            lr=1e-3,
+            warmup=300,
+            eval_every=1000,
+            **_model(256, 3, 4, 1024, 100000, 2000),
         ),
         # BART-base's shape (768 wide, 6 + 6 layers, 12 heads).
         "base": Preset.scheduled(
-            30000, 256, 3e-4, 1000, 2000, **_model(768, 6, 12, 2048, 500000, 5000)
+            steps=30000,
+            batch=256,
+            lr=3e-4,
+            warmup=1000,
+            eval_every=2000,
+            **_model(768, 6, 12, 2048, 500000, 5000),
         ),
     }
 
@@ -184,14 +209,11 @@ class EncDecRecipe(Recipe):
         from scratchformers.training.console import status
         from scratchformers.training.data import load_tokenizer, train_byte_level_bpe
 
-        options, recipe_options = settings.model, settings.recipe_options
-        counts = {}
-        for flag, key in (("--num-train-pairs", "train_pairs"), ("--num-eval-pairs", "eval_pairs")):
-            value = recipe_options.get(flag[2:].replace("-", "_"))
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-            counts[key] = value or options[key]
-        target = recipe_options.get("target_language", "fr")
+        options = settings.options
+        counts = example_counts(
+            options, {"--num-train-pairs": "train_pairs", "--num-eval-pairs": "eval_pairs"}
+        )
+        target = options.target_language
         language = LANGUAGE_NAMES[target]
         status(
             f"writing {counts['train_pairs']:,} + {counts['eval_pairs']:,} numbers in English "
@@ -199,13 +221,13 @@ class EncDecRecipe(Recipe):
         )
         train = number_pairs(counts["train_pairs"], target, settings.seed)
         held_out = number_pairs(counts["eval_pairs"], target, settings.seed, held_out=True)
-        if recipe_options.get("tokenizer"):
-            tokenizer = load_tokenizer(recipe_options["tokenizer"], ("eos_token", "bos_token"))
-            tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
+        if options.tokenizer:
+            tokenizer = load_tokenizer(options.tokenizer, ("eos_token", "bos_token"))
+            tokenizer_description = f"the tokenizer of {options.tokenizer}"
         else:
             status("training the BPE tokenizer on both languages")
             texts = [pair[side] for pair in train for side in ("source", "target")]
-            tokenizer = train_byte_level_bpe(texts, options["vocab_size"])
+            tokenizer = train_byte_level_bpe(texts, options.vocab_size)
             # Every text ends with </s>: the encoder sees where the source stops, and the
             # decoder learns to stop. Saved in tokenizer.json, so a reloaded tokenizer (and
             # translate()) gives the model the inputs it trained on.
@@ -214,7 +236,7 @@ class EncDecRecipe(Recipe):
                 single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
             )
             tokenizer_description = "one byte-level BPE vocabulary trained on both languages"
-        positions = options["max_position_embeddings"]
+        positions = options.max_position_embeddings
         tokenizer.model_max_length = positions
         splits, longest_target = [], 0
         for name, pairs in (("training", train), ("held-out", held_out)):
@@ -239,12 +261,11 @@ class EncDecRecipe(Recipe):
         self.tokenizer = tokenizer
         self.target_language = target
         self.eval_pairs = held_out
-        self.label_smoothing = recipe_options.get("label_smoothing", 0.1)
+        self.label_smoothing = options.label_smoothing
         # Greedy decoding stops at </s>, or a little past the longest training target: an
         # untrained model (the first evaluation) never says </s> and would run to the
         # positions' end, for the same score.
         self.max_length = min(positions, longest_target + 8)
-        self.batch_size = settings.batch_size
         combinations = ", ".join(f"{h}{t}x" for h, t in sorted(HELD_OUT_COMBINATIONS))
         return RecipeData(
             train=splits[0],
@@ -266,18 +287,18 @@ class EncDecRecipe(Recipe):
     ) -> EncDecForConditionalGeneration:
         from scratchformers.encdec import EncDecConfig, EncDecForConditionalGeneration
 
-        options, tokenizer = settings.model, data.processor
-        heads = options["attention_heads"]
+        options, tokenizer = settings.options, data.processor
+        heads = options.attention_heads
         config = EncDecConfig(
             vocab_size=len(tokenizer),
-            d_model=options["d_model"],
-            encoder_layers=options["encoder_layers"],
-            decoder_layers=options["decoder_layers"],
+            d_model=options.d_model,
+            encoder_layers=options.encoder_layers,
+            decoder_layers=options.decoder_layers,
             encoder_attention_heads=heads,
             decoder_attention_heads=heads,
-            encoder_ffn_dim=options["ffn_dim"],
-            decoder_ffn_dim=options["ffn_dim"],
-            max_position_embeddings=options["max_position_embeddings"],
+            encoder_ffn_dim=options.ffn_dim,
+            decoder_ffn_dim=options.ffn_dim,
+            max_position_embeddings=options.max_position_embeddings,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -293,13 +314,26 @@ class EncDecRecipe(Recipe):
         generation.bos_token_id = tokenizer.bos_token_id
         generation.eos_token_id = tokenizer.eos_token_id
         generation.pad_token_id = tokenizer.pad_token_id
-        generation.max_length = options["max_position_embeddings"]
+        generation.max_length = options.max_position_embeddings
         generation.num_beams, generation.do_sample = 1, False
         return model
 
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
         """Teacher forcing: the decoder reads the labels shifted right (the model does that
-        from ``labels``); the cross entropy with label smoothing, padding ignored."""
+        from ``labels``); the cross entropy with label smoothing over the real target tokens,
+        weighed by their share of the step's."""
+        share = self.count_loss_items(batch) / num_items_in_batch
+        return self._smoothed_cross_entropy(model, batch) * share
+
+    def count_loss_items(self, batch: dict[str, Any]) -> int:
+        return int((batch["labels"] != -100).sum())
+
+    def _smoothed_cross_entropy(
+        self, model: torch.nn.Module, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """The mean label-smoothed cross entropy over the batch's real target tokens."""
         import torch.nn.functional as F
 
         labels = batch["labels"]
@@ -318,8 +352,7 @@ class EncDecRecipe(Recipe):
         return int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        unwrapped = getattr(model, "module", model)  # generate() is not on a DDP wrapper
-        generated = unwrapped.generate(
+        generated = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             do_sample=False,
@@ -327,7 +360,7 @@ class EncDecRecipe(Recipe):
             max_length=self.max_length,
         )
         return {
-            "loss": self.compute_loss(model, batch),
+            "loss": self._smoothed_cross_entropy(model, batch),
             "translations": self.tokenizer.batch_decode(generated, skip_special_tokens=True),
             "index": batch["index"],
         }
@@ -335,10 +368,8 @@ class EncDecRecipe(Recipe):
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
         import sacrebleu
 
-        pairs = [self.eval_pairs[int(i)] for i in results.gathered["index"]]
-        translations = [text.strip() for text in results.gathered["translations"]]
-        references = [str(pair["target"]) for pair in pairs]
-        sources = [str(pair["source"]) for pair in pairs]
+        translated = self.translations(results)
+        references = [str(example["target"]) for example in translated]
         tokenize = BLEU_TOKENIZE[self.target_language]
 
         def scores(hypotheses: list[str]) -> tuple[float, float, float]:
@@ -347,9 +378,9 @@ class EncDecRecipe(Recipe):
             exact = sum(h == r for h, r in zip(hypotheses, references, strict=True))
             return bleu, chrf, exact / len(references)
 
-        bleu, chrf, exact = scores(translations)
-        copy_bleu, copy_chrf, copy_exact = scores(sources)
-        metrics = {
+        bleu, chrf, exact = scores([example["translation"] for example in translated])
+        copy_bleu, copy_chrf, copy_exact = scores([str(e["source"]) for e in translated])
+        return {
             "eval_loss": results.means["loss"],
             "bleu": bleu,
             "chrf": chrf,
@@ -358,12 +389,16 @@ class EncDecRecipe(Recipe):
             "copy_chrf": copy_chrf,
             "copy_exact_match": copy_exact,
         }
-        self.last_metrics = metrics
-        self.last_translations = [
+
+    def translations(self, results: EvalResults) -> list[dict[str, Any]]:
+        """Every held-out pair of an evaluation, in held-out order, with the model's
+        ``translation`` and whether it is ``correct``."""
+        pairs = [self.eval_pairs[int(i)] for i in results.gathered["index"]]
+        texts = [text.strip() for text in results.gathered["translations"]]
+        return [
             {**pair, "translation": text, "correct": text == pair["target"]}
-            for pair, text in zip(pairs, translations, strict=True)
+            for pair, text in zip(pairs, texts, strict=True)
         ]
-        return dict(metrics)
 
     def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
         """transformers' ``BartForConditionalGeneration``, which has this recipe's layout."""
@@ -378,22 +413,25 @@ class EncDecRecipe(Recipe):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return super().load_model(model_dir, settings)
 
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
         """``translations.json`` (the final figures and every held-out translation) and the
         BLEU curve against the copy baseline."""
         from scratchformers.training.console import status
         from scratchformers.training.reporting import MetricsLog
 
-        if not hasattr(self, "last_metrics"):
-            # A resumed run whose last segment ran no evaluation: score the held-out set now.
-            self._evaluate_once(model, data)
-        metrics = self.last_metrics
+        metrics, translations = evaluation.metrics, self.translations(evaluation.results)
         report = {
             **metrics,
             "target_language": self.target_language,
             "bleu_tokenize": BLEU_TOKENIZE[self.target_language],
-            "eval_pairs": len(self.last_translations),
-            "translations": self.last_translations,
+            "eval_pairs": len(translations),
+            "translations": translations,
         }
         (output_dir / TRANSLATIONS_FILE).write_text(
             json.dumps(report, indent=2, ensure_ascii=False) + "\n"
@@ -410,37 +448,15 @@ class EncDecRecipe(Recipe):
         )
         return {"BLEU over training": output_dir / BLEU_PLOT}
 
-    def _evaluate_once(self, model: PreTrainedModel, data: RecipeData) -> None:
-        """The held-out metrics of ``model``, as the loop's evaluation computes them."""
-        import torch
-
-        from scratchformers.training.loop import held_out_loader
-
-        losses, translations, indices = [], [], []
-        with torch.no_grad():
-            for batch in held_out_loader(data, self.batch_size, processes=1):
-                batch = {key: value.to(model.device) for key, value in batch.items()}
-                step = self.eval_step(model, batch)
-                losses.append(float(step["loss"]))
-                translations += step["translations"]
-                indices.append(step["index"].cpu())
-        self.eval_metrics(
-            EvalResults(
-                means={"loss": sum(losses) / len(losses)},
-                gathered={"translations": translations, "index": torch.cat(indices)},
-            )
-        )
-
-    def card_sections(self, output_dir: Path) -> list[str]:
+    def card_sections(self, output_dir: Path, evaluation: Evaluation) -> list[str]:
         """The translation section of the model card: the figures against copying the
         source, a few held-out translations, and how to translate with the folder."""
-        if not hasattr(self, "last_metrics"):
-            return []
-        metrics, language = self.last_metrics, LANGUAGE_NAMES[self.target_language]
+        metrics, language = evaluation.metrics, LANGUAGE_NAMES[self.target_language]
+        translations = self.translations(evaluation.results)
         lines = [
             f"## Translation (English -> {language}, held-out numbers)",
             "",
-            f"Greedy decoding of {len(self.last_translations):,} held-out numbers, none of "
+            f"Greedy decoding of {len(translations):,} held-out numbers, none of "
             "them trained on, against copying the source sentence as its translation "
             f"(sacreBLEU, tokenize `{BLEU_TOKENIZE[self.target_language]}`).",
             "",
@@ -454,7 +470,7 @@ class EncDecRecipe(Recipe):
             "| source | reference | translation |",
             "| --- | --- | --- |",
         ]
-        for example in self.last_translations[:CARD_EXAMPLES]:
+        for example in translations[:CARD_EXAMPLES]:
             mark = "" if example["correct"] else " (wrong)"
             lines.append(
                 f"| {example['source']} | {example['target']} | {example['translation']}{mark} |"

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scratchformers.training.recipe import CausalLMRecipe, ModelFlag, Preset, RecipeData
+from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.text import CausalLMRecipe
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -37,11 +38,11 @@ class GPT2Recipe(CausalLMRecipe):
     }
     presets = {
         "tiny": Preset.scheduled(
-            800,
-            16,
-            3e-3,
-            50,
-            100,
+            steps=800,
+            batch=16,
+            lr=3e-3,
+            warmup=50,
+            eval_every=100,
             vocab_size=2048,
             block_size=64,
             n_embd=128,
@@ -50,11 +51,11 @@ class GPT2Recipe(CausalLMRecipe):
             max_eval_blocks=256,
         ),
         "small": Preset.scheduled(
-            3000,
-            32,
-            1e-3,
-            200,
-            250,
+            steps=3000,
+            batch=32,
+            lr=1e-3,
+            warmup=200,
+            eval_every=250,
             vocab_size=8192,
             block_size=256,
             n_embd=384,
@@ -63,11 +64,11 @@ class GPT2Recipe(CausalLMRecipe):
             max_eval_blocks=512,
         ),
         "base": Preset.scheduled(
-            20000,
-            64,
-            6e-4,
-            1000,
-            1000,
+            steps=20000,
+            batch=64,
+            lr=6e-4,
+            warmup=1000,
+            eval_every=1000,
             vocab_size=16384,
             block_size=1024,
             n_embd=768,
@@ -80,13 +81,13 @@ class GPT2Recipe(CausalLMRecipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> GPT2LMHeadModel:
         from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
 
-        options, tokenizer = settings.model, data.processor
+        options, tokenizer = settings.options, data.processor
         config = GPT2Config(
             vocab_size=len(tokenizer),
-            n_positions=options["block_size"],
-            n_embd=options["n_embd"],
-            n_layer=options["n_layer"],
-            n_head=options["n_head"],
+            n_positions=options.block_size,
+            n_embd=options.n_embd,
+            n_layer=options.n_layer,
+            n_head=options.n_head,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

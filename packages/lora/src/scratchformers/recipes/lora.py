@@ -27,7 +27,15 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scratchformers.training.recipe import EvalResults, ModelFlag, Preset, Recipe, RecipeData
+from scratchformers.training.recipe import (
+    EvalResults,
+    Evaluation,
+    ModelFlag,
+    Preset,
+    Recipe,
+    RecipeData,
+    example_counts,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -100,11 +108,11 @@ class LoraRecipe(Recipe):
         # collapses to one class). Full fine-tuning learns best near 1e-3 (FULL_LR). The
         # small preset is not measured yet.
         "tiny": Preset.scheduled(
-            2000,
-            32,
-            3e-3,
-            50,
-            250,
+            steps=2000,
+            batch=32,
+            lr=3e-3,
+            warmup=50,
+            eval_every=250,
             r=8,
             lora_alpha=16.0,
             lora_dropout=0.0,
@@ -113,11 +121,11 @@ class LoraRecipe(Recipe):
             eval_reviews=1000,
         ),
         "small": Preset.scheduled(
-            3000,
-            64,
-            2e-3,
-            150,
-            500,
+            steps=3000,
+            batch=64,
+            lr=2e-3,
+            warmup=150,
+            eval_every=500,
             r=16,
             lora_alpha=32.0,
             lora_dropout=0.05,
@@ -179,14 +187,14 @@ class LoraRecipe(Recipe):
         from scratchformers.training.data import load_tokenizer
         from scratchformers.training.reviews import SENTIMENTS, reviews_dataset
 
-        options = settings.recipe_options
+        options = settings.options
         counts = self.review_counts(settings)
-        tokenizer_source = options.get("tokenizer")
+        tokenizer_source = options.tokenizer
         if tokenizer_source is None:  # training: the base model's own tokenizer
             from scratchformers.lora.finetune import prepare_base
 
             self.compared = self.comparison(settings)  # checked before any work
-            self.base = prepare_base(options.get("base"), settings.preset)
+            self.base = prepare_base(options.base, settings.preset)
             tokenizer_source = self.base
         tokenizer = load_tokenizer(
             tokenizer_source, required=("cls_token", "sep_token", "pad_token")
@@ -198,7 +206,6 @@ class LoraRecipe(Recipe):
         )
         self.most_frequent_class = Counter(train["label"]).most_common(1)[0][0]
         self.eval_structures: list[str] = held_out["structure"]
-        self.last_predictions: tuple[list[int], list[int]] | None = None
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
             return tokenizer(batch["text"], truncation=True)
@@ -223,18 +230,11 @@ class LoraRecipe(Recipe):
     @staticmethod
     def review_counts(settings: TrainingSettings) -> dict[str, int]:
         """How many training and held-out reviews: the flags', else the preset's."""
-        options = settings.recipe_options
-        counts = {
-            "train": options.get("num_train_reviews") or settings.model["train_reviews"],
-            "eval": options.get("num_eval_reviews") or settings.model["eval_reviews"],
-        }
-        for flag, value in (
-            ("--num-train-reviews", options.get("num_train_reviews")),
-            ("--num-eval-reviews", options.get("num_eval_reviews")),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be at least 1, got {value}")
-        return counts
+        counts = example_counts(
+            settings.options,
+            {"--num-train-reviews": "train_reviews", "--num-eval-reviews": "eval_reviews"},
+        )
+        return {"train": counts["train_reviews"], "eval": counts["eval_reviews"]}
 
     def count_items(self, batch: dict[str, Any]) -> int:
         return batch["input_ids"].shape[0]
@@ -248,12 +248,12 @@ class LoraRecipe(Recipe):
         from scratchformers.training.console import status
         from scratchformers.training.reviews import SENTIMENTS
 
-        options, model_options = settings.recipe_options, settings.model
+        options = settings.options
         self.settings = settings
-        self.full = bool(options.get("full"))
+        self.full = bool(options.full)
         if not hasattr(self, "base"):  # build_data found it, unless it was given a tokenizer
             self.compared = self.comparison(settings)
-            self.base = prepare_base(options.get("base"), settings.preset)
+            self.base = prepare_base(options.base, settings.preset)
         model, loading = BertForSequenceClassification.from_pretrained(
             self.base,
             num_labels=len(SENTIMENTS),
@@ -275,10 +275,10 @@ class LoraRecipe(Recipe):
         # adapter would only work on top of the one random pooler it was trained with.
         fresh_pooler = any(".pooler." in f".{key}" for key in loading["missing_keys"])
         self.lora_config = lora.LoraConfig(
-            r=model_options["r"],
-            lora_alpha=model_options["lora_alpha"],
-            target_modules=model_options["target_modules"].split(","),
-            lora_dropout=model_options["lora_dropout"],
+            r=options.r,
+            lora_alpha=options.lora_alpha,
+            target_modules=options.target_modules.split(","),
+            lora_dropout=options.lora_dropout,
             modules_to_save=["classifier", *(["pooler"] if fresh_pooler else [])],
             task_type="SEQ_CLS",
             base_model_name_or_path=str(self.base),
@@ -292,11 +292,12 @@ class LoraRecipe(Recipe):
         on the same data; None without the flag."""
         from scratchformers.lora.finetune import check_comparable, read_report
 
-        if not settings.recipe_options.get("compare_with"):
+        options = settings.options
+        if not options.compare_with:
             return None
-        folder = Path(settings.recipe_options["compare_with"])
+        folder = Path(options.compare_with)
         other = read_report(folder)
-        mode = "full" if settings.recipe_options.get("full") else "lora"
+        mode = "full" if options.full else "lora"
         check_comparable(other, folder, mode, self.data_identity(settings))
         return folder, other
 
@@ -326,9 +327,6 @@ class LoraRecipe(Recipe):
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
         predictions, labels = results.gathered["predictions"], results.gathered["labels"]
-        # Kept for the confusion matrix and the accuracy by structure that ``finish`` reports:
-        # the last evaluation is the final one.
-        self.last_predictions = (predictions.tolist(), labels.tolist())
         return {
             "eval_loss": results.means["loss"],
             "accuracy": float((predictions == labels).float().mean()),
@@ -356,10 +354,24 @@ class LoraRecipe(Recipe):
 
     # -- the end ------------------------------------------------------------------------------
 
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
-        """The merged model over the loop's save, the adapter in ``adapter/``, the confusion
-        matrix, ``finetune.json``, and the comparison plot with ``--compare-with``."""
+    def model_to_save(self, model: PreTrainedModel) -> PreTrainedModel:
+        """What users load is the plain model with the adapter merged in (a copy: the
+        adapter itself is saved from the trained model, in ``finish``)."""
         import copy
+
+        from scratchformers import lora
+
+        return model if self.full else lora.merge_and_unload(copy.deepcopy(model))
+
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
+        """The adapter in ``adapter/``, the confusion matrix, ``finetune.json``, and the
+        comparison plot with ``--compare-with``."""
         import json
 
         from scratchformers import lora
@@ -369,7 +381,8 @@ class LoraRecipe(Recipe):
         from scratchformers.training.reviews import SENTIMENTS
         from scratchformers.training.vision import confusion_counts
 
-        predictions, labels = self.last_predictions or self._predict(model, data)
+        predictions = evaluation.results.gathered["predictions"].tolist()
+        labels = evaluation.results.gathered["labels"].tolist()
         files: dict[str, Path] = {}
         counts = confusion_counts(labels, predictions, len(SENTIMENTS))
         correct = sum(counts[index][index] for index in range(len(SENTIMENTS)))
@@ -387,9 +400,6 @@ class LoraRecipe(Recipe):
             adapter = lora.save_adapter(model, output_dir / finetune.ADAPTER_DIR)
             adapter_bytes = finetune.directory_bytes(adapter)
             files["adapter"] = adapter
-            # The loop saved the model with its LoRA layers; what users load is the plain
-            # model with the adapter merged in.
-            lora.merge_and_unload(copy.deepcopy(model)).save_pretrained(output_dir)
         run = json.loads((output_dir / "run.json").read_text())["summary"]
         report: dict[str, Any] = {
             "mode": self.mode,
@@ -428,7 +438,6 @@ class LoraRecipe(Recipe):
                 f"{self.name}: LoRA against full fine-tuning",
             )
         files["fine-tuning report"] = finetune.write_report(output_dir, report)
-        self.report = report
         saved = (
             f"adapter {adapter_bytes:,} bytes against the full checkpoint's "
             f"{report['checkpoint_bytes']:,}"
@@ -442,11 +451,11 @@ class LoraRecipe(Recipe):
         )
         return files
 
-    def card_sections(self, output_dir: Path) -> list[str]:
-        """The fine-tuning section of the model card, from ``finish``'s report."""
-        from scratchformers.lora.finetune import report_lines
+    def card_sections(self, output_dir: Path, evaluation: Evaluation) -> list[str]:
+        """The fine-tuning section of the model card, from the report ``finish`` wrote."""
+        from scratchformers.lora.finetune import read_report, report_lines
 
-        return report_lines(self.report) if hasattr(self, "report") else []
+        return report_lines(read_report(output_dir))
 
     def _accuracy_by_structure(self, predictions: list[int], labels: list[int]) -> dict[str, float]:
         """Held-out accuracy per structure (single, and, but, ...), in held-out order: the
@@ -461,22 +470,6 @@ class LoraRecipe(Recipe):
             seen[structure] += 1
             right[structure] += predicted == label
         return {name: right[name] / seen[name] for name in STRUCTURES if seen[name]}
-
-    def _predict(self, model: PreTrainedModel, data: RecipeData) -> tuple[list[int], list[int]]:
-        """Predictions and labels of the held-out set as the loop evaluates it, for a segment
-        that ran no evaluation (a resume at its last step)."""
-        import torch
-
-        from scratchformers.training.loop import held_out_loader
-
-        predictions: list[int] = []
-        labels: list[int] = []
-        with torch.no_grad():
-            for batch in held_out_loader(data, self.settings.batch_size, processes=1):
-                batch = {key: value.to(model.device) for key, value in batch.items()}
-                predictions += model(**batch).logits.argmax(-1).tolist()
-                labels += batch["labels"].tolist()
-        return predictions, labels
 
     def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
         """transformers' ``BertForSequenceClassification``, with the same outputs."""

@@ -32,10 +32,11 @@ _EXPORTS = {
     "TrainingInterrupted": "errors",
     "TrainingResult": "loop",
     "train": "loop",
-    "CausalLMRecipe": "recipe",
-    "MaskedLMRecipe": "recipe",
-    "TextRecipe": "recipe",
+    "CausalLMRecipe": "text",
+    "MaskedLMRecipe": "text",
+    "TextRecipe": "text",
     "EvalResults": "recipe",
+    "Evaluation": "recipe",
     "ModelFlag": "recipe",
     "Preset": "recipe",
     "Recipe": "recipe",
@@ -74,6 +75,7 @@ __all__ = [
     "Clause",
     "DataError",
     "EvalResults",
+    "Evaluation",
     "ImageBatches",
     "ImageClassificationRecipe",
     "ImageExamples",
@@ -163,15 +165,13 @@ if TYPE_CHECKING:
     )
     from .loop import Trainer, TrainingResult, train
     from .recipe import (
-        CausalLMRecipe,
         EvalResults,
-        MaskedLMRecipe,
+        Evaluation,
         ModelFlag,
         Preset,
         Recipe,
         RecipeData,
         SizedDataset,
-        TextRecipe,
         installed_recipes,
         load_recipe,
         parameter_groups,
@@ -179,4 +179,5 @@ if TYPE_CHECKING:
     from .reviews import SENTIMENTS, Clause, Review, reviews_dataset
     from .settings import TrainingSettings, parse_settings
     from .shapes import SHAPES, draw_shape, shape_caption, shapes_dataset
+    from .text import CausalLMRecipe, MaskedLMRecipe, TextRecipe
     from .vision import ImageClassificationRecipe, ImageRecipe

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("flags", nargs=argparse.REMAINDER, help="the recipe's flags")
     for name, (module, summary) in COMMANDS.items():
         command = commands.add_parser(name, help=summary, description=summary)
-        importlib.import_module(f".{module}", __package__).add_arguments(command)
+        importlib.import_module(f".commands.{module}", __package__).add_arguments(command)
     return parser
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_recipe(
             arguments.recipe, arguments.flags, prog=f"scratchformers train {arguments.recipe}"
         )
-    module = importlib.import_module(f".{COMMANDS[arguments.command][0]}", __package__)
+    module = importlib.import_module(f".commands.{COMMANDS[arguments.command][0]}", __package__)
     return module.run(arguments)
 
 

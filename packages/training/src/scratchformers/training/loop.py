@@ -9,16 +9,28 @@ One run: check the settings and the output folder, build the data, the model and
 clipping and a warmup schedule; evaluation with the recipe's metrics, logging and atomic
 checkpoints every N steps; at the end the model saved with ``save_pretrained`` beside its
 tokenizer, a model card, metrics and a loss-curve PNG.
+
+The loss of an optimizer step is the mean over the loss-bearing items (real tokens, examples)
+of the whole step: every micro-batch of the accumulation on every process. So the loop counts
+them before the step's first forward pass and hands the count to the recipe's loss, which
+divides its sum by it; a micro-batch with few real tokens then weighs as little as it should,
+and one step of 16 examples, two of 8 accumulated, or two processes of 8 give one gradient.
+
+The final evaluation of the final weights goes to the recipe's ``finish`` and ``card_sections``
+(as an :class:`~scratchformers.training.recipe.Evaluation`); a segment that ends between
+evaluations (a resume at the last checkpoint) runs one, so every run reports the same figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +45,7 @@ from transformers import PreTrainedModel, get_scheduler
 from . import checkpoints
 from .console import status
 from .errors import TrainingError, TrainingInterrupted
-from .recipe import EvalResults, Recipe, RecipeData
+from .recipe import EvalResults, Evaluation, Recipe, RecipeData
 from .reporting import (
     PLOT_FILE,
     MetricsLog,
@@ -47,11 +59,15 @@ from .reporting import (
 from .rundir import RUN_FILE, check_output_dir, clear_previous_run
 from .settings import TrainingSettings
 
+# The seed of every evaluation's random numbers (see evaluate).
+EVAL_SEED = 1234
+
 __all__ = [
     "Trainer",
     "TrainingError",
     "TrainingInterrupted",
     "TrainingResult",
+    "accumulate_gradients",
     "evaluate",
     "held_out_loader",
     "train",
@@ -93,7 +109,8 @@ class Trainer:
             # Without a GPU (or other accelerator), say so: Accelerate then runs the processes
             # of a multi-process launch on the CPU over gloo instead of falling back to one.
             cpu=not has_accelerator,
-            gradient_accumulation_steps=settings.grad_accum,
+            # Accumulation is the loop's own (see _optimizer_step): it needs the whole step's
+            # micro-batches before the first forward pass, to count their items.
             mixed_precision=settings.mixed_precision,
             log_with="tensorboard",
             project_dir=str(settings.output_dir),
@@ -182,10 +199,10 @@ class Trainer:
             drop_last=True,
             collate_fn=data.collate,
         )
-        if len(train_loader) == 0:
+        if len(train_loader) < settings.grad_accum:
             raise ValueError(
-                f"the training set has {len(data.train)} examples, fewer than one --batch-size "
-                f"of {settings.batch_size}"
+                f"the training set has {len(data.train)} examples, fewer than one optimizer "
+                f"step of --batch-size {settings.batch_size} x --grad-accum {settings.grad_accum}"
             )
         eval_loader = self._eval_loader(data)
         held_out = len(eval_loader.dataset)
@@ -196,13 +213,16 @@ class Trainer:
         step, first_eval_loss = self._start(model, optimizer)
         if step == 0:
             status(f"first evaluation, on {held_out:,} held-out examples")
-            first_eval_loss = self._evaluate(model, eval_loader, step).get("eval_loss")
-        final_metrics = self._train(
+            first_eval_loss = self._evaluate(model, eval_loader, step).metrics.get("eval_loss")
+        final = self._train(
             model, optimizer, scheduler, train_loader, eval_loader, step, first_eval_loss
         )
-        return self._finish(
-            model, data, first_eval_loss, final_metrics, time.perf_counter() - started
-        )
+        if final is None:
+            # This segment resumed at the last step and ran no evaluation; the one the earlier
+            # segment logged at this step is in metrics.jsonl already, so this one is not.
+            status("evaluating the final weights")
+            final = evaluate(self.recipe, model, eval_loader, self.accelerator)
+        return self._finish(model, data, first_eval_loss, final, time.perf_counter() - started)
 
     def _eval_loader(self, data: RecipeData) -> DataLoader:
         return held_out_loader(data, self.settings.batch_size, self.accelerator.num_processes)
@@ -246,7 +266,9 @@ class Trainer:
         eval_loader: DataLoader,
         step: int,
         first_eval_loss: float | None,
-    ) -> dict[str, float]:
+    ) -> Evaluation | None:
+        """Optimizer steps from ``step`` to the last; the evaluation at the last step, or None
+        when this segment starts there."""
         settings, accelerator = self.settings, self.accelerator
         rate_key = f"{self.recipe.item_unit}_per_s"
         progress = tqdm(
@@ -256,38 +278,31 @@ class Trainer:
             disable=not self.is_main,
             dynamic_ncols=True,
         )
-        batches_per_epoch = len(train_loader)
+        # Every step takes grad_accum whole batches, and an epoch's last few batches that make
+        # no whole step are left out: so a step's place in the data is step * grad_accum.
+        steps_per_epoch = len(train_loader) // settings.grad_accum
         window_losses: list[torch.Tensor] = []
         window_items, window_started = 0, time.perf_counter()
-        final_metrics: dict[str, float] = {}
+        final: Evaluation | None = None
         model.train()
         with StopRequests() as stop:
             while step < settings.max_steps:
-                # Where the data stream stands: every optimizer step consumed grad_accum batches.
-                consumed = step * settings.grad_accum
-                epoch, position = divmod(consumed, batches_per_epoch)
+                epoch, position = divmod(step, steps_per_epoch)
                 batches = (
-                    accelerator.skip_first_batches(train_loader, position)
+                    accelerator.skip_first_batches(train_loader, position * settings.grad_accum)
                     if position
                     else train_loader
                 )
                 batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
-                for batch in batches:
-                    with accelerator.accumulate(model):
-                        loss = self.recipe.compute_loss(model, batch)
-                        mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
-                        if not torch.isfinite(mean_loss):
-                            self._stop_on_bad_loss(float(mean_loss), step + 1)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and settings.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                    window_losses.append(mean_loss)
-                    window_items += self.recipe.count_items(batch) * accelerator.num_processes
-                    if not accelerator.sync_gradients:
-                        continue
+                for micro_batches in _steps(
+                    batches, settings.grad_accum, steps_per_epoch - position
+                ):
+                    window_losses.append(
+                        self._optimizer_step(model, optimizer, scheduler, micro_batches, step + 1)
+                    )
+                    window_items += accelerator.num_processes * sum(
+                        self.recipe.count_items(batch) for batch in micro_batches
+                    )
                     step += 1
                     progress.update(1)
                     if step % settings.log_every == 0 or step == settings.max_steps:
@@ -308,7 +323,9 @@ class Trainer:
                         )
                         window_losses, window_items, window_started = [], 0, time.perf_counter()
                     if step % settings.eval_every == 0 or step == settings.max_steps:
-                        final_metrics = self._evaluate(model, eval_loader, step)
+                        evaluation = self._evaluate(model, eval_loader, step)
+                        if step == settings.max_steps:
+                            final = evaluation
                         model.train()
                     saved = step % settings.save_every == 0 or step == settings.max_steps
                     if saved:
@@ -322,7 +339,28 @@ class Trainer:
                         progress.close()
                         self._stop_on_request(stop.signal_number, step)
         progress.close()
-        return final_metrics
+        return final
+
+    def _optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        micro_batches: list[dict[str, Any]],
+        step: int,
+    ) -> torch.Tensor:
+        """One optimizer step over ``micro_batches`` (this process's shares); its loss, the
+        mean over every loss-bearing item of the step on every process."""
+        accelerator = self.accelerator
+        step_loss = accumulate_gradients(self.recipe, model, micro_batches, accelerator)
+        if not torch.isfinite(step_loss):
+            self._stop_on_bad_loss(float(step_loss), step)
+        if self.settings.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), self.settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        return step_loss
 
     def _save(self, step: int, first_eval_loss: float | None) -> Path:
         return checkpoints.save_checkpoint(
@@ -353,13 +391,12 @@ class Trainer:
             f"updated, and {kept}. Lower --lr, or try --mixed-precision no."
         )
 
-    def _evaluate(
-        self, model: torch.nn.Module, eval_loader: DataLoader, step: int
-    ) -> dict[str, float]:
-        """The recipe's metrics on the held-out set (see :func:`evaluate`), logged at ``step``."""
-        metrics = evaluate(self.recipe, model, eval_loader, self.accelerator)
-        self._log({"step": step, **metrics})
-        return metrics
+    def _evaluate(self, model: torch.nn.Module, eval_loader: DataLoader, step: int) -> Evaluation:
+        """The recipe's evaluation on the held-out set (see :func:`evaluate`), its metrics
+        logged at ``step``."""
+        evaluation = evaluate(self.recipe, model, eval_loader, self.accelerator)
+        self._log({"step": step, **evaluation.metrics})
+        return evaluation
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.is_main:
@@ -371,21 +408,24 @@ class Trainer:
         model: torch.nn.Module,
         data: RecipeData,
         first_eval_loss: float | None,
-        final_metrics: dict[str, float],
+        final: Evaluation,
         wall_time_s: float,
     ) -> TrainingResult:
         settings, accelerator = self.settings, self.accelerator
         output_dir = settings.output_dir
+        final_metrics = final.metrics
         accelerator.wait_for_everyone()
         unwrapped: PreTrainedModel = accelerator.unwrap_model(model)
         fingerprints = accelerator.gather_for_metrics(
             [model_fingerprint(unwrapped)], use_gather_object=True
         )
         state_dict = accelerator.get_state_dict(model)
-        unwrapped.save_pretrained(
+        to_save = self.recipe.model_to_save(unwrapped)
+        to_save.save_pretrained(
             output_dir,
             is_main_process=self.is_main,
-            state_dict=state_dict,
+            # A recipe's own model to save (a merged copy) has its own, unsharded weights.
+            state_dict=state_dict if to_save is unwrapped else None,
             save_function=accelerator.save,
         )
         samples: list[str] = []
@@ -416,7 +456,7 @@ class Trainer:
                 output_dir / PLOT_FILE,
                 f"{settings.recipe} ({settings.preset})",
             )
-            files = self.recipe.finish(unwrapped, data, output_dir)
+            files = self.recipe.finish(unwrapped, data, output_dir, final)
             write_model_card(
                 output_dir / "README.md",
                 model_name=f"{settings.recipe}-{settings.preset}",
@@ -430,7 +470,7 @@ class Trainer:
                 settings=settings.to_dict(),
                 summary=summary,
                 samples=samples,
-                sections=self.recipe.card_sections(output_dir),
+                sections=self.recipe.card_sections(output_dir, final),
                 model_type=unwrapped.config.model_type,
                 trained_from_scratch=self.recipe.trained_from_scratch,
                 figures={
@@ -580,32 +620,103 @@ def held_out_loader(data: RecipeData, batch_size: int, processes: int) -> DataLo
 @torch.no_grad()
 def evaluate(
     recipe: Recipe, model: torch.nn.Module, eval_loader: DataLoader, accelerator: Accelerator
-) -> dict[str, float]:
-    """Run the recipe's ``eval_step`` on every held-out batch and return its ``eval_metrics``.
+) -> Evaluation:
+    """Run the recipe's ``eval_step`` on every held-out batch; what it kept, and the
+    ``eval_metrics`` of that.
 
     ``model`` and ``eval_loader`` are prepared by ``accelerator``; every process calls this
-    and gets the same metrics. The training loop and ``scratchformers eval`` both use it, so a
-    saved model evaluates to the numbers its run logged.
+    and gets the same evaluation. The training loop and ``scratchformers eval`` both use it,
+    so a saved model evaluates to the numbers its run logged.
     """
     model.eval()
+    # The recipe sees the model itself (generate() is not on a DDP wrapper); a forward pass
+    # without gradients needs nothing from the wrapper.
+    unwrapped = accelerator.unwrap_model(model)
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
     parts: dict[str, list[Any]] = {}
-    for batch in eval_loader:
-        for key, value in recipe.eval_step(model, batch).items():
-            if isinstance(value, torch.Tensor) and value.dim() == 0:
-                # One batch mean from each process; the batches are full and split evenly,
-                # so the plain mean of all of them is the mean over the held-out set.
-                values = accelerator.gather(value.detach().reshape(1))
-                totals[key] = totals.get(key, 0.0) + float(values.sum())
-                counts[key] = counts.get(key, 0) + values.numel()
-            else:
-                parts.setdefault(key, []).append(_gather_examples(accelerator, value))
+    device = accelerator.device
+    # An evaluation that draws random numbers (MAE's masks) draws the same ones every time,
+    # and leaves the training's random state as it found it, so that a resumed run goes on
+    # exactly as an uninterrupted one.
+    with torch.random.fork_rng(
+        devices=[] if device.type == "cpu" else [device.index or 0], device_type=device.type
+    ):
+        torch.manual_seed(EVAL_SEED)
+        for batch in eval_loader:
+            _keep(recipe.eval_step(unwrapped, batch), accelerator, totals, counts, parts)
     results = EvalResults(
         means={key: totals[key] / counts[key] for key in totals},
         gathered={key: _join(pieces) for key, pieces in parts.items()},
     )
-    return recipe.eval_metrics(results)
+    return Evaluation(results=results, metrics=recipe.eval_metrics(results))
+
+
+def _keep(
+    outputs: dict[str, Any],
+    accelerator: Accelerator,
+    totals: dict[str, float],
+    counts: dict[str, int],
+    parts: dict[str, list[Any]],
+) -> None:
+    """Add one held-out batch's ``eval_step`` outputs to the running totals and parts."""
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
+            # One batch mean from each process; the batches are full and split evenly,
+            # so the plain mean of all of them is the mean over the held-out set.
+            values = accelerator.gather(value.detach().reshape(1))
+            totals[key] = totals.get(key, 0.0) + float(values.sum())
+            counts[key] = counts.get(key, 0) + values.numel()
+        else:
+            parts.setdefault(key, []).append(_gather_examples(accelerator, value))
+
+
+def accumulate_gradients(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, Any]],
+    accelerator: Accelerator,
+) -> torch.Tensor:
+    """The forward and backward passes of one optimizer step: ``micro_batches`` are this
+    process's shares of its batches. Leaves in the gradients of ``model`` (prepared by
+    ``accelerator``) the gradient of the mean loss over every loss-bearing item of the step,
+    on every process (``Recipe.count_loss_items``), and returns that loss.
+
+    So one batch of 16, two accumulated batches of 8, and two processes with 8 each give the
+    same gradient, however the real tokens fall among them.
+    """
+    local_items = sum(recipe.count_loss_items(batch) for batch in micro_batches)
+    items = accelerator.reduce(torch.tensor(local_items, device=accelerator.device), "sum")
+    num_items_in_batch = int(items)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(micro_batches):
+        last = index == len(micro_batches) - 1
+        # Gradients are exchanged once a step, after its last micro-batch.
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = recipe.compute_loss(model, batch, num_items_in_batch)
+            step_loss += loss.detach()
+            # Each process's loss is already its share of the step's mean, and DDP (or FSDP)
+            # averages the gradients over the processes: undo that average.
+            accelerator.backward(loss * accelerator.num_processes)
+    return accelerator.reduce(step_loss, reduction="sum")
+
+
+def _steps(
+    batches: Iterable[dict[str, Any]], grad_accum: int, steps: int
+) -> Iterator[list[dict[str, Any]]]:
+    """The first ``steps`` groups of ``grad_accum`` consecutive batches: one optimizer step's
+    micro-batches each. The batches after the last whole group are not read."""
+    group: list[dict[str, Any]] = []
+    if steps <= 0:
+        return
+    for batch in batches:
+        group.append(batch)
+        if len(group) == grad_accum:
+            yield group
+            group = []
+            steps -= 1
+            if steps == 0:
+                return
 
 
 def _gather_examples(

@@ -17,14 +17,11 @@ where the work starts. This module follows the same rule.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
-
-from .console import status
 
 if TYPE_CHECKING:
     import torch
@@ -45,19 +42,19 @@ class Preset:
 
     @classmethod
     def scheduled(
-        cls, steps: int, batch: int, lr: float, warmup: int, every: int, **model: Any
+        cls, *, steps: int, batch: int, lr: float, warmup: int, eval_every: int, **model: Any
     ) -> Preset:
         """A preset from the usual schedule: ``steps`` optimizer steps of ``batch`` examples,
-        peak ``lr`` after ``warmup`` steps, an evaluation every ``every`` steps, a checkpoint
-        every two evaluations and five logs per evaluation; ``model`` as given."""
+        peak ``lr`` after ``warmup`` steps, an evaluation every ``eval_every`` steps, a
+        checkpoint every two evaluations and five logs per evaluation; ``model`` as given."""
         training = {
             "max_steps": steps,
             "batch_size": batch,
             "lr": lr,
             "warmup_steps": warmup,
-            "eval_every": every,
-            "save_every": 2 * every,
-            "log_every": max(1, every // 5),
+            "eval_every": eval_every,
+            "save_every": 2 * eval_every,
+            "log_every": max(1, eval_every // 5),
         }
         return cls(training=training, model=model)
 
@@ -104,6 +101,17 @@ class EvalResults:
 
     means: dict[str, float]
     gathered: dict[str, torch.Tensor | list[Any]]
+
+
+@dataclass
+class Evaluation:
+    """One evaluation: everything ``eval_step`` kept (``results``) and the ``metrics``
+    ``eval_metrics`` computed from it. The loop evaluates the final weights once more if the
+    last segment of a run ended between evaluations, and hands that evaluation to ``finish``
+    and ``card_sections``: a resumed run reports what an uninterrupted one does."""
+
+    results: EvalResults
+    metrics: dict[str, float]
 
 
 class Recipe:
@@ -165,11 +173,29 @@ class Recipe:
             parameter_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
         )
 
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        """The scalar loss of one batch (this process's share of it); the model's own by
-        default. A loss that needs every process's examples gathers them with
-        :func:`scratchformers.training.gather_with_gradients`."""
-        return model(**batch).loss
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
+        """This process's share of one micro-batch's loss: the sum of its per-item losses
+        divided by ``num_items_in_batch``, the loss-bearing items (see ``count_loss_items``) of
+        the whole optimizer step, over every micro-batch of the accumulation and every process.
+        Summed over them, these give the mean over the step's items, so that a micro-batch
+        with few real tokens weighs as little as it should (transformers' Trainer fixed the
+        same bug with the same argument).
+
+        By default the model's own ``loss``, a mean over the items that ``count_loss_items``
+        counts, times their count, over the step's. A loss that needs every process's
+        examples gathers them with :func:`scratchformers.training.gather_with_gradients`.
+        """
+        # The ratio is exactly 1.0 for a step of one micro-batch on one process: the loss is
+        # then bit for bit the model's own.
+        return model(**batch).loss * (self.count_loss_items(batch) / num_items_in_batch)
+
+    def count_loss_items(self, batch: dict[str, Any]) -> int:
+        """How many items of this process's share of a micro-batch the loss averages over:
+        the examples by default; the real (not -100) ``labels`` for a token-level loss over
+        padded or masked batches (:class:`MaskedLMRecipe` and the seq2seq recipe say so)."""
+        return len(next(iter(batch.values())))
 
     def count_items(self, batch: dict[str, Any]) -> int:
         """How many ``item_unit`` this process's share of a batch holds, for the throughput:
@@ -180,31 +206,45 @@ class Recipe:
         """What to keep from one held-out batch: 0-dim tensors (batch means, averaged into
         ``EvalResults.means``) and per-example tensors or lists (predictions, labels, decoded
         text, gathered into ``EvalResults.gathered``). Per-example tensors must have the same
-        shape on every process (pad them). Runs under ``torch.no_grad()``. By default only
-        the loss of ``compute_loss``."""
-        return {"loss": self.compute_loss(model, batch)}
+        shape on every process (pad them). ``model`` is the unwrapped model (``generate`` is
+        there); this runs under ``torch.no_grad()``. By default only the model's loss."""
+        return {"loss": model(**batch).loss}
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
-        """The metrics of one evaluation, from everything ``eval_step`` kept; ``eval_loss``
-        is plotted against the training loss."""
+        """The metrics of one evaluation, from everything ``eval_step`` kept, and from nothing
+        else: a pure function of ``results`` (as transformers' ``compute_metrics``), since it
+        also scores evaluations that ran in another segment or command. ``eval_loss`` is
+        plotted against the training loss."""
         return {"eval_loss": results.means["loss"]}
 
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
         """A few outputs to print at the end of training (none by default)."""
         return []
 
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
+    def model_to_save(self, model: PreTrainedModel) -> PreTrainedModel:
+        """The model the loop saves in the output folder at the end: the trained one by
+        default (a LoRA recipe saves a copy with its adapter merged in)."""
+        return model
+
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
         """Write the recipe's own files about the trained model into ``output_dir`` (a plot,
-        say), at the end of training, on the main process, after the final evaluation; name
-        them in ``output_files``. Returns them by what they show (``{"confusion matrix":
+        say), at the end of training, on the main process, after the model is saved.
+        ``evaluation`` is the final evaluation of these weights; ``model`` is unwrapped. Name
+        the files in ``output_files``. Returns them by what they show (``{"confusion matrix":
         path}``): the run prints each path beside the loss curve's, and the model card shows
         the PNGs. None by default."""
         return {}
 
-    def card_sections(self, output_dir: Path) -> list[str]:
+    def card_sections(self, output_dir: Path, evaluation: Evaluation) -> list[str]:
         """Markdown lines for the model card, shown after its results (a table of the
-        recipe's own figures, say); called on the main process after ``finish``. None by
-        default."""
+        recipe's own figures, say), from the final ``evaluation`` and what ``finish`` wrote
+        in ``output_dir``; called on the main process after ``finish``. None by default."""
         return []
 
     def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
@@ -212,7 +252,7 @@ class Recipe:
         commands that use it: ``auto_class.from_pretrained`` once the package its
         config.json's model_type names is imported. A recipe whose hooks need state that
         ``build_model`` sets up (a setting its loss reads) sets it up here too."""
-        from .modeldir import load_pretrained
+        from .commands.modeldir import load_pretrained
 
         return load_pretrained(model_dir, self.auto_class)
 
@@ -244,264 +284,17 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
-class TextRecipe(Recipe):
-    """A language model on a text corpus (``--dataset``, ``--text-column``, ``--tokenizer``): a
-    tokenizer trained on the training split (or a saved one), fixed-length blocks, throughput
-    in tokens. :class:`CausalLMRecipe` and :class:`MaskedLMRecipe` say which tokenizer, which
-    blocks and how to batch them."""
-
-    item_unit: ClassVar[str] = "tokens"
-    model_flags: ClassVar[dict[str, ModelFlag]] = {
-        "--block-size": ModelFlag(
-            "block_size", "tokens per training block, which is the model's context length"
-        ),
-        "--vocab-size": ModelFlag(
-            "vocab_size", "tokens in the vocabulary of the tokenizer trained on the data"
-        ),
-    }
-    tokenizer_name: ClassVar[str] = "a tokenizer"  # for the data description
-    # The special tokens the blocks and batches need: a --tokenizer without one is refused.
-    required_tokens: ClassVar[tuple[str, ...]] = ()
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
-        data.add_argument(
-            "--dataset",
-            default=None,
-            help="a local text file or folder, or a Hugging Face dataset id (needs network); "
-            "default: an offline corpus that ships with Python",
-        )
-        data.add_argument(
-            "--text-column",
-            default="text",
-            help="the text column of a Hugging Face dataset (default: text)",
-        )
-        data.add_argument(
-            "--tokenizer",
-            default=None,
-            help="a saved tokenizer to reuse instead of training one: a folder written by "
-            "save_pretrained, such as a trained model's (then --vocab-size does not apply)",
-        )
-
-    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
-        """A tokenizer trained on the training texts."""
-        raise NotImplementedError
-
-    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
-        """The texts as examples of ``block_size`` tokens."""
-        raise NotImplementedError
-
-    def batching(
-        self,
-        settings: TrainingSettings,
-        train: SizedDataset,
-        held_out: SizedDataset,
-        tokenizer: Any,
-    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
-        """The training and held-out sets as the loop will batch them, and the collate."""
-        raise NotImplementedError
-
-    def build_data(self, settings: TrainingSettings) -> RecipeData:
-        from .data import load_texts, load_tokenizer, split_train_eval
-
-        options, recipe_options = settings.model, settings.recipe_options
-        dataset = recipe_options["dataset"]
-        source = dataset or "pydoc topics and standard-library docstrings (offline default)"
-        status(f"reading the text: {source}")
-        texts = load_texts(dataset, recipe_options["text_column"])
-        train_texts, eval_texts = split_train_eval(texts)
-        if recipe_options.get("tokenizer"):
-            tokenizer = load_tokenizer(recipe_options["tokenizer"], self.required_tokens)
-            # A trained model's tokenizer says its context length (set below): the corpus is
-            # read in longer texts than that, which would warn of indexing errors.
-            tokenizer.model_max_length = int(1e30)
-            tokenizer_description = f"the tokenizer of {recipe_options['tokenizer']}"
-        else:
-            tokenizer = self.train_tokenizer(train_texts, options["vocab_size"])
-            tokenizer_description = self.tokenizer_name
-        block_size = options["block_size"]
-        status(f"cutting the text into blocks of {block_size} tokens")
-        train = self.blocks(train_texts, tokenizer, block_size)
-        held_out = self.blocks(eval_texts, tokenizer, block_size)
-        if "max_eval_blocks" in options:
-            held_out = held_out.select(range(min(len(held_out), options["max_eval_blocks"])))
-        # Saved with the model, so that pipelines and generate() know its context length (set
-        # after the corpus is cut into blocks, which reads longer texts than the model does).
-        tokenizer.model_max_length = block_size
-        train, held_out, collate = self.batching(settings, train, held_out, tokenizer)
-        return RecipeData(
-            train=train,
-            eval=held_out,
-            collate=collate,
-            processor=tokenizer,
-            description=(
-                f"{source}: {len(train):,} training and {len(held_out):,} held-out blocks of "
-                f"{block_size} tokens, {tokenizer_description} with {len(tokenizer):,} tokens"
-            ),
-        )
-
-    def count_items(self, batch: dict[str, Any]) -> int:
-        return batch["input_ids"].numel()
-
-
-class CausalLMRecipe(TextRecipe):
-    """A causal language model on a text corpus: byte-level BPE, blocks that end each document
-    with ``</s>``, and the eval metric perplexity. Model packages subclass it and write
-    ``build_model``."""
-
-    auto_class: ClassVar[str] = "AutoModelForCausalLM"
-    pipeline_tag: ClassVar[str | None] = "text-generation"
-    tokenizer_name: ClassVar[str] = "byte-level BPE"
-    required_tokens: ClassVar[tuple[str, ...]] = ("eos_token",)
-
-    sample_prompts: ClassVar[tuple[str, ...]] = (
-        "The return statement",
-        "A list is",
-        "This module provides",
-    )
-
-    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
-        from .data import train_byte_level_bpe
-
-        return train_byte_level_bpe(texts, vocab_size)
-
-    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
-        from .data import causal_lm_blocks
-
-        return causal_lm_blocks(texts, tokenizer, block_size)
-
-    def batching(
-        self,
-        settings: TrainingSettings,
-        train: SizedDataset,
-        held_out: SizedDataset,
-        tokenizer: Any,
-    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
-        from .data import collate_blocks
-
-        return train, held_out, collate_blocks
-
-    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
-        eval_loss = results.means["loss"]
-        return {"eval_loss": eval_loss, "perplexity": math.exp(min(eval_loss, 50.0))}
-
-    def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
-        import torch
-
-        tokenizer = data.processor
-        tokenizer.padding_side = "left"
-        batch = tokenizer(list(self.sample_prompts), return_tensors="pt", padding=True)
-        batch = batch.to(model.device)
-        with torch.no_grad():
-            generated = model.generate(
-                **batch,
-                max_new_tokens=30,
-                do_sample=False,
-                repetition_penalty=1.3,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        return tokenizer.batch_decode(generated, skip_special_tokens=True)
-
-
-class MaskedLMRecipe(TextRecipe):
-    """A masked language model (BERT's pretraining) on a text corpus: WordPiece, blocks of
-    ``[CLS] ... [SEP]``, BERT's dynamic masking (``--mask-probability``, 15%), and the metrics
-    masked-token accuracy and MLM loss, beside the baseline of always predicting the most
-    frequent token. Model packages subclass it and write ``build_model``."""
-
-    auto_class: ClassVar[str] = "AutoModelForMaskedLM"
-    pipeline_tag: ClassVar[str | None] = "fill-mask"
-    tokenizer_name: ClassVar[str] = "WordPiece"
-    required_tokens: ClassVar[tuple[str, ...]] = (
-        "mask_token",
-        "cls_token",
-        "sep_token",
-        "pad_token",
-    )
-
-    sample_prompts: ClassVar[tuple[str, ...]] = (
-        "The return [MASK] leaves the function.",
-        "A list is a mutable [MASK].",
-        "This module provides [MASK] for working with files.",
-    )
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        super().add_arguments(parser)
-        parser.add_argument(
-            "--mask-probability",
-            type=float,
-            default=0.15,
-            help="share of the tokens chosen as prediction targets (default: 0.15, BERT's)",
-        )
-
-    def train_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
-        from .data import train_wordpiece
-
-        return train_wordpiece(texts, vocab_size)
-
-    def blocks(self, texts: list[str], tokenizer: Any, block_size: int) -> SizedDataset:
-        from .data import masked_lm_blocks
-
-        return masked_lm_blocks(texts, tokenizer, block_size)
-
-    def batching(
-        self,
-        settings: TrainingSettings,
-        train: SizedDataset,
-        held_out: SizedDataset,
-        tokenizer: Any,
-    ) -> tuple[SizedDataset, SizedDataset, Callable[[list[Any]], dict[str, Any]]]:
-        from collections import Counter
-
-        from .data import MaskingCollator
-
-        collator = MaskingCollator(tokenizer, settings.recipe_options["mask_probability"])
-        # The baseline predicts the most frequent (non-special) token of the training blocks.
-        special = set(tokenizer.all_special_ids)
-        counts = Counter(
-            token for block in train["input_ids"] for token in block if token not in special
-        )
-        self.most_frequent_token = counts.most_common(1)[0][0]
-        return train, collator.mask_once(held_out, seed=settings.seed), collator
-
-    def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        output = model(**batch)
-        labels = batch["labels"]
-        targets = labels != -100
-        predictions = output.logits.argmax(-1)
-        return {
-            "loss": output.loss,
-            # Per example, so that the accuracy is over every masked token of the held-out
-            # set, however the tokens fall into batches and processes.
-            "targets": targets.sum(-1),
-            "correct": ((predictions == labels) & targets).sum(-1),
-            "baseline_correct": ((labels == self.most_frequent_token) & targets).sum(-1),
-        }
-
-    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
-        targets = float(results.gathered["targets"].sum())
-        return {
-            "eval_loss": results.means["loss"],
-            "masked_accuracy": float(results.gathered["correct"].sum()) / targets,
-            "baseline_accuracy": float(results.gathered["baseline_correct"].sum()) / targets,
-        }
-
-    def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
-        """Each prompt with its ``[MASK]`` filled by the model's top token."""
-        import torch
-
-        tokenizer = data.processor
-        filled = []
-        for prompt in self.sample_prompts:
-            prompt = prompt.replace("[MASK]", tokenizer.mask_token)
-            batch = tokenizer(prompt, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                logits = model(**batch).logits[0]
-            ids = batch["input_ids"][0].clone()
-            masked = ids == tokenizer.mask_token_id
-            ids[masked] = logits[masked].argmax(-1)
-            filled.append(tokenizer.decode(ids, skip_special_tokens=True))
-        return filled
+def example_counts(options: argparse.Namespace, flags: dict[str, str]) -> dict[str, int]:
+    """How many examples to make, by preset option: ``flags`` maps a flag (``"--num-train-pairs"``,
+    read as ``options.num_train_pairs``) to the preset option it overrides (``"train_pairs"``);
+    a flag left out (None) keeps the preset's number, and one under 1 is refused, naming it."""
+    counts = {}
+    for flag, preset_option in flags.items():
+        value = getattr(options, flag[2:].replace("-", "_"))
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+        counts[preset_option] = value or getattr(options, preset_option)
+    return counts
 
 
 def installed_recipes() -> dict[str, Callable[[], Recipe]]:

@@ -52,6 +52,21 @@ class TrainingSettings:
     # The values of the recipe's own flags (Recipe.add_arguments), by dest.
     recipe_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def options(self) -> argparse.Namespace:
+        """The recipe's options by name: the preset's model options with the shape flags over
+        them (``model``) and the recipe's own flags (``recipe_options``), as one namespace
+        (``settings.options.hidden_size``, ``settings.options.dataset``), each value of the
+        type its flag or preset gave it. A recipe flag left unset (None) that shares its name
+        with a model option keeps the preset's value (``--augment`` over a preset's
+        ``augment``)."""
+        given = {
+            name: value
+            for name, value in self.recipe_options.items()
+            if value is not None or name not in self.model
+        }
+        return argparse.Namespace(**{**self.model, **given})
+
     def to_dict(self) -> dict[str, Any]:
         resume_from = None if self.resume_from is None else str(self.resume_from)
         return {**asdict(self), "output_dir": str(self.output_dir), "resume_from": resume_from}

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .recipe import EvalResults, ModelFlag, Recipe, RecipeData
+from .recipe import EvalResults, Evaluation, ModelFlag, Recipe, RecipeData
 
 if TYPE_CHECKING:
     import torch
@@ -93,11 +93,11 @@ class ImageRecipe(Recipe):
             "(default: the preset's, else on)",
         )
 
-    def check_image_size(self, options: dict[str, Any]) -> None:
+    def check_image_size(self, options: argparse.Namespace) -> None:
         """Raise a ``ValueError`` naming the flags when the image size cannot work: it must be
         positive and, for a model that cuts images into patches, a multiple of the patch size
         (a ViT would otherwise leave the pixels past the last whole patch unread)."""
-        image_size, patch_size = options["image_size"], options.get("patch_size")
+        image_size, patch_size = options.image_size, options.patch_size
         if patch_size is not None and image_size % patch_size:
             below = image_size // patch_size * patch_size
             sizes = f"{below} or {below + patch_size}" if below else str(patch_size)
@@ -117,12 +117,12 @@ class ImageRecipe(Recipe):
     def build_data(self, settings: TrainingSettings) -> RecipeData:
         from .images import ImageBatches, ImageExamples, image_processor, image_splits
 
-        options, recipe_options = settings.model, settings.recipe_options
+        options = settings.options
         self.check_image_size(options)
-        image_size = options["image_size"]
-        source = recipe_options.get("dataset")
-        num_train = recipe_options.get("num_train_images")
-        num_eval = recipe_options.get("num_eval_images")
+        image_size = options.image_size
+        source = options.dataset
+        num_train = options.num_train_images
+        num_eval = options.num_eval_images
         for flag, value in (("--num-train-images", num_train), ("--num-eval-images", num_eval)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
@@ -132,19 +132,18 @@ class ImageRecipe(Recipe):
                     f"--image-size {image_size} is too small to draw shapes in; use at least "
                     f"{MIN_SHAPES_SIZE}"
                 )
-            num_train = num_train or options.get("train_images", self.default_train_images)
-            num_eval = num_eval or options.get("eval_images", self.default_eval_images)
+            num_train = num_train or getattr(options, "train_images", self.default_train_images)
+            num_eval = num_eval or getattr(options, "eval_images", self.default_eval_images)
         splits = image_splits(
             source,
             image_size,
             num_train=num_train,
             num_eval=num_eval,
-            eval_fraction=recipe_options.get("eval_fraction", 0.1),
+            eval_fraction=getattr(options, "eval_fraction", 0.1),
             seed=settings.seed,
         )
-        augment = recipe_options.get("augment")
-        if augment is None:  # a preset may turn it off (a very short run can learn faster without)
-            augment = options.get("augment", True)
+        # On unless the flag or the preset turns it off (a very short run learns faster without).
+        augment = options.augment is not False
         train = ImageExamples(splits.train, image_size, augment=augment)
         held_out = ImageExamples(splits.held_out, image_size)
         classes = ", ".join(splits.class_names)
@@ -188,8 +187,6 @@ class ImageClassificationRecipe(ImageRecipe):
         data = super().build_data(settings)
         counts = Counter(data.train.labels())
         self.most_frequent_class = counts.most_common(1)[0][0]
-        self.num_classes = len(data.train.class_names)
-        self.last_confusion: list[list[int]] | None = None
         return data
 
     @staticmethod
@@ -212,25 +209,28 @@ class ImageClassificationRecipe(ImageRecipe):
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
         predictions, labels = results.gathered["predictions"], results.gathered["labels"]
-        # Kept for the confusion matrix that ``finish`` draws: the last evaluation is the
-        # final one, and these are every process's predictions.
-        self.last_confusion = confusion_counts(
-            labels.tolist(), predictions.tolist(), self.num_classes
-        )
         return {
             "eval_loss": results.means["loss"],
             "accuracy": float((predictions == labels).float().mean()),
             "baseline_accuracy": float((labels == self.most_frequent_class).float().mean()),
         }
 
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
-        """The confusion matrix of the held-out images, ``confusion_matrix.png``."""
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
+        """The confusion matrix of the final evaluation, ``confusion_matrix.png``."""
         from .reporting import plot_confusion_matrix
 
         names = data.eval.class_names
-        counts = self.last_confusion
-        if counts is None:  # no evaluation in this segment (a resume at its last step)
-            counts = self._predicted_counts(model, data)
+        counts = confusion_counts(
+            evaluation.results.gathered["labels"].tolist(),
+            evaluation.results.gathered["predictions"].tolist(),
+            len(names),
+        )
         correct = sum(counts[index][index] for index in range(len(names)))
         total = sum(map(sum, counts))
         path = output_dir / CONFUSION_MATRIX_FILE
@@ -241,18 +241,6 @@ class ImageClassificationRecipe(ImageRecipe):
             f"{self.name}: {correct}/{total} held-out images right ({correct / total:.1%})",
         )
         return {"confusion matrix": path}
-
-    def _predicted_counts(self, model: PreTrainedModel, data: RecipeData) -> list[list[int]]:
-        import torch
-        from torch.utils.data import DataLoader
-
-        labels, predictions = [], []
-        with torch.no_grad():
-            for batch in DataLoader(data.eval, batch_size=64, collate_fn=data.collate):
-                batch = {key: value.to(model.device) for key, value in batch.items()}
-                predictions += model(pixel_values=batch["pixel_values"]).logits.argmax(-1).tolist()
-                labels += batch["labels"].tolist()
-        return confusion_counts(labels, predictions, len(data.eval.class_names))
 
 
 def confusion_counts(labels: list[int], predictions: list[int], classes: int) -> list[list[int]]:

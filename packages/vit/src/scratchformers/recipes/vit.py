@@ -45,11 +45,11 @@ class ViTRecipe(ImageClassificationRecipe):
         # 92.6% of held-out shapes right (chance: 16.6%) in about 4 minutes on 2 CPU cores;
         # patches of 4 pixels (36 of them) learn the shapes far faster than 6-pixel ones.
         "tiny": Preset.scheduled(
-            2000,
-            64,
-            1e-3,
-            30,
-            250,
+            steps=2000,
+            batch=64,
+            lr=1e-3,
+            warmup=30,
+            eval_every=250,
             image_size=24,
             patch_size=4,
             hidden_size=64,
@@ -60,11 +60,11 @@ class ViTRecipe(ImageClassificationRecipe):
             eval_images=1000,
         ),
         "small": Preset.scheduled(
-            4000,
-            128,
-            1e-3,
-            200,
-            400,
+            steps=4000,
+            batch=128,
+            lr=1e-3,
+            warmup=200,
+            eval_every=400,
             image_size=32,
             patch_size=4,
             hidden_size=192,
@@ -75,11 +75,11 @@ class ViTRecipe(ImageClassificationRecipe):
             eval_images=2000,
         ),
         "base": Preset.scheduled(
-            50000,
-            256,
-            5e-4,
-            5000,
-            2000,
+            steps=50000,
+            batch=256,
+            lr=5e-4,
+            warmup=5000,
+            eval_every=2000,
             image_size=224,
             patch_size=16,
             hidden_size=768,
@@ -96,16 +96,16 @@ class ViTRecipe(ImageClassificationRecipe):
     ) -> ViTForImageClassification:
         from scratchformers.vit import ViTConfig, ViTForImageClassification
 
-        options = settings.model
+        options = settings.options
         config = ViTConfig(
-            image_size=options["image_size"],
-            patch_size=options["patch_size"],
+            image_size=options.image_size,
+            patch_size=options.patch_size,
             num_channels=3,
-            hidden_size=options["hidden_size"],
-            num_hidden_layers=options["num_hidden_layers"],
-            num_attention_heads=options["num_attention_heads"],
-            intermediate_size=4 * options["hidden_size"],
-            pooling=options["pooling"],
+            hidden_size=options.hidden_size,
+            num_hidden_layers=options.num_hidden_layers,
+            num_attention_heads=options.num_attention_heads,
+            intermediate_size=4 * options.hidden_size,
+            pooling=options.pooling,
             **self.label_config(data),
         )
         return ViTForImageClassification(config)

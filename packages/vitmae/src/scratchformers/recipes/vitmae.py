@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from scratchformers.training.recipe import EvalResults, ModelFlag, Preset, RecipeData
+from scratchformers.training.recipe import Evaluation, ModelFlag, Preset, RecipeData
 from scratchformers.training.vision import ImageRecipe
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ PROBE_PLOT = "linear_probe.png"
 PROBE_FILE = "linear_probe.json"
 SAMPLES = 6  # held-out images drawn as reconstruction grids
 PROBE_TRAIN_IMAGES = 5000  # at most this many training images fit the probe
-_EVAL_SEED = 1234  # the held-out masks: the same patches hidden at every evaluation
+_EVAL_SEED = 1234  # the masks of the reconstruction grids: the same patches at every run
 
 
 def true_or_false(value: str) -> bool:
@@ -83,11 +83,11 @@ class ViTMAERecipe(ImageRecipe):
     }
     presets = {
         "tiny": Preset.scheduled(
-            2000,
-            64,
-            1.5e-3,
-            100,
-            250,
+            steps=2000,
+            batch=64,
+            lr=1.5e-3,
+            warmup=100,
+            eval_every=250,
             image_size=24,
             patch_size=4,
             hidden_size=64,
@@ -102,11 +102,11 @@ class ViTMAERecipe(ImageRecipe):
             eval_images=1000,
         ),
         "small": Preset.scheduled(
-            8000,
-            128,
-            1.5e-3,
-            400,
-            500,
+            steps=8000,
+            batch=128,
+            lr=1.5e-3,
+            warmup=400,
+            eval_every=500,
             image_size=32,
             patch_size=4,
             hidden_size=192,
@@ -122,11 +122,11 @@ class ViTMAERecipe(ImageRecipe):
         ),
         # ViT-B/16 as the paper pretrains it (its decoder: 512 wide, 8 layers).
         "base": Preset.scheduled(
-            100000,
-            256,
-            1.5e-4,
-            5000,
-            2000,
+            steps=100000,
+            batch=256,
+            lr=1.5e-4,
+            warmup=5000,
+            eval_every=2000,
             image_size=224,
             patch_size=16,
             hidden_size=768,
@@ -142,50 +142,47 @@ class ViTMAERecipe(ImageRecipe):
         ),
     }
 
-    def build_data(self, settings: TrainingSettings) -> RecipeData:
-        data = super().build_data(settings)
-        self._reset_eval_noise()
-        return data
-
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> ViTMAEForPreTraining:
         from scratchformers.vitmae import ViTMAEConfig, ViTMAEForPreTraining
 
-        options = settings.model
+        options = settings.options
         config = ViTMAEConfig(
-            image_size=options["image_size"],
-            patch_size=options["patch_size"],
+            image_size=options.image_size,
+            patch_size=options.patch_size,
             num_channels=3,
-            hidden_size=options["hidden_size"],
-            num_hidden_layers=options["num_hidden_layers"],
-            num_attention_heads=options["num_attention_heads"],
-            intermediate_size=4 * options["hidden_size"],
-            decoder_hidden_size=options["decoder_hidden_size"],
-            decoder_num_hidden_layers=options["decoder_num_hidden_layers"],
-            decoder_num_attention_heads=options["decoder_num_attention_heads"],
-            decoder_intermediate_size=4 * options["decoder_hidden_size"],
-            mask_ratio=options["mask_ratio"],
-            norm_pix_loss=options.get("norm_pix_loss", False),
+            hidden_size=options.hidden_size,
+            num_hidden_layers=options.num_hidden_layers,
+            num_attention_heads=options.num_attention_heads,
+            intermediate_size=4 * options.hidden_size,
+            decoder_hidden_size=options.decoder_hidden_size,
+            decoder_num_hidden_layers=options.decoder_num_hidden_layers,
+            decoder_num_attention_heads=options.decoder_num_attention_heads,
+            decoder_intermediate_size=4 * options.decoder_hidden_size,
+            mask_ratio=options.mask_ratio,
+            norm_pix_loss=options.norm_pix_loss,
         )
         return ViTMAEForPreTraining(config)
 
-    def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
-        self._reset_eval_noise()
-        return super().load_model(model_dir, settings)
-
-    def compute_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        # The labels (the shape, or a folder's class) are for the linear probe only.
-        return model(pixel_values=batch["pixel_values"]).loss
+    def compute_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
+    ) -> torch.Tensor:
+        # The labels (the shape, or a folder's class) are for the linear probe only. Every
+        # image hides as many patches, so the mean over the images is the mean over patches.
+        loss = model(pixel_values=batch["pixel_values"]).loss
+        return loss * (self.count_loss_items(batch) / num_items_in_batch)
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        pixels = batch["pixel_values"]
-        noise = self._noise_for(pixels, model)
-        return {"loss": model(pixel_values=pixels, noise=noise).loss}
+        # The masking noise comes from the generator the loop seeds for every evaluation:
+        # each evaluation hides the same patches.
+        return {"loss": model(pixel_values=batch["pixel_values"]).loss}
 
-    def eval_metrics(self, results: EvalResults) -> dict[str, float]:
-        self._reset_eval_noise()  # the next evaluation hides the same patches again
-        return {"eval_loss": results.means["loss"]}
-
-    def finish(self, model: PreTrainedModel, data: RecipeData, output_dir: Path) -> dict[str, Path]:
+    def finish(
+        self,
+        model: PreTrainedModel,
+        data: RecipeData,
+        output_dir: Path,
+        evaluation: Evaluation,
+    ) -> dict[str, Path]:
         """Reconstruction grids of the first held-out images, and the linear probe."""
         import torch
 
@@ -265,19 +262,6 @@ class ViTMAERecipe(ImageRecipe):
         from scratchformers.vitmae import export_to_transformers
 
         return export_to_transformers(model, out_dir)
-
-    def _reset_eval_noise(self) -> None:
-        import torch
-
-        self._eval_noise = torch.Generator().manual_seed(_EVAL_SEED)
-
-    def _noise_for(self, pixels: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-        import torch
-
-        patch = model.config.patch_size
-        count = (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
-        noise = torch.rand(pixels.shape[0], count, generator=self._eval_noise)
-        return noise.to(pixels.device)
 
 
 def plot_probe(probe: dict[str, Any], path: Path, title: str) -> None:

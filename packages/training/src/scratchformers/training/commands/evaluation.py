@@ -74,8 +74,8 @@ def run(arguments: argparse.Namespace) -> int:
         from accelerate import Accelerator, DataLoaderConfiguration
         from accelerate.utils import set_seed
 
-        from .data import DataError
-        from .loop import evaluate, held_out_loader
+        from ..data import DataError
+        from ..loop import evaluate, held_out_loader
 
         transformers.logging.disable_progress_bar()
         import_model_code(folder)  # a missing package is said before the data is built
@@ -103,7 +103,7 @@ def run(arguments: argparse.Namespace) -> int:
         loader = held_out_loader(data, settings.batch_size, accelerator.num_processes)
         examples = len(loader.dataset)
         model, loader = accelerator.prepare(model, loader)
-        metrics = evaluate(recipe, model, loader, accelerator)
+        metrics = evaluate(recipe, model, loader, accelerator).metrics
 
     if not accelerator.is_main_process:
         return 0

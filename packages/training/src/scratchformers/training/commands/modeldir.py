@@ -24,14 +24,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import TrainingError
-from .rundir import RUN_FILE
+from ..errors import TrainingError
+from ..rundir import RUN_FILE
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from .recipe import Recipe
-    from .settings import TrainingSettings
+    from ..recipe import Recipe
+    from ..settings import TrainingSettings
 
 CONFIG_FILE = "config.json"
 OUR_MODEL_TYPES = "scratchformers-"
@@ -64,7 +64,7 @@ class ModelFolder:
 
     def recipe(self) -> Recipe:
         """The installed recipe this folder was trained with, named in its run.json."""
-        from .recipe import load_recipe
+        from ..recipe import load_recipe
 
         name = self.require_run("its run.json names the recipe it was trained with").get("recipe")
         if not isinstance(name, str):
@@ -78,7 +78,7 @@ class ModelFolder:
 
     def installed_recipe(self) -> Recipe | None:
         """The folder's recipe if it has a run.json naming an installed one, else None."""
-        from .recipe import installed_recipes
+        from ..recipe import installed_recipes
 
         if self.run is None or self.run.get("recipe") not in installed_recipes():
             return None
@@ -87,7 +87,7 @@ class ModelFolder:
     def settings(self) -> TrainingSettings:
         """The settings of the run that trained this model, from its run.json, with the
         folder as it is now (the run may have been moved) as ``output_dir``."""
-        from .settings import TrainingSettings
+        from ..settings import TrainingSettings
 
         run = self.require_run("the settings of its run are in it")
         known = {field.name for field in fields(TrainingSettings)}
