@@ -6,12 +6,11 @@ positions and the KV cache come from ``scratchformers.core_attention``; ``output
 ``output_attentions`` and ``return_dict`` from transformers' own output machinery. Nothing here
 writes its own attention math or output plumbing.
 
-Each choice is made in one place, so no code path is written twice. ``BasicFormerLayer.residual``
-places the norm before the sub-layer or after the addition. ``BasicFormerModel`` builds the
-stacks the mode needs, and the seq2seq plumbing (encoder outputs, the decoder's ids through the
-shared embedding, the combined output) is one branch of its forward. ``BasicFormerLMHeadModel``
-puts the config in the task's mode and puts the head's logits and loss in place of the model's
-last hidden state; the three task models only name their mode and their arguments.
+Each choice is made once, so no code path is written twice: ``BasicFormerLayer.residual`` places
+the norm (before the sub-layer or after the addition); ``BasicFormerModel`` builds the stacks its
+mode needs, and one branch of its forward holds the seq2seq plumbing (encoder outputs, decoder ids
+through the shared embedding, the combined output); ``BasicFormerLMHeadModel`` sets the task's
+mode and puts the head's logits and loss in place of the model's last hidden state.
 """
 
 from __future__ import annotations
@@ -64,8 +63,7 @@ class BasicFormerMLP(nn.Module):
     def __init__(self, config: BasicFormerConfig) -> None:
         super().__init__()
         width, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        gated = config.mlp_type == "gated"
-        self.gate_proj = nn.Linear(width, inner, bias=bias) if gated else None
+        self.gate_proj = nn.Linear(width, inner, bias=bias) if config.mlp_type == "gated" else None
         self.up_proj = nn.Linear(width, inner, bias=bias)
         self.act = activation(config.hidden_act)
         self.down_proj = nn.Linear(inner, width, bias=bias)
@@ -77,11 +75,9 @@ class BasicFormerMLP(nn.Module):
         return self.down_proj(gate * self.up_proj(hidden_states))
 
 
-def make_attention(
-    config: BasicFormerConfig, layer_idx: int, *, causal: bool = False, cross: bool = False
-) -> Attention:
-    """A core-attention layer shaped by the config; ``attention_bias`` biases all four
-    projections or none."""
+def make_attention(config: BasicFormerConfig, layer_idx: int, **kind: bool) -> Attention:
+    """A core-attention layer shaped by the config, of the ``kind`` named (``is_causal``,
+    ``is_cross_attention``); ``attention_bias`` biases all four projections or none."""
     biases = dict.fromkeys(("q_bias", "k_bias", "v_bias", "o_bias"), config.attention_bias)
     return Attention(
         config.hidden_size,
@@ -89,11 +85,10 @@ def make_attention(
         config.num_key_value_heads,
         config.head_dim,
         config=config,
-        is_causal=causal,
-        is_cross_attention=cross,
         dropout=config.attention_dropout,
         layer_idx=layer_idx,
         **biases,
+        **kind,
     )
 
 
@@ -112,10 +107,12 @@ class BasicFormerLayer(GradientCheckpointingLayer):
     ) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.self_attn = make_attention(config, layer_idx, causal=causal)
+        self.self_attn = make_attention(config, layer_idx, is_causal=causal)
         self.self_attn_norm = make_norm(config)
-        self.cross_attn = make_attention(config, layer_idx, cross=True) if cross_attention else None
-        self.cross_attn_norm = make_norm(config) if cross_attention else None
+        self.cross_attn = self.cross_attn_norm = None
+        if cross_attention:
+            self.cross_attn = make_attention(config, layer_idx, is_cross_attention=True)
+            self.cross_attn_norm = make_norm(config)
         self.mlp = BasicFormerMLP(config)
         self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -188,13 +185,13 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
         self.argument_prefix = "decoder_" if seq2seq_decoder else ""
         width, kind = config.hidden_size, config.position_embedding_type
         self.embed_tokens = None if seq2seq_decoder else TokenEmbedding(config.vocab_size, width)
-        self.embed_positions = None
+        self.embed_positions = self.rotary = None
         if kind == "learned":
             self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, width)
         elif kind == "sinusoidal":
             self.embed_positions = SinusoidalPositionalEmbedding(width)
-        rotary = kind == "rotary"
-        self.rotary = RotaryEmbedding(config.head_dim, base=config.rope_theta) if rotary else None
+        elif kind == "rotary":
+            self.rotary = RotaryEmbedding(config.head_dim, base=config.rope_theta)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
             BasicFormerLayer(config, i, causal=self.causal, cross_attention=self.cross_attention)
