@@ -1,15 +1,21 @@
 """BasicFormer: one readable transformer that is an encoder, a decoder, or both.
 
-Reading order: the MLP, one layer (self attention, optional cross attention, MLP, each a
-residual sub-layer), the encoder and decoder stacks with their positions and masks, then the
-Hugging Face models: the bare ``BasicFormerModel`` and the three task models. Attention, masks,
+Reading order: the MLP, one layer, a stack of layers with its embeddings, positions and masks,
+the bare ``BasicFormerModel`` in its three modes, then the task models. Attention, masks,
 positions and the KV cache come from ``scratchformers.core_attention``; ``output_hidden_states``,
 ``output_attentions`` and ``return_dict`` from transformers' own output machinery. Nothing here
 writes its own attention math or output plumbing.
+
+Each choice is made once, so no code path is written twice: ``BasicFormerLayer.residual`` places
+the norm (before the sub-layer or after the addition); ``BasicFormerModel`` builds the stacks its
+mode needs, and one branch of its forward holds the seq2seq plumbing (encoder outputs, decoder ids
+through the shared embedding, the combined output); ``BasicFormerLMHeadModel`` sets the task's
+mode and puts the head's logits and loss in place of the model's last hidden state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -22,6 +28,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
     MaskedLMOutput,
+    ModelOutput,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
@@ -56,8 +63,7 @@ class BasicFormerMLP(nn.Module):
     def __init__(self, config: BasicFormerConfig) -> None:
         super().__init__()
         width, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        gated = config.mlp_type == "gated"
-        self.gate_proj = nn.Linear(width, inner, bias=bias) if gated else None
+        self.gate_proj = nn.Linear(width, inner, bias=bias) if config.mlp_type == "gated" else None
         self.up_proj = nn.Linear(width, inner, bias=bias)
         self.act = activation(config.hidden_act)
         self.down_proj = nn.Linear(inner, width, bias=bias)
@@ -69,54 +75,57 @@ class BasicFormerMLP(nn.Module):
         return self.down_proj(gate * self.up_proj(hidden_states))
 
 
-def make_attention(
-    config: BasicFormerConfig, layer_idx: int, *, causal: bool = False, cross: bool = False
-) -> Attention:
-    """A core-attention layer shaped by the config."""
-    bias = config.attention_bias
+def make_attention(config: BasicFormerConfig, layer_idx: int, **kind: bool) -> Attention:
+    """A core-attention layer shaped by the config, of the ``kind`` named (``is_causal``,
+    ``is_cross_attention``); ``attention_bias`` biases all four projections or none."""
+    biases = dict.fromkeys(("q_bias", "k_bias", "v_bias", "o_bias"), config.attention_bias)
     return Attention(
         config.hidden_size,
         config.num_attention_heads,
         config.num_key_value_heads,
         config.head_dim,
         config=config,
-        is_causal=causal,
-        is_cross_attention=cross,
-        q_bias=bias,
-        k_bias=bias,
-        v_bias=bias,
-        o_bias=bias,
         dropout=config.attention_dropout,
         layer_idx=layer_idx,
+        **biases,
+        **kind,
     )
 
 
 def make_norm(config: BasicFormerConfig) -> nn.LayerNorm | nn.RMSNorm:
     """The norm the config names (``norm_type``), over the width of the residual stream."""
-    if config.norm_type == "rmsnorm":
-        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    norm = nn.RMSNorm if config.norm_type == "rmsnorm" else nn.LayerNorm
+    return norm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 class BasicFormerLayer(GradientCheckpointingLayer):
-    """Self attention, then (in a decoder with an encoder) cross attention, then the MLP.
-
-    Each is a residual sub-layer. Pre-norm normalises a sub-layer's input, ``x + f(norm(x))``;
-    post-norm (the original Transformer, BERT) normalises after the addition, ``norm(x + f(x))``.
-    """
+    """Self attention, then (in a decoder with an encoder) cross attention, then the MLP, each a
+    residual sub-layer with its own norm."""
 
     def __init__(
         self, config: BasicFormerConfig, layer_idx: int, *, causal: bool, cross_attention: bool
     ) -> None:
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
-        self.self_attn = make_attention(config, layer_idx, causal=causal)
+        self.self_attn = make_attention(config, layer_idx, is_causal=causal)
         self.self_attn_norm = make_norm(config)
-        self.cross_attn = make_attention(config, layer_idx, cross=True) if cross_attention else None
-        self.cross_attn_norm = make_norm(config) if cross_attention else None
+        self.cross_attn = self.cross_attn_norm = None
+        if cross_attention:
+            self.cross_attn = make_attention(config, layer_idx, is_cross_attention=True)
+            self.cross_attn_norm = make_norm(config)
         self.mlp = BasicFormerMLP(config)
         self.mlp_norm = make_norm(config)
         self.dropout = nn.Dropout(config.dropout)
+
+    def residual(
+        self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module
+    ) -> torch.Tensor:
+        """One residual sub-layer, the only place where the norm's position matters. Pre-norm
+        normalises the sub-layer's input, ``x + f(norm(x))``; post-norm (the original
+        Transformer, BERT) normalises after the addition, ``norm(x + f(x))``."""
+        if self.pre_norm:
+            return x + self.dropout(sublayer(norm(x)))
+        return norm(x + self.dropout(sublayer(x)))
 
     def forward(
         self,
@@ -136,17 +145,10 @@ class BasicFormerLayer(GradientCheckpointingLayer):
             mask, encoder = encoder_attention_mask, encoder_hidden_states
             return self.cross_attn(x, mask, key_value_states=encoder, cache=cache, **kwargs)[0]
 
-        x, cross = hidden_states, self.cross_attn is not None
-        if self.pre_norm:
-            x = x + self.dropout(attend(self.self_attn_norm(x)))
-            if cross:
-                x = x + self.dropout(attend_to_encoder(self.cross_attn_norm(x)))
-            return x + self.dropout(self.mlp(self.mlp_norm(x)))
-
-        x = self.self_attn_norm(x + self.dropout(attend(x)))
-        if cross:
-            x = self.cross_attn_norm(x + self.dropout(attend_to_encoder(x)))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+        x = self.residual(hidden_states, attend, self.self_attn_norm)
+        if self.cross_attn is not None:
+            x = self.residual(x, attend_to_encoder, self.cross_attn_norm)
+        return self.residual(x, self.mlp, self.mlp_norm)
 
 
 class BasicFormerPreTrainedModel(PreTrainedModel):
@@ -169,40 +171,30 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
     """A stack of layers with its positions; :class:`BasicFormerEncoder` (bidirectional) and
     :class:`BasicFormerDecoder` (causal, optionally attending to an encoder) are its two kinds.
 
-    The stack that reads token ids owns the token embedding (``embed_tokens``). In an
-    encoder-decoder the encoder owns it and the decoder receives embeddings made with it, so the
-    shared table is stored once. ``argument_prefix`` is how the user names this stack's inputs
-    (``"decoder_"`` in an encoder-decoder), so that errors name what the user passed.
+    The decoder of an encoder-decoder attends to the encoder, has no token embedding of its own
+    (it receives embeddings made with the encoder's ``embed_tokens``, so the shared table is
+    stored once), and names its inputs in errors as the user does (``decoder_attention_mask``).
     """
 
     causal: ClassVar[bool]
 
-    def __init__(
-        self,
-        config: BasicFormerConfig,
-        *,
-        cross_attention: bool = False,
-        owns_token_embedding: bool = True,
-        argument_prefix: str = "",
-    ) -> None:
+    def __init__(self, config: BasicFormerConfig) -> None:
         super().__init__(config)
-        self.cross_attention = cross_attention
-        self.argument_prefix = argument_prefix
+        seq2seq_decoder = self.causal and config.is_encoder_decoder
+        self.cross_attention = seq2seq_decoder or config.add_cross_attention
+        self.argument_prefix = "decoder_" if seq2seq_decoder else ""
         width, kind = config.hidden_size, config.position_embedding_type
-        self.embed_tokens = (
-            TokenEmbedding(config.vocab_size, width) if owns_token_embedding else None
-        )
-        self.embed_positions = None
+        self.embed_tokens = None if seq2seq_decoder else TokenEmbedding(config.vocab_size, width)
+        self.embed_positions = self.rotary = None
         if kind == "learned":
             self.embed_positions = LearnedPositionalEmbedding(config.max_position_embeddings, width)
         elif kind == "sinusoidal":
             self.embed_positions = SinusoidalPositionalEmbedding(width)
-        self.rotary = (
-            RotaryEmbedding(config.head_dim, base=config.rope_theta) if kind == "rotary" else None
-        )
+        elif kind == "rotary":
+            self.rotary = RotaryEmbedding(config.head_dim, base=config.rope_theta)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            BasicFormerLayer(config, i, causal=self.causal, cross_attention=cross_attention)
+            BasicFormerLayer(config, i, causal=self.causal, cross_attention=self.cross_attention)
             for i in range(config.num_hidden_layers)
         )
         # Pre-norm leaves the residual stream un-normalised, so the stack ends with a norm.
@@ -226,7 +218,9 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
         """Run the stack. ``attention_mask`` is the 2D padding mask (1 = token, 0 = padding)
         over the cached and the new tokens, or a prepared 4D mask."""
         inputs_embeds = self._embed(input_ids, inputs_embeds)
-        if self.cross_attention and encoder_hidden_states is None and not _has_cross_cache(cache):
+        # Once cached, the encoder's keys and values are all cross attention needs.
+        cross_cached = isinstance(cache, EncoderDecoderCache) and any(cache.is_updated.values())
+        if self.cross_attention and encoder_hidden_states is None and not cross_cached:
             raise ValueError(
                 "this decoder has cross attention: pass encoder_hidden_states (the encoder output)"
             )
@@ -244,20 +238,13 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
 
         hidden_states = inputs_embeds
         if self.embed_positions is not None:
-            hidden_states = hidden_states + self.embed_positions(position_ids).to(
-                inputs_embeds.dtype
-            )
-        rotary = self.rotary(position_ids, inputs_embeds.dtype) if self.rotary is not None else None
+            positions = self.embed_positions(position_ids)
+            hidden_states = hidden_states + positions.to(inputs_embeds.dtype)
+        rope = self.rotary(position_ids, inputs_embeds.dtype) if self.rotary is not None else None
         hidden_states = self.dropout(hidden_states)
         for layer in self.layers:
             hidden_states = layer(
-                hidden_states,
-                mask,
-                rotary,
-                encoder_hidden_states,
-                cross_mask,
-                cache=cache,
-                **kwargs,
+                hidden_states, mask, rope, encoder_hidden_states, cross_mask, cache=cache, **kwargs
             )
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
@@ -308,10 +295,6 @@ class BasicFormerDecoder(BasicFormerStack):
     }
 
 
-def _has_cross_cache(cache: Cache | None) -> bool:
-    return isinstance(cache, EncoderDecoderCache) and any(cache.is_updated.values())
-
-
 class BasicFormerModel(BasicFormerPreTrainedModel):
     """A whole BasicFormer without a task head, in the mode its config names.
 
@@ -325,17 +308,9 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
     def __init__(self, config: BasicFormerConfig) -> None:
         super().__init__(config)
         config.check()
-        self.encoder = None
-        self.decoder = None
-        if not config.is_decoder:
-            self.encoder = BasicFormerEncoder(config)
-        if config.is_decoder or config.is_encoder_decoder:
-            self.decoder = BasicFormerDecoder(
-                config,
-                cross_attention=config.is_encoder_decoder or config.add_cross_attention,
-                owns_token_embedding=not config.is_encoder_decoder,
-                argument_prefix="decoder_" if config.is_encoder_decoder else "",
-            )
+        self.encoder = None if config.is_decoder else BasicFormerEncoder(config)
+        decoder = config.is_decoder or config.is_encoder_decoder
+        self.decoder = BasicFormerDecoder(config) if decoder else None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -343,9 +318,6 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         (self.encoder or self.decoder).embed_tokens = value
-
-    def get_encoder(self, modality: str | None = None) -> BasicFormerEncoder | None:
-        return self.encoder
 
     @can_return_tuple
     def forward(
@@ -370,10 +342,9 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
         ``decoder_*`` ones for the decoder. ``encoder_hidden_states``/``encoder_attention_mask``
         feed a decoder-only model's cross attention."""
         inputs = (input_ids, attention_mask, position_ids, inputs_embeds)
-        if not self.config.is_encoder_decoder and self.encoder is not None:
-            return self.encoder(*inputs, return_dict=True, **kwargs)
         if not self.config.is_encoder_decoder:
-            return self.decoder(
+            # One stack: an encoder has no cache and no cross attention, so it ignores those.
+            return (self.encoder or self.decoder)(
                 *inputs,
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,
@@ -418,34 +389,53 @@ class BasicFormerModel(BasicFormerPreTrainedModel):
         )
 
 
-def _set_mode(
-    config: BasicFormerConfig, task: str, *, is_decoder: bool, is_encoder_decoder: bool
-) -> None:
-    """Put a task model's config in the mode the task needs, refusing a contradicting flag."""
-    for flag, wanted in (("is_decoder", is_decoder), ("is_encoder_decoder", is_encoder_decoder)):
-        if getattr(config, flag) and not wanted:
-            raise ValueError(f"{task} cannot be built from a config with {flag}=True")
-    config.is_decoder = is_decoder
-    config.is_encoder_decoder = is_encoder_decoder
-    if config.add_cross_attention:
-        raise ValueError(
-            f"{task} has no use for add_cross_attention=True: it is for a bare decoder "
-            "(BasicFormerModel) that attends to encoder_hidden_states you pass in"
-        )
-    config.check()
+class BasicFormerLMHeadModel(BasicFormerPreTrainedModel):
+    """What the task models share: the bare model in the task's mode and a language-modelling
+    head, tied to the token embedding unless ``tie_word_embeddings=False``."""
 
-
-class BasicFormerForMaskedLM(BasicFormerPreTrainedModel):
-    """An encoder with a language-modelling head that fills in masked tokens."""
-
-    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+    # The config's mode flags as this task needs them; a config that says otherwise is refused.
+    mode: ClassVar[dict[str, bool]]
 
     def __init__(self, config: BasicFormerConfig) -> None:
-        _set_mode(config, type(self).__name__, is_decoder=False, is_encoder_decoder=False)
+        task = type(self).__name__
+        for flag, wanted in self.mode.items():
+            if getattr(config, flag) and not wanted:
+                raise ValueError(f"{task} cannot be built from a config with {flag}=True")
+        config.update(self.mode)
+        if config.add_cross_attention:
+            raise ValueError(
+                f"{task} has no use for add_cross_attention=True: it is for a bare decoder "
+                "(BasicFormerModel) that attends to encoder_hidden_states you pass in"
+            )
         super().__init__(config)
         self.model = BasicFormerModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def _lm_output(
+        self,
+        output_class: type[ModelOutput],
+        outputs: ModelOutput,
+        labels: torch.LongTensor | None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: object,
+    ) -> ModelOutput:
+        """The task's output: the head's logits (and their loss against ``labels``) in place of
+        the model's last hidden state, everything else (cache, hidden states, attentions) as the
+        model returned it."""
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
+        rest = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        return output_class(loss=loss, logits=logits, **rest)
+
+
+class BasicFormerForMaskedLM(BasicFormerLMHeadModel):
+    """An encoder with a language-modelling head that fills in masked tokens."""
+
+    mode = {"is_decoder": False, "is_encoder_decoder": False}
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
 
     @can_return_tuple
     def forward(
@@ -461,29 +451,14 @@ class BasicFormerForMaskedLM(BasicFormerPreTrainedModel):
         outputs = self.model(
             input_ids, attention_mask, position_ids, inputs_embeds, return_dict=True, **kwargs
         )
-        logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return MaskedLMOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._lm_output(MaskedLMOutput, outputs, labels, **kwargs)
 
 
-class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
+class BasicFormerForCausalLM(BasicFormerLMHeadModel, LeanGenerationMixin):
     """A causal decoder with a language-modelling head: next-token prediction and ``generate()``."""
 
+    mode = {"is_decoder": True, "is_encoder_decoder": False}
     _tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
-
-    def __init__(self, config: BasicFormerConfig) -> None:
-        _set_mode(config, type(self).__name__, is_decoder=True, is_encoder_decoder=False)
-        super().__init__(config)
-        self.model = BasicFormerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
 
     @can_return_tuple
     def forward(
@@ -510,35 +485,21 @@ class BasicFormerForCausalLM(BasicFormerPreTrainedModel, LeanGenerationMixin):
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithCrossAttentions(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return self._lm_output(
+            CausalLMOutputWithCrossAttentions, outputs, labels, logits_to_keep, **kwargs
         )
 
 
-class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
+class BasicFormerForSeq2SeqLM(BasicFormerLMHeadModel, GenerationMixin):
     """An encoder-decoder with a language-modelling head: translation-style ``generate()``."""
 
+    mode = {"is_decoder": False, "is_encoder_decoder": True}
     _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
 
     def __init__(self, config: BasicFormerConfig) -> None:
-        _set_mode(config, type(self).__name__, is_decoder=False, is_encoder_decoder=True)
         super().__init__(config)
-        self.model = BasicFormerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # The decoder already reads the labels shifted right, so logits and labels line up.
         self.loss_type = "ForMaskedLM"
-        self.post_init()
-
-    def get_encoder(self, modality: str | None = None) -> BasicFormerEncoder:
-        return self.model.encoder
 
     @can_return_tuple
     def forward(
@@ -576,18 +537,4 @@ class BasicFormerForSeq2SeqLM(BasicFormerPreTrainedModel, GenerationMixin):
             return_dict=True,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-        )
+        return self._lm_output(Seq2SeqLMOutput, outputs, labels, logits_to_keep, **kwargs)
