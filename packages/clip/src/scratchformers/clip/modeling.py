@@ -36,10 +36,16 @@ from transformers.models.clip.modeling_clip import CLIPOutput as TransformersCLI
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from scratchformers.core_attention import Attention, LearnedPositionalEmbedding, TokenEmbedding
+from scratchformers.core_attention import (
+    Attention,
+    ConvertsCheckpoints,
+    LearnedPositionalEmbedding,
+    TokenEmbedding,
+)
 from scratchformers.vit import ViTEncoder, ViTLayer, ViTPatchEmbeddings, resize_position_grid
 
 from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from .convert import CONVERTER
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -126,10 +132,11 @@ class CLIPTextEmbeddings(nn.Module):
         return embeddings + self.position_embedding(position_ids)
 
 
-class CLIPPreTrainedModel(PreTrainedModel):
+class CLIPPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the CLIP classes: config, initialisation, backends, output recording."""
 
     config_class = CLIPConfig
+    checkpoint_converters = (CONVERTER,)  # from_pretrained reads transformers' CLIP too
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
@@ -161,13 +168,6 @@ class CLIPPreTrainedModel(PreTrainedModel):
             init.normal_(module.text_projection.weight, std=text_width**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=vision_width**-0.5 * factor)
             init.constant_(module.logit_scale, config.logit_scale_init_value)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' CLIP ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class CLIPTextTransformer(CLIPPreTrainedModel):

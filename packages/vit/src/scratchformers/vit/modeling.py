@@ -27,9 +27,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from scratchformers.core_attention import Attention, activation, prepare_attention_inputs
+from scratchformers.core_attention import (
+    Attention,
+    ConvertsCheckpoints,
+    activation,
+    prepare_attention_inputs,
+)
 
 from .configuration import ViTConfig, as_pair
+from .convert import CONVERTER, MAE_ENCODER_CONVERTERS
 
 
 class ViTPatchEmbeddings(nn.Module):
@@ -281,10 +287,12 @@ class ViTPooler(nn.Module):
         return self.activation(self.dense(pooled))
 
 
-class ViTPreTrainedModel(PreTrainedModel):
+class ViTPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the ViT classes: config, init, backends, output recording, loading."""
 
     config_class = ViTConfig
+    # from_pretrained reads transformers' ViT, and the encoder of a masked autoencoder's.
+    checkpoint_converters = (CONVERTER, *MAE_ENCODER_CONVERTERS)
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -308,13 +316,6 @@ class ViTPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' ViT ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class ViTModel(ViTPreTrainedModel):
