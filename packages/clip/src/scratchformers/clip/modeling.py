@@ -42,7 +42,7 @@ from scratchformers.core_attention import (
     LearnedPositionalEmbedding,
     TokenEmbedding,
 )
-from scratchformers.vit import ViTEncoder, ViTLayer, ViTPatchEmbeddings, resize_position_grid
+from scratchformers.vit import ViTEncoder, ViTLayer, ViTPatchEmbeddings
 
 from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from .convert import CONVERTER
@@ -86,30 +86,13 @@ class CLIPVisionEmbeddings(nn.Module):
         patches = self.patch_embeddings(pixel_values)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1).to(patches.dtype)
         tokens = torch.cat([cls, patches], dim=1)
-        return tokens + self.position_table(*pixel_values.shape[-2:], interpolate_pos_encoding)
-
-    def position_table(
-        self, height: int, width: int, interpolate_pos_encoding: bool
-    ) -> torch.Tensor:
-        """``(1, 1 + patches, hidden)`` for an image of ``height`` x ``width``: the table as
-        trained, or with ``interpolate_pos_encoding`` its patch grid resized to the image's
-        (the class slot kept), as transformers' CLIP resizes it."""
-        table = self.position_embedding.weight[None]
-        trained = self.patch_embeddings.grid_size
-        if not interpolate_pos_encoding:
-            if (height, width) != self.patch_embeddings.image_size:
-                expected = self.patch_embeddings.image_size
-                raise ValueError(
-                    f"pixel_values are {height}x{width} pixels, but this model takes "
-                    f"{expected[0]}x{expected[1]}; resize the images, or pass "
-                    "interpolate_pos_encoding=True to resize the positions"
-                )
-            return table
-        grid = self.patch_embeddings.grid_for(height, width)
-        if grid == trained and height == width:
-            return table
-        patches = resize_position_grid(table[:, 1:], trained, grid)
-        return torch.cat([table[:, :1], patches], dim=1)
+        table = self.patch_embeddings.position_table(
+            self.position_embedding.weight[None],
+            1,
+            *pixel_values.shape[-2:],
+            interpolate_pos_encoding,
+        )
+        return tokens + table
 
 
 class CLIPTextEmbeddings(nn.Module):

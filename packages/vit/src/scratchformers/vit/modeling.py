@@ -67,6 +67,38 @@ class ViTPatchEmbeddings(nn.Module):
         """Patches down and across an image of ``height`` x ``width`` pixels."""
         return height // self.patch_size[0], width // self.patch_size[1]
 
+    def position_table(
+        self,
+        table: torch.Tensor,
+        slots: int,
+        height: int,
+        width: int,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """A position table trained for these patches, ``(1, slots + patches, hidden)`` with
+        ``slots`` rows first for tokens that are not patches (a class token), made fit for an
+        image of ``height`` x ``width`` pixels; shared by every vision tower built on these
+        patches (ViT, ViTMAE's encoder, CLIP's).
+
+        The configured size uses the table as it is. Another size needs
+        ``interpolate_pos_encoding=True``, which resizes the grid of patch positions bicubically
+        (``align_corners=False``) to the image's grid and keeps the slots, as transformers'
+        ViT and CLIP do; the numbers are theirs.
+        """
+        if not interpolate_pos_encoding:
+            if (height, width) != self.image_size:
+                raise ValueError(
+                    f"pixel_values are {height}x{width} pixels, but this model takes "
+                    f"{self.image_size[0]}x{self.image_size[1]}; resize the images, or pass "
+                    "interpolate_pos_encoding=True to resize the positions"
+                )
+            return table
+        grid = self.grid_for(height, width)
+        if grid == self.grid_size:  # a bicubic resize to the same grid is the identity
+            return table
+        patches = resize_position_grid(table[:, slots:], self.grid_size, grid)
+        return torch.cat([table[:, :slots], patches], dim=1)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_pixel_values(pixel_values)
         # transformers casts too: images come as float32 whatever the model's dtype.
@@ -146,31 +178,14 @@ class ViTEmbeddings(nn.Module):
         self, height: int, width: int, interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
         """The positions for an image of ``height`` x ``width`` pixels, ``(1, slots +
-        patches, hidden)``.
-
-        The configured size uses the table as it is. Another size needs
-        ``interpolate_pos_encoding=True``, which resizes the grid of patch positions bicubically
-        (``align_corners=False``) to the image's grid and keeps the class slot, as transformers'
-        ViT does; the numbers are its numbers.
-        """
-        if not interpolate_pos_encoding:
-            expected = self.patch_embeddings.image_size
-            if (height, width) != expected:
-                raise ValueError(
-                    f"pixel_values are {height}x{width} pixels, but this model takes "
-                    f"{expected[0]}x{expected[1]} (image_size={self.config.image_size}); resize "
-                    "the images, or pass interpolate_pos_encoding=True to resize the positions"
-                )
-            return self.position_embeddings
-        grid = self.patch_embeddings.grid_for(height, width)
-        trained = self.patch_embeddings.grid_size
-        if grid == trained:  # a bicubic resize to the same grid is the identity
-            return self.position_embeddings
-        slots = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = resize_position_grid(
-            self.position_embeddings[:, self.num_prefix_tokens :], trained, grid
+        patches, hidden)`` (see :meth:`ViTPatchEmbeddings.position_table`)."""
+        return self.patch_embeddings.position_table(
+            self.position_embeddings,
+            self.num_prefix_tokens,
+            height,
+            width,
+            interpolate_pos_encoding,
         )
-        return torch.cat([slots, patches], dim=1)
 
 
 def resize_position_grid(
