@@ -127,11 +127,11 @@ def _gpt2_reference(size: dict[str, int]) -> transformers.GPT2LMHeadModel:
 def gpt2_row(size: dict[str, int]) -> Row:
     """Our GPT-2 against transformers' GPT-2, loaded from the same checkpoint layout."""
     from scratchformers.gpt2 import GPT2LMHeadModel
-    from scratchformers.gpt2.convert import config_from_transformers, state_from_transformers
+    from scratchformers.gpt2.convert import CONVERTER
 
     theirs = _gpt2_reference(size)
-    ours = GPT2LMHeadModel(config_from_transformers(theirs.config.to_dict()))
-    ours.load_state_dict(state_from_transformers(theirs.state_dict()), strict=False)
+    ours = GPT2LMHeadModel(CONVERTER.config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(CONVERTER.state_from_transformers(theirs.state_dict()), strict=False)
     return Row(
         "gpt2",
         "transformers GPT2LMHeadModel",
@@ -148,7 +148,7 @@ def basicformer_row(size: dict[str, int]) -> Row:
     """BasicFormer configured as GPT-2 (learned positions, pre-norm, gelu_new, biases, tied
     embeddings) against transformers' GPT-2 with the same weights."""
     from scratchformers.basicformer import BasicFormerConfig, BasicFormerForCausalLM
-    from scratchformers.gpt2.convert import state_from_transformers
+    from scratchformers.gpt2.convert import CONVERTER
 
     theirs = _gpt2_reference(size)
     config = BasicFormerConfig(
@@ -177,7 +177,7 @@ def basicformer_row(size: dict[str, int]) -> Row:
         "transformer.h.": "model.decoder.layers.",
     }
     state = {}
-    for name, tensor in state_from_transformers(theirs.state_dict()).items():
+    for name, tensor in CONVERTER.state_from_transformers(theirs.state_dict()).items():
         for old, new in renames.items():
             name = name.replace(old, new)
         state[name] = tensor
@@ -261,7 +261,7 @@ def bert_mlm_row(size: dict[str, int]) -> Row:
     """Our BertForMaskedLM against transformers' BertForMaskedLM, loaded from the same
     transformers checkpoint layout through our converter."""
     from scratchformers.bert_mlm import BertForMaskedLM
-    from scratchformers.bert_mlm.convert import config_from_transformers, state_from_transformers
+    from scratchformers.bert_mlm.convert import CONVERTER
 
     config = transformers.BertConfig(
         vocab_size=size["vocab_size"],
@@ -275,9 +275,9 @@ def bert_mlm_row(size: dict[str, int]) -> Row:
     )
     torch.manual_seed(0)
     theirs = transformers.BertForMaskedLM(config).eval()
-    ours = BertForMaskedLM(config_from_transformers(theirs.config.to_dict()))
+    ours = BertForMaskedLM(CONVERTER.config_from_transformers(theirs.config.to_dict()))
     missing, unexpected = ours.load_state_dict(
-        state_from_transformers(theirs.state_dict()), strict=False
+        CONVERTER.state_from_transformers(theirs.state_dict()), strict=False
     )
     tied = {"cls.decoder.weight", "cls.decoder.bias"}  # filled by the ties, not the file
     assert not unexpected and set(missing) <= tied, (missing, unexpected)
@@ -333,7 +333,7 @@ def vit_row(size: dict[str, int]) -> Row:
     checkpoint layout through our converter. 64x64 images in 8x8 patches (65 tokens), or
     ViT-B/16's 224x224 in 16x16 (197 tokens) from GPT-2's width up; 10 labels."""
     from scratchformers.vit import ViTForImageClassification
-    from scratchformers.vit.convert import config_from_transformers, state_from_transformers
+    from scratchformers.vit.convert import CONVERTER
 
     image_size, patch_size = (224, 16) if size["n_embd"] >= 768 else (64, 8)
     config = transformers.ViTConfig(
@@ -347,8 +347,8 @@ def vit_row(size: dict[str, int]) -> Row:
     )
     torch.manual_seed(0)
     theirs = transformers.ViTForImageClassification(config).eval()
-    ours = ViTForImageClassification(config_from_transformers(theirs.config.to_dict()))
-    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    ours = ViTForImageClassification(CONVERTER.config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(CONVERTER.state_from_transformers(theirs.state_dict()))  # strict
     return ImageClassificationRow(
         "vit",
         "transformers ViTForImageClassification (same weights)",
@@ -425,7 +425,7 @@ def vitmae_row(size: dict[str, int]) -> Row:
     64x64 images in 8x8 patches and a decoder of half the width and depth, or from GPT-2's
     width up ViT-B/16's 224x224 in 16x16 and MAE's decoder (8 layers of width 512, 16 heads)."""
     from scratchformers.vitmae import ViTMAEForPreTraining, sincos_position_table
-    from scratchformers.vitmae.convert import config_from_transformers, state_from_transformers
+    from scratchformers.vitmae.convert import CONVERTER
 
     width, depth, heads = size["n_embd"], size["n_layer"], size["n_head"]
     if width >= 768:
@@ -453,8 +453,8 @@ def vitmae_row(size: dict[str, int]) -> Row:
     with torch.no_grad():  # transformers 5.24 leaves a fresh model's fixed positions at zero
         theirs.vit.embeddings.position_embeddings.copy_(sincos_position_table(grid, width))
         theirs.decoder.decoder_pos_embed.copy_(sincos_position_table(grid, decoder_width))
-    ours = ViTMAEForPreTraining(config_from_transformers(theirs.config.to_dict()))
-    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    ours = ViTMAEForPreTraining(CONVERTER.config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(CONVERTER.state_from_transformers(theirs.state_dict()))  # strict
     return MaskedImageRow(
         "vitmae",
         "transformers ViTMAEForPreTraining (same weights, same noise)",
@@ -505,11 +505,11 @@ def lora_row(size: dict[str, int]) -> Row:
 
     from scratchformers import lora
     from scratchformers.gpt2 import GPT2LMHeadModel
-    from scratchformers.gpt2.convert import config_from_transformers, state_from_transformers
+    from scratchformers.gpt2.convert import CONVERTER
 
     reference = _gpt2_reference(size)
-    base = GPT2LMHeadModel(config_from_transformers(reference.config.to_dict()))
-    base.load_state_dict(state_from_transformers(reference.state_dict()), strict=False)
+    base = GPT2LMHeadModel(CONVERTER.config_from_transformers(reference.config.to_dict()))
+    base.load_state_dict(CONVERTER.state_from_transformers(reference.state_dict()), strict=False)
     ours = lora.inject(
         copy.deepcopy(base),
         lora.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS),
@@ -599,7 +599,7 @@ def clip_row(size: dict[str, int]) -> Row:
     in 8x8 patches and a text tower of half the width over the size's vocabulary, or from
     GPT-2's width up OpenAI's ViT-B/32 shape (224x224 in 32x32; text 512 wide, 12 layers)."""
     from scratchformers.clip import CLIPModel
-    from scratchformers.clip.convert import config_from_transformers, state_from_transformers
+    from scratchformers.clip.convert import CONVERTER
 
     width, depth, heads = size["n_embd"], size["n_layer"], size["n_head"]
     vocab_size = size["vocab_size"]
@@ -630,8 +630,8 @@ def clip_row(size: dict[str, int]) -> Row:
     )
     torch.manual_seed(0)
     theirs = transformers.CLIPModel(config).eval()
-    ours = CLIPModel(config_from_transformers(theirs.config.to_dict()))
-    ours.load_state_dict(state_from_transformers(theirs.state_dict()))  # strict
+    ours = CLIPModel(CONVERTER.config_from_transformers(theirs.config.to_dict()))
+    ours.load_state_dict(CONVERTER.state_from_transformers(theirs.state_dict()))  # strict
     return ContrastiveRow(
         "clip",
         "transformers CLIPModel (same weights)",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from scratchformers.bert_mlm.convert import state_from_transformers
+from scratchformers.bert_mlm.convert import CONVERTER
 
 
 def _mlm_loss(model: torch.nn.Module, padded_batch: Callable) -> torch.Tensor:
@@ -29,7 +29,7 @@ def test_mlm_gradients_equal_transformers(make_pair: Callable, padded_batch: Cal
     _mlm_loss(pair.ours, padded_batch).backward()
     _mlm_loss(pair.theirs, padded_batch).backward()
     ours = _gradients(pair.ours)
-    theirs = state_from_transformers(_gradients(pair.theirs))
+    theirs = CONVERTER.state_from_transformers(_gradients(pair.theirs))
     compared = 0
     for name, gradient in theirs.items():
         assert name in ours, name

@@ -21,7 +21,7 @@ from scratchformers.bert_mlm import (
     BertModel,
     export_to_transformers,
 )
-from scratchformers.bert_mlm.convert import state_from_transformers, state_to_transformers
+from scratchformers.bert_mlm.convert import CONVERTER
 
 
 def _inputs(padded_batch: Callable) -> dict[str, torch.Tensor]:
@@ -194,7 +194,7 @@ def test_a_bare_model_without_pooler_is_not_exported(make_config: Callable, tmp_
 
 def test_state_conversion_inverts_itself(make_theirs: Callable, make_config: Callable) -> None:
     theirs = {k: v for k, v in make_theirs("mlm", tie_word_embeddings=False).state_dict().items()}
-    ours = state_from_transformers(theirs)
+    ours = CONVERTER.state_from_transformers(theirs)
     assert "bert.encoder.layer.2.attention.q_proj.weight" in ours
     assert "bert.encoder.layer.2.mlp.down_proj.bias" in ours
     assert "bert.encoder.layer.0.attention_norm.weight" in ours
@@ -202,7 +202,7 @@ def test_state_conversion_inverts_itself(make_theirs: Callable, make_config: Cal
         ours
     )
     assert set(ours) == set(BertForMaskedLM(make_config()).state_dict())
-    back = state_to_transformers(ours)
+    back = CONVERTER.state_to_transformers(ours)
     assert back.keys() == theirs.keys()
     for key, tensor in theirs.items():
         assert torch.equal(back[key], tensor), key

@@ -74,7 +74,7 @@ def test_gradients_match(make_pair, texts, images, assert_matches):
     model(**inputs, return_loss=True).loss.backward()
     their_grads = {name: p.grad for name, p in theirs.named_parameters() if p.grad is not None}
     ours_named = dict(model.named_parameters())
-    converted = ours.convert.state_from_transformers(their_grads)
+    converted = ours.convert.CONVERTER.state_from_transformers(their_grads)
     assert converted.keys() == ours_named.keys()
     # Compared one by one without a spread check: the key biases' gradients are zero on both
     # sides (a softmax ignores a shift common to all keys), and the temperature is one number.

@@ -6,9 +6,9 @@ The matrix is square, so a transpose applied where none belongs changes numbers,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -20,10 +20,9 @@ from transformers.core_model_loading import Transpose, WeightConverter, WeightRe
 
 from scratchformers.core_attention import (
     CheckpointConverter,
+    ConvertsCheckpoints,
     conversion_key,
-    convert_state_dict,
-    export_checkpoint,
-    from_pretrained_or_convert,
+    export_to_transformers,
 )
 
 WIDTH = 5
@@ -69,8 +68,28 @@ class OurConfig(PreTrainedConfig):
     hidden_size: int = WIDTH
 
 
-class OurModel(PreTrainedModel):
+CONVERTER = CheckpointConverter(
+    transformers_model_type="toy-theirs",
+    config_class=OurConfig,
+    transformers_classes={"OurModel": TheirModel},
+    weight_conversions=[
+        WeightConverter("kernel", "up.weight", operations=[Transpose(0, 1)]),
+        WeightRenaming("scale", "gain"),
+    ],
+    config_renames={"width": "hidden_size"},
+)
+LEGACY = CheckpointConverter(
+    transformers_model_type="toy-legacy",
+    config_class=OurConfig,
+    transformers_classes={"OurModel": LegacyModel},
+    weight_conversions=[WeightRenaming("legacy_up", "up.weight"), WeightRenaming("scale", "gain")],
+    config_renames={"width": "hidden_size"},
+)
+
+
+class OurModel(ConvertsCheckpoints, PreTrainedModel):
     config_class = OurConfig
+    checkpoint_converters = (CONVERTER, LEGACY)
 
     def __init__(self, config: OurConfig) -> None:
         super().__init__(config)
@@ -81,33 +100,9 @@ class OurModel(PreTrainedModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(x) * self.gain
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
-        return from_pretrained_or_convert(
-            cls, OurModel, pretrained_model_name_or_path, CONVERTERS, *args, **kwargs
-        )
-
 
 class OurSubclass(OurModel):
     pass
-
-
-CONVERTER = CheckpointConverter(
-    transformers_model_type="toy-theirs",
-    transformers_classes={OurModel: TheirModel},
-    weight_conversions=[
-        WeightConverter("kernel", "up.weight", operations=[Transpose(0, 1)]),
-        WeightRenaming("scale", "gain"),
-    ],
-    config_renames={"width": "hidden_size"},
-)
-LEGACY = CheckpointConverter(
-    transformers_model_type="toy-legacy",
-    transformers_classes={OurModel: LegacyModel},
-    weight_conversions=[WeightRenaming("legacy_up", "up.weight"), WeightRenaming("scale", "gain")],
-    config_renames={"width": "hidden_size"},
-)
-CONVERTERS = (CONVERTER, LEGACY)
 
 
 def saved_keys(directory: Path) -> set[str]:
@@ -156,7 +151,7 @@ def test_keywords_naming_config_fields_set_them_and_others_fail(tmp_path: Path) 
 
 def test_export_writes_their_layout_and_config(tmp_path: Path) -> None:
     ours = OurSubclass(OurConfig(hidden_size=3))
-    out = export_checkpoint(ours, tmp_path, CONVERTER)
+    out = export_to_transformers(ours, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "toy-theirs" and config["width"] == 3
     assert "hidden_size" not in config
@@ -167,28 +162,78 @@ def test_export_writes_their_layout_and_config(tmp_path: Path) -> None:
 
 
 def test_export_refuses_a_conversion_that_misses_weights(tmp_path: Path) -> None:
-    incomplete = CheckpointConverter(
-        transformers_model_type="toy-theirs",
-        transformers_classes={OurModel: TheirModel},
-        weight_conversions=[WeightConverter("kernel", "up.weight", operations=[Transpose(0, 1)])],
-        config_renames={"width": "hidden_size"},
-    )
+    incomplete = dataclasses.replace(CONVERTER, weight_conversions=CONVERTER.weight_conversions[:1])
     with pytest.raises(ValueError, match=r"\['scale'\]; left over \['gain'\]"):
-        export_checkpoint(OurModel(OurConfig()), tmp_path, incomplete)
+        incomplete.export(OurModel(OurConfig()), tmp_path)
     with pytest.raises(TypeError, match="mirrors no toy-theirs class"):
-        export_checkpoint(TheirModel(TheirConfig()), tmp_path, incomplete)
+        incomplete.export(TheirModel(TheirConfig()), tmp_path)
+    with pytest.raises(TypeError, match="TheirModel mirrors no transformers class"):
+        export_to_transformers(TheirModel(TheirConfig()), tmp_path)
+
+
+@strict
+class OptionConfig(OurConfig):
+    model_type = "toy-options"
+    gated: bool = False
+
+
+class OptionModel(OurModel):
+    """Ours with an option that their class computes one way only, and each format's own
+    refusal besides: the export picks the converter that takes the model."""
+
+    config_class = OptionConfig
+    checkpoint_converters = tuple(
+        dataclasses.replace(converter, config_class=OptionConfig, fixed_fields={"gated": False})
+        for converter in (CONVERTER, LEGACY)
+    )
+
+
+def test_export_refuses_what_their_class_cannot_compute(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"toy-theirs only computes gated=False \(not True\)"):
+        export_to_transformers(OptionModel(OptionConfig(gated=True)), tmp_path)
+    assert not any(tmp_path.iterdir())
+    out = export_to_transformers(OptionModel(OptionConfig()), tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "toy-theirs" and "gated" not in config
+    converted = OptionModel.from_pretrained(out)
+    assert converted.config.gated is False and converted.config.model_type == "toy-options"
+
+
+def test_the_mixin_loads_each_layout_with_its_converter(tmp_path: Path) -> None:
+    LegacyModel(LegacyConfig(width=3)).save_pretrained(tmp_path / "legacy")
+    TheirModel(TheirConfig(width=4)).save_pretrained(tmp_path / "theirs")
+    legacy = OurSubclass.from_pretrained(tmp_path / "legacy")
+    theirs = OurSubclass.from_pretrained(tmp_path / "theirs")
+    assert type(legacy) is type(theirs) is OurSubclass
+    assert (legacy.config.hidden_size, theirs.config.hidden_size) == (3, 4)
+    with pytest.raises(OSError):
+        OurModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_configs_convert_with_overrides_and_without_bookkeeping() -> None:
+    config = CONVERTER.config_from_transformers(
+        {"width": 3, "model_type": "toy-theirs", "architectures": ["TheirModel"]},
+        output_attentions=True,
+    )
+    assert type(config) is OurConfig and config.hidden_size == 3 and config.output_attentions
+    composite = CONVERTER.fields_from_transformers(
+        {"width": 3, "text_config": {"model_type": "toy-text", "width": 2}}
+    )
+    assert composite == {"hidden_size": 3, "text_config": {"width": 2}}
+    assert CONVERTER.fields_to_transformers({"hidden_size": 3, "model_type": "x"}) == {"width": 3}
+    narrow = dataclasses.replace(CONVERTER, only_our_fields=True)
+    assert "decoder_width" not in narrow.fields_from_transformers({"width": 3, "decoder_width": 2})
 
 
 def test_state_dicts_convert_both_ways() -> None:
     theirs = {"kernel": torch.randn(WIDTH, WIDTH), "scale": torch.randn(WIDTH)}
-    ours = convert_state_dict(theirs, CONVERTER.weight_conversions)
+    ours = CONVERTER.state_from_transformers(theirs)
     assert ours.keys() == {"up.weight", "gain"}
     assert torch.equal(ours["up.weight"], theirs["kernel"].t())
-    back = convert_state_dict(ours, CONVERTER.weight_conversions, reverse=True)
+    back = CONVERTER.state_to_transformers(ours)
     assert back.keys() == theirs.keys()
     assert all(torch.equal(back[name], tensor) for name, tensor in theirs.items())
 
 
 def test_conversions_are_registered_under_a_key_of_their_own() -> None:
     assert conversion_key(OurModel, CONVERTER) == "toy-ours<-toy-theirs"
-    assert CONVERTER.config_to_transformers({"hidden_size": 3, "model_type": "x"}) == {"width": 3}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from scratchformers.gpt2 import GPT2LMHeadModel, GPT2Model, export_to_transformers
-from scratchformers.gpt2.convert import state_from_transformers, state_to_transformers
+from scratchformers.gpt2.convert import CONVERTER
 
 
 def safetensors_keys(directory: Path) -> set[str]:
@@ -160,7 +160,7 @@ def test_conversion_maps_every_weight_to_transformers_names(make_pair: Callable)
     q/k/v projections are the three column blocks of c_attn (transposed)."""
     pair = make_pair(n_embd=40, n_head=5, n_inner=24)
     theirs = pair.theirs.state_dict()
-    converted = state_to_transformers(pair.ours.state_dict())
+    converted = CONVERTER.state_to_transformers(pair.ours.state_dict())
     assert converted.keys() == theirs.keys()
     for name, tensor in theirs.items():
         assert torch.equal(converted[name], tensor), name
@@ -202,7 +202,7 @@ def test_state_conversion_round_trips(
             f"{layer}mlp.c_proj.weight": random(n_inner, n_embd),
             f"{layer}mlp.c_proj.bias": random(n_embd),
         }
-    ours = state_from_transformers(theirs)
+    ours = CONVERTER.state_from_transformers(theirs)
     assert all(name.startswith(prefix) and "c_attn" not in name for name in ours)
     assert ours[f"{prefix}h.0.mlp.c_fc.weight"].shape == (n_inner, n_embd)
     assert torch.equal(
@@ -211,10 +211,10 @@ def test_state_conversion_round_trips(
     assert torch.equal(
         ours[f"{prefix}h.0.attn.o_proj.weight"], theirs[f"{prefix}h.0.attn.c_proj.weight"].t()
     )
-    back = state_to_transformers(ours)
+    back = CONVERTER.state_to_transformers(ours)
     assert back.keys() == theirs.keys()
     for name, tensor in theirs.items():
         assert torch.equal(back[name], tensor), name
-    again = state_from_transformers(back)
+    again = CONVERTER.state_from_transformers(back)
     assert again.keys() == ours.keys()
     assert all(torch.equal(again[name], tensor) for name, tensor in ours.items())

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from scratchformers.gpt2.convert import state_to_transformers
+from scratchformers.gpt2.convert import CONVERTER
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_gradients_equal_transformers(
     ours = {name: p.grad for name, p in pair.ours.named_parameters()}
     theirs = {name: p.grad for name, p in pair.theirs.named_parameters()}
     assert all(grad is not None for grad in ours.values())
-    converted = state_to_transformers(ours)
+    converted = CONVERTER.state_to_transformers(ours)
     assert converted.keys() == theirs.keys()
     for name, grad in theirs.items():
         assert float(grad.abs().max()) > 0, name

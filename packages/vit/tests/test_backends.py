@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scratchformers.vit import ViTForImageClassification
-from scratchformers.vit.convert import state_from_transformers
+from scratchformers.vit.convert import CONVERTER
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_gradients_equal_transformers(make_pair: Callable, images: Callable) -> 
     _loss(pair.ours, images).backward()
     _loss(pair.theirs, images).backward()
     ours = _gradients(pair.ours)
-    theirs = state_from_transformers(_gradients(pair.theirs))
+    theirs = CONVERTER.state_from_transformers(_gradients(pair.theirs))
     assert theirs.keys() == ours.keys()
     for name, gradient in theirs.items():
         torch.testing.assert_close(ours[name], gradient, atol=1e-5, rtol=1e-4, msg=name)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchformers.core_attention.testing import lay_out_hub_cache
 from scratchformers.vit import ViTForImageClassification, ViTModel, export_to_transformers
-from scratchformers.vit.convert import state_from_transformers, state_to_transformers
+from scratchformers.vit.convert import CONVERTER
 
 # (their model saved, our class loading it, keyword arguments): every load that fills ours.
 LOADS = {
@@ -310,12 +310,12 @@ def test_state_conversion_inverts_itself(make_pair: Callable, make_config: Calla
     pair = make_pair("cls")
     with safe_open(pair.directory / "model.safetensors", framework="pt") as handle:
         theirs = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    ours = state_from_transformers(theirs)
+    ours = CONVERTER.state_from_transformers(theirs)
     assert "vit.layers.2.attention.q_proj.weight" in ours
     assert "vit.layers.2.attention.o_proj.bias" in ours
     assert "vit.layers.0.mlp.fc2.weight" in ours
     assert set(ours) == set(ViTForImageClassification(make_config()).state_dict())
-    back = state_to_transformers(ours)
+    back = CONVERTER.state_to_transformers(ours)
     assert back.keys() == theirs.keys()
     for key, tensor in theirs.items():
         assert torch.equal(back[key], tensor), key

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchformers.core_attention.testing import lay_out_hub_cache
 from scratchformers.vitmae import ViTMAEForPreTraining, ViTMAEModel, export_to_transformers
-from scratchformers.vitmae.convert import state_from_transformers, state_to_transformers
+from scratchformers.vitmae.convert import CONVERTER
 
 
 def _keys(directory: Path) -> set[str]:
@@ -227,11 +227,11 @@ def test_state_conversion_inverts_itself(make_pair: Callable, make_config: Calla
     pair = make_pair("pretraining")
     with safe_open(pair.directory / "model.safetensors", framework="pt") as handle:
         theirs = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    ours = state_from_transformers(theirs)
+    ours = CONVERTER.state_from_transformers(theirs)
     assert "vit.layers.1.attention.q_proj.weight" in ours
     assert "decoder.decoder_layers.1.attention.o_proj.bias" in ours
     assert set(ours) == set(ViTMAEForPreTraining(make_config()).state_dict())
-    back = state_to_transformers(ours)
+    back = CONVERTER.state_to_transformers(ours)
     assert back.keys() == theirs.keys()
     for key, tensor in theirs.items():
         assert torch.equal(back[key], tensor), key

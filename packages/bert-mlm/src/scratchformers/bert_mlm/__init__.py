@@ -11,8 +11,9 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import BertConfig
-from .convert import export_to_transformers
 from .modeling import (
     BertForMaskedLM,
     BertForSequenceClassification,

@@ -22,26 +22,13 @@ prefix; transformers' loader adds or strips it.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-import torch
 import transformers
 from transformers import PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 
-from scratchformers.core_attention.interop import (
-    CheckpointConverter,
-    StateDict,
-    convert_state_dict,
-    export_checkpoint,
-    from_pretrained_or_convert,
-)
+from scratchformers.core_attention.interop import CheckpointConverter
 
 from .configuration import BertConfig
-from .modeling import BertForMaskedLM, BertForSequenceClassification, BertModel, BertPreTrainedModel
 
 # Their names -> ours, applied by transformers' loader while it reads their files (and in
 # reverse by the export). Order matters: see the module docstring.
@@ -67,58 +54,31 @@ IGNORE_UNEXPECTED = (r"embeddings\.position_ids$",)
 # BertForMaskedLM does not have. They start fresh on a converted load; nothing else may.
 FRESH_HEADS = (r"(^|\.)classifier\.", r"(^|\.)pooler\.dense\.")
 
-# What our BERT mirrors, for from_pretrained and export_to_transformers.
-CONVERTER = CheckpointConverter(
+
+class BertCheckpointConverter(CheckpointConverter):
+    """The converter, refusing to export a ``BertModel`` built with
+    ``add_pooling_layer=False``: transformers' ``BertModel.from_pretrained`` always builds a
+    pooler, which would be left unfilled."""
+
+    def check_export(self, model: PreTrainedModel) -> None:
+        super().check_export(model)
+        if getattr(model, "pooler", True) is None:
+            raise ValueError(
+                "a BertModel is exported with its pooler (add_pooling_layer=True): "
+                "transformers' BertModel.from_pretrained would leave pooler.dense at random"
+            )
+
+
+# What our BERT mirrors (BertPreTrainedModel.checkpoint_converters).
+CONVERTER = BertCheckpointConverter(
     transformers_model_type="bert",
+    config_class=BertConfig,
     transformers_classes={
-        BertForMaskedLM: transformers.BertForMaskedLM,
-        BertForSequenceClassification: transformers.BertForSequenceClassification,
-        BertModel: transformers.BertModel,
+        "BertForMaskedLM": transformers.BertForMaskedLM,
+        "BertForSequenceClassification": transformers.BertForSequenceClassification,
+        "BertModel": transformers.BertModel,
     },
     weight_conversions=WEIGHT_CONVERSIONS,
     ignore_unexpected=IGNORE_UNEXPECTED,
     fresh_heads=FRESH_HEADS,
 )
-
-
-def load_pretrained(
-    cls: type[PreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike[str] | None,
-    *args: Any,
-    **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our BERT classes: transformers' checkpoints are converted."""
-    return from_pretrained_or_convert(
-        cls, BertPreTrainedModel, pretrained_model_name_or_path, CONVERTER, *args, **kwargs
-    )
-
-
-def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a directory that the transformers class it mirrors
-    (``BertForMaskedLM``, ``BertForSequenceClassification`` or ``BertModel``) loads with
-    ``from_pretrained``, with no missing or unexpected keys and the same outputs.
-
-    A ``BertModel`` built with ``add_pooling_layer=False`` is refused: transformers'
-    ``BertModel.from_pretrained`` always builds a pooler, which would be left unfilled.
-    """
-    if isinstance(model, BertModel) and model.pooler is None:
-        raise ValueError(
-            "export_to_transformers needs a BertModel with its pooler (add_pooling_layer=True): "
-            "transformers' BertModel.from_pretrained would leave pooler.dense at random"
-        )
-    return export_checkpoint(model, out_dir, CONVERTER)
-
-
-def config_from_transformers(config: Mapping[str, Any]) -> BertConfig:
-    """Our config from a transformers BERT config dict."""
-    return BertConfig.from_dict(CONVERTER.config_from_transformers(config))
-
-
-def state_from_transformers(theirs: Mapping[str, torch.Tensor]) -> StateDict:
-    """A transformers BERT state dict in our names (in memory)."""
-    return convert_state_dict(theirs, WEIGHT_CONVERSIONS)
-
-
-def state_to_transformers(ours: Mapping[str, torch.Tensor]) -> StateDict:
-    """Our BERT state dict in transformers' names (in memory)."""
-    return convert_state_dict(ours, WEIGHT_CONVERSIONS, reverse=True)

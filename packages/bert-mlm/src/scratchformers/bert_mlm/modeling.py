@@ -27,6 +27,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
+    ConvertsCheckpoints,
     LearnedPositionalEmbedding,
     TokenEmbedding,
     activation,
@@ -34,6 +35,7 @@ from scratchformers.core_attention import (
 )
 
 from .configuration import BertConfig
+from .convert import CONVERTER
 
 
 class BertEmbeddings(nn.Module):
@@ -156,10 +158,11 @@ class BertPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
-class BertPreTrainedModel(PreTrainedModel):
+class BertPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the BERT classes: config, init, backends, output recording, loading."""
 
     config_class = BertConfig
+    checkpoint_converters = (CONVERTER,)  # from_pretrained reads transformers' BERT too
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BertEmbeddings", "BertLayer"]
@@ -170,13 +173,6 @@ class BertPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # output_hidden_states / output_attentions are recorded by transformers' hooks.
     _can_record_outputs = {"hidden_states": BertLayer, "attentions": Attention}
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' BERT ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class BertModel(BertPreTrainedModel):

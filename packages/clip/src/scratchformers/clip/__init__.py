@@ -7,8 +7,9 @@ Importing this package registers the classes with transformers' Auto classes.
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from .convert import export_to_transformers
 from .modeling import (
     CLIPModel,
     CLIPOutput,

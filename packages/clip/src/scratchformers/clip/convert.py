@@ -21,26 +21,12 @@ a key; each names its whole module, so that they apply the same in either direct
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-import torch
 import transformers
-from transformers import PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 
-from scratchformers.core_attention.interop import (
-    CheckpointConverter,
-    StateDict,
-    convert_state_dict,
-    export_checkpoint,
-    from_pretrained_or_convert,
-)
+from scratchformers.core_attention.interop import CheckpointConverter
 
 from .configuration import CLIPConfig
-from .modeling import CLIPModel, CLIPPreTrainedModel
 
 WEIGHT_CONVERSIONS = (
     WeightRenaming(r"encoder\.layers\.", "layers."),
@@ -54,68 +40,10 @@ WEIGHT_CONVERSIONS = (
     WeightRenaming(r"pre_layrnorm", "pre_layernorm"),
 )
 
-# Entries of a tower's config dict that name the class rather than describe the tower: each
-# side's CLIPConfig builds its towers with its own classes.
-_TOWER_BOOKKEEPING = ("model_type", "architectures", "transformers_version", "_name_or_path")
-
-
-def _towers_without_bookkeeping(config: Mapping[str, Any]) -> dict[str, Any]:
-    fields = dict(config)
-    for tower in ("text_config", "vision_config"):
-        if isinstance(fields.get(tower), Mapping):
-            fields[tower] = {k: v for k, v in fields[tower].items() if k not in _TOWER_BOOKKEEPING}
-    return fields
-
-
-class CLIPCheckpointConverter(CheckpointConverter):
-    """The converter, with the towers' model types left to each side's CLIPConfig."""
-
-    def config_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return _towers_without_bookkeeping(super().config_from_transformers(config))
-
-    def config_to_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        return _towers_without_bookkeeping(super().config_to_transformers(config))
-
-
-CONVERTER = CLIPCheckpointConverter(
+# What our CLIP mirrors (CLIPPreTrainedModel.checkpoint_converters).
+CONVERTER = CheckpointConverter(
     transformers_model_type="clip",
-    transformers_classes={CLIPModel: transformers.CLIPModel},
+    config_class=CLIPConfig,
+    transformers_classes={"CLIPModel": transformers.CLIPModel},
     weight_conversions=WEIGHT_CONVERSIONS,
 )
-
-
-def load_pretrained(
-    cls: type[PreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike[str] | None,
-    *args: Any,
-    **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our CLIP classes: transformers' checkpoints are converted."""
-    return from_pretrained_or_convert(
-        cls, CLIPPreTrainedModel, pretrained_model_name_or_path, CONVERTER, *args, **kwargs
-    )
-
-
-def export_to_transformers(model: CLIPModel, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a directory that transformers' ``CLIPModel`` loads with
-    ``from_pretrained``, with no missing or unexpected keys and the same outputs."""
-    if not isinstance(model, CLIPModel):
-        raise TypeError(
-            f"export_to_transformers takes a scratchformers CLIPModel, got {type(model).__name__}"
-        )
-    return export_checkpoint(model, out_dir, CONVERTER)
-
-
-def config_from_transformers(config: Mapping[str, Any]) -> CLIPConfig:
-    """Our config from a transformers CLIP config dict."""
-    return CLIPConfig.from_dict(CONVERTER.config_from_transformers(config))
-
-
-def state_from_transformers(theirs: Mapping[str, torch.Tensor]) -> StateDict:
-    """A transformers CLIP state dict in our names."""
-    return convert_state_dict(theirs, WEIGHT_CONVERSIONS)
-
-
-def state_to_transformers(ours: Mapping[str, torch.Tensor]) -> StateDict:
-    """Our CLIP state dict in transformers' names."""
-    return convert_state_dict(ours, WEIGHT_CONVERSIONS, reverse=True)

@@ -36,10 +36,16 @@ from transformers.models.clip.modeling_clip import CLIPOutput as TransformersCLI
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from scratchformers.core_attention import Attention, LearnedPositionalEmbedding, TokenEmbedding
-from scratchformers.vit import ViTEncoder, ViTLayer, ViTPatchEmbeddings, resize_position_grid
+from scratchformers.core_attention import (
+    Attention,
+    ConvertsCheckpoints,
+    LearnedPositionalEmbedding,
+    TokenEmbedding,
+)
+from scratchformers.vit import ViTEncoder, ViTLayer, ViTPatchEmbeddings
 
 from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from .convert import CONVERTER
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -80,30 +86,13 @@ class CLIPVisionEmbeddings(nn.Module):
         patches = self.patch_embeddings(pixel_values)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1).to(patches.dtype)
         tokens = torch.cat([cls, patches], dim=1)
-        return tokens + self.position_table(*pixel_values.shape[-2:], interpolate_pos_encoding)
-
-    def position_table(
-        self, height: int, width: int, interpolate_pos_encoding: bool
-    ) -> torch.Tensor:
-        """``(1, 1 + patches, hidden)`` for an image of ``height`` x ``width``: the table as
-        trained, or with ``interpolate_pos_encoding`` its patch grid resized to the image's
-        (the class slot kept), as transformers' CLIP resizes it."""
-        table = self.position_embedding.weight[None]
-        trained = self.patch_embeddings.grid_size
-        if not interpolate_pos_encoding:
-            if (height, width) != self.patch_embeddings.image_size:
-                expected = self.patch_embeddings.image_size
-                raise ValueError(
-                    f"pixel_values are {height}x{width} pixels, but this model takes "
-                    f"{expected[0]}x{expected[1]}; resize the images, or pass "
-                    "interpolate_pos_encoding=True to resize the positions"
-                )
-            return table
-        grid = self.patch_embeddings.grid_for(height, width)
-        if grid == trained and height == width:
-            return table
-        patches = resize_position_grid(table[:, 1:], trained, grid)
-        return torch.cat([table[:, :1], patches], dim=1)
+        table = self.patch_embeddings.position_table(
+            self.position_embedding.weight[None],
+            1,
+            *pixel_values.shape[-2:],
+            interpolate_pos_encoding,
+        )
+        return tokens + table
 
 
 class CLIPTextEmbeddings(nn.Module):
@@ -126,10 +115,11 @@ class CLIPTextEmbeddings(nn.Module):
         return embeddings + self.position_embedding(position_ids)
 
 
-class CLIPPreTrainedModel(PreTrainedModel):
+class CLIPPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the CLIP classes: config, initialisation, backends, output recording."""
 
     config_class = CLIPConfig
+    checkpoint_converters = (CONVERTER,)  # from_pretrained reads transformers' CLIP too
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
@@ -161,13 +151,6 @@ class CLIPPreTrainedModel(PreTrainedModel):
             init.normal_(module.text_projection.weight, std=text_width**-0.5 * factor)
             init.normal_(module.visual_projection.weight, std=vision_width**-0.5 * factor)
             init.constant_(module.logit_scale, config.logit_scale_init_value)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' CLIP ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class CLIPTextTransformer(CLIPPreTrainedModel):

@@ -18,9 +18,9 @@ from .inputs import (
 )
 from .interop import (
     CheckpointConverter,
+    ConvertsCheckpoints,
     conversion_key,
-    convert_state_dict,
-    export_checkpoint,
+    export_to_transformers,
     from_pretrained_or_convert,
 )
 from .masks import (
@@ -43,6 +43,7 @@ from .positions import (
 __all__ = [
     "Attention",
     "CheckpointConverter",
+    "ConvertsCheckpoints",
     "LeanGenerationMixin",
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
@@ -57,11 +58,10 @@ __all__ = [
     "check_config",
     "compile_options",
     "conversion_key",
-    "convert_state_dict",
     "create_masks_for_generate",
     "cross_attention_mask",
     "eager_attention_forward",
-    "export_checkpoint",
+    "export_to_transformers",
     "from_pretrained_or_convert",
     "lean_sample",
     "position_ids_from_padding_mask",

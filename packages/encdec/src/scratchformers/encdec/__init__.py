@@ -6,8 +6,9 @@ Importing this package registers the classes with transformers' Auto classes.
 
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import EncDecConfig
-from .convert import export_to_transformers
 from .modeling import (
     EncDecDecoder,
     EncDecEncoder,

@@ -19,24 +19,16 @@ their architecture; exporting checks that the model has one of the two.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 
-from scratchformers.core_attention.interop import (
-    CheckpointConverter,
-    export_checkpoint,
-    from_pretrained_or_convert,
-)
+from scratchformers.core_attention.interop import CheckpointConverter
 
 from .configuration import EncDecConfig
-from .modeling import EncDecForConditionalGeneration, EncDecModel, EncDecPreTrainedModel
 
 # Their names -> ours, matched anywhere in a key (with or without the "model." prefix). Plain
 # names, not regular expressions: the export writes each source name back as it stands.
@@ -63,34 +55,31 @@ MARIAN_ARCHITECTURE = {
 OUR_OPTIONS = ("position_embedding_type", "position_offset", "layernorm_embedding", "norm_position")
 
 
-def _our_fields() -> set[str]:
-    return {f.name for f in fields(EncDecConfig)} | set(PreTrainedConfig().to_dict())
-
-
-@dataclass(frozen=True)
 class FamilyConverter(CheckpointConverter):
     """A :class:`CheckpointConverter` for one family (BART or Marian), whose class fixes the
-    options that our config leaves open (``architecture``)."""
+    options that our config leaves open (its ``fixed_fields``, one of the architectures
+    above): our options are set to them on load, left out of their config and checked by
+    the export, which writes a model to the family it has the architecture of."""
 
-    architecture: Mapping[str, Any] = None  # type: ignore[assignment]
+    def fields_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Their config.json -> ours, refusing what EncDec cannot hold (separate
+        embeddings or vocabularies)."""
+        self._check_supported(config)
+        return super().fields_from_transformers(config)
 
-    def matches(self, config: EncDecConfig) -> bool:
-        """Whether a model with ``config`` has this family's architecture (so exports to it)."""
-        return all(getattr(config, name) == value for name, value in self.architecture.items())
-
-    def config_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """Their config.json -> ours: the shared fields as they are, our options set to their
-        architecture; fields of theirs that their class ignores or that only affect training
-        (layerdrop, an old BART config's ``normalize_before``, ...) are dropped."""
-        ours = _our_fields()
-        theirs = super().config_from_transformers(config)
-        self._check_supported(theirs)
-        return {k: v for k, v in theirs.items() if k in ours} | dict(self.architecture)
-
-    def config_to_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """Our config -> theirs, without our options (their class fixes them)."""
-        theirs = super().config_to_transformers(config)
+    def fields_to_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Our config -> theirs, without our options (their class fixes them, or, like
+        Marian's ``position_offset``, has no use for them)."""
+        theirs = super().fields_to_transformers(config)
         return {k: v for k, v in theirs.items() if k not in OUR_OPTIONS}
+
+    def check_export(self, model: PreTrainedModel) -> None:
+        if not model.config.tie_word_embeddings:
+            raise ValueError(
+                "this model has tie_word_embeddings=False: BART and Marian tie their output "
+                "layer to the token embedding"
+            )
+        super().check_export(model)
 
     def _check_supported(self, config: Mapping[str, Any]) -> None:
         if not config.get("tie_word_embeddings", True):
@@ -117,64 +106,35 @@ class FamilyConverter(CheckpointConverter):
 def _converter(model_type: str, classes: Mapping, architecture: Mapping) -> FamilyConverter:
     return FamilyConverter(
         transformers_model_type=model_type,
+        config_class=EncDecConfig,
         transformers_classes=classes,
         weight_conversions=WEIGHT_CONVERSIONS,
+        fixed_fields=architecture,
+        # Fields of theirs that their class ignores or that only affect training (layerdrop,
+        # an old BART config's normalize_before, ...) are dropped.
+        only_our_fields=True,
         ignore_unexpected=IGNORE_UNEXPECTED,
         # A bare BartModel / MarianModel directory has no output bias: it starts at zero.
         fresh_heads=(r"^final_logits_bias$",),
-        architecture=architecture,
     )
 
 
+# BART, then Marian: EncDecPreTrainedModel.checkpoint_converters, and the order in which
+# export_to_transformers tries them.
 BART = _converter(
     "bart",
     {
-        EncDecForConditionalGeneration: transformers.BartForConditionalGeneration,
-        EncDecModel: transformers.BartModel,
+        "EncDecForConditionalGeneration": transformers.BartForConditionalGeneration,
+        "EncDecModel": transformers.BartModel,
     },
     BART_ARCHITECTURE,
 )
 MARIAN = _converter(
     "marian",
     {
-        EncDecForConditionalGeneration: transformers.MarianMTModel,
-        EncDecModel: transformers.MarianModel,
+        "EncDecForConditionalGeneration": transformers.MarianMTModel,
+        "EncDecModel": transformers.MarianModel,
     },
     MARIAN_ARCHITECTURE,
 )
 CONVERTERS = (BART, MARIAN)
-
-
-def load_pretrained(
-    cls: type[PreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike[str] | None,
-    *args: Any,
-    **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our classes: BART and Marian checkpoints are converted."""
-    return from_pretrained_or_convert(
-        cls, EncDecPreTrainedModel, pretrained_model_name_or_path, CONVERTERS, *args, **kwargs
-    )
-
-
-def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a directory of the transformers family it has the architecture of:
-    ``BartForConditionalGeneration`` (a model trained here with the default options, or
-    loaded from BART) or ``MarianMTModel`` (sinusoidal positions, loaded from opus-mt);
-    ``BartModel`` / ``MarianModel`` for the bare model. transformers loads it with
-    ``from_pretrained`` and gives the same outputs."""
-    config = model.config
-    if not config.tie_word_embeddings:
-        raise ValueError(
-            "export_to_transformers needs tie_word_embeddings=True: BART and Marian tie their "
-            "output layer to the token embedding"
-        )
-    for converter in CONVERTERS:
-        if converter.matches(config):
-            return export_checkpoint(model, out_dir, converter)
-    raise ValueError(
-        "this model's options match neither BART "
-        f"({BART_ARCHITECTURE}) nor Marian ({MARIAN_ARCHITECTURE}): got "
-        f"{ {name: getattr(config, name) for name in OUR_OPTIONS} }; transformers has no class "
-        "for it (norm_position='pre' models stay in this package's format)"
-    )

@@ -37,6 +37,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
+    ConvertsCheckpoints,
     LearnedPositionalEmbedding,
     SinusoidalPositionalEmbedding,
     TokenEmbedding,
@@ -46,6 +47,7 @@ from scratchformers.core_attention import (
 )
 
 from .configuration import EncDecConfig
+from .convert import CONVERTERS
 
 
 def make_attention(
@@ -153,10 +155,11 @@ class EncDecDecoderLayer(EncDecLayer):
         return self.final_layer_norm(x + self.dropout(self.feed_forward(x)))
 
 
-class EncDecPreTrainedModel(PreTrainedModel):
+class EncDecPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """What every EncDec model shares: the config class, weight init, backend support."""
 
     config_class = EncDecConfig
+    checkpoint_converters = CONVERTERS  # from_pretrained reads BART and Marian too
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["EncDecEncoderLayer", "EncDecDecoderLayer"]
@@ -172,14 +175,6 @@ class EncDecPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, EncDecForConditionalGeneration):
             init.zeros_(module.final_logits_bias)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' BART and Marian ones (converted on load; hub
-        ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class EncDecStack(EncDecPreTrainedModel):

@@ -5,8 +5,9 @@ Importing this package registers the classes with transformers' Auto classes.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import GPT2Config
-from .convert import export_to_transformers
 from .modeling import GPT2LMHeadModel, GPT2Model, GPT2PreTrainedModel
 
 AutoConfig.register(GPT2Config.model_type, GPT2Config, exist_ok=True)

@@ -17,26 +17,12 @@ no ``transformer.`` prefix and no ``lm_head``; transformers' loader adds or stri
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-import torch
 import transformers
-from transformers import PreTrainedModel
 from transformers.core_model_loading import Chunk, Transpose, WeightConverter, WeightRenaming
 
-from scratchformers.core_attention.interop import (
-    CheckpointConverter,
-    StateDict,
-    convert_state_dict,
-    export_checkpoint,
-    from_pretrained_or_convert,
-)
+from scratchformers.core_attention.interop import CheckpointConverter
 
 from .configuration import GPT2Config
-from .modeling import GPT2LMHeadModel, GPT2Model, GPT2PreTrainedModel
 
 _QKV = ("q_proj", "k_proj", "v_proj")
 
@@ -57,46 +43,14 @@ WEIGHT_CONVERSIONS = (
     WeightConverter("mlp.c_proj.weight", "mlp.c_proj.weight", operations=[Transpose(0, 1)]),
 )
 
-# What our GPT-2 mirrors, for from_pretrained and export_to_transformers.
+# What our GPT-2 mirrors (GPT2PreTrainedModel.checkpoint_converters).
 CONVERTER = CheckpointConverter(
     transformers_model_type="gpt2",
+    config_class=GPT2Config,
     transformers_classes={
-        GPT2LMHeadModel: transformers.GPT2LMHeadModel,
-        GPT2Model: transformers.GPT2Model,
+        "GPT2LMHeadModel": transformers.GPT2LMHeadModel,
+        "GPT2Model": transformers.GPT2Model,
     },
     weight_conversions=WEIGHT_CONVERSIONS,
     ignore_unexpected=(r"\.attn\.(masked_)?bias$",),
 )
-
-
-def load_pretrained(
-    cls: type[PreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike[str] | None,
-    *args: Any,
-    **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our GPT-2 classes: transformers' checkpoints are converted."""
-    return from_pretrained_or_convert(
-        cls, GPT2PreTrainedModel, pretrained_model_name_or_path, CONVERTER, *args, **kwargs
-    )
-
-
-def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a directory that transformers' ``GPT2LMHeadModel`` (or ``GPT2Model``,
-    for a model without a head) loads with ``from_pretrained``, giving the same outputs."""
-    return export_checkpoint(model, out_dir, CONVERTER)
-
-
-def config_from_transformers(config: Mapping[str, Any]) -> GPT2Config:
-    """Our config from a transformers GPT-2 config dict."""
-    return GPT2Config.from_dict(CONVERTER.config_from_transformers(config))
-
-
-def state_from_transformers(theirs: Mapping[str, torch.Tensor]) -> StateDict:
-    """A transformers GPT-2 state dict in our names and layouts (in memory)."""
-    return convert_state_dict(theirs, WEIGHT_CONVERSIONS)
-
-
-def state_to_transformers(ours: Mapping[str, torch.Tensor]) -> StateDict:
-    """Our GPT-2 state dict in transformers' names and Conv1D layouts (in memory)."""
-    return convert_state_dict(ours, WEIGHT_CONVERSIONS, reverse=True)

@@ -23,6 +23,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
+    ConvertsCheckpoints,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
     TokenEmbedding,
@@ -32,6 +33,7 @@ from scratchformers.core_attention import (
 )
 
 from .configuration import GPT2Config
+from .convert import CONVERTER
 
 
 class GPT2MLP(nn.Module):
@@ -83,8 +85,9 @@ class GPT2Block(GradientCheckpointingLayer):
         return hidden_states
 
 
-class GPT2PreTrainedModel(PreTrainedModel):
+class GPT2PreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     config_class = GPT2Config
+    checkpoint_converters = (CONVERTER,)  # from_pretrained reads transformers' GPT-2 too
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["GPT2Block"]
@@ -108,13 +111,6 @@ class GPT2PreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / (2 * self.config.n_layer) ** 0.5
             init.normal_(module.attn.o_proj.weight, mean=0.0, std=std)
             init.normal_(module.mlp.c_proj.weight, mean=0.0, std=std)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' GPT-2 ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class GPT2Model(GPT2PreTrainedModel):

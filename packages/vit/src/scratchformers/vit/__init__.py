@@ -7,8 +7,9 @@ Importing this package registers the classes with transformers' Auto classes.
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import ViTConfig
-from .convert import export_to_transformers
 from .modeling import (
     ViTEmbeddings,
     ViTEncoder,

@@ -30,26 +30,13 @@ to our names as the identity, which is why ours must keep its in-memory names.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-import torch
 import transformers
 from transformers import PreTrainedModel
 from transformers.core_model_loading import WeightRenaming
 
-from scratchformers.core_attention.interop import (
-    CheckpointConverter,
-    StateDict,
-    convert_state_dict,
-    export_checkpoint,
-    from_pretrained_or_convert,
-)
+from scratchformers.core_attention.interop import CheckpointConverter
 
 from .configuration import ViTConfig
-from .modeling import ViTForImageClassification, ViTModel, ViTPreTrainedModel
 
 # Their file names -> ours, applied by transformers' loader while it reads their files (and
 # in reverse by the export). Order matters: see the module docstring.
@@ -64,131 +51,61 @@ WEIGHT_CONVERSIONS = (
 )
 
 # Our config fields that transformers' ViTConfig lacks, with the value its ViT builds: a
-# model with any other value computes what no transformers class computes.
-OWN_FIELDS = {
+# model with any other value (timm's variants) computes what no transformers class computes.
+FIXED_FIELDS = {
     "use_class_token": True,
     "pooling": "cls",
     "final_norm_position": "before_pooling",
     "patch_bias": True,
 }
 
-
-class ViTCheckpointConverter(CheckpointConverter):
-    """The converter, with our own config fields left out of transformers' config."""
-
-    def config_to_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super().config_to_transformers(config)
-        for name in OWN_FIELDS:
-            fields.pop(name, None)
-        return fields
-
-
 # What fine-tuning adds on a pretrained body: the classifier, and the pooler that transformers'
 # ViTForImageClassification does not have. They start fresh on a converted load; nothing else
 # may.
 FRESH_HEADS = (r"(^|\.)classifier\.", r"(^|\.)pooler\.dense\.")
 
-# What our ViT mirrors, for from_pretrained and export_to_transformers.
+
+class ViTCheckpointConverter(CheckpointConverter):
+    """The converter, refusing to export a ``ViTModel`` built with ``add_pooling_layer=False``:
+    transformers' ``ViTModel.from_pretrained`` always builds a pooler, which would be left at
+    random."""
+
+    def check_export(self, model: PreTrainedModel) -> None:
+        super().check_export(model)
+        if getattr(model, "pooler", True) is None:
+            raise ValueError(
+                "a ViTModel is exported with its pooler (add_pooling_layer=True): "
+                "transformers' ViTModel.from_pretrained would leave pooler.dense at random"
+            )
+
+
+# What our ViT mirrors (ViTPreTrainedModel.checkpoint_converters).
 CONVERTER = ViTCheckpointConverter(
     transformers_model_type="vit",
+    config_class=ViTConfig,
     transformers_classes={
-        ViTForImageClassification: transformers.ViTForImageClassification,
-        ViTModel: transformers.ViTModel,
+        "ViTForImageClassification": transformers.ViTForImageClassification,
+        "ViTModel": transformers.ViTModel,
     },
     weight_conversions=WEIGHT_CONVERSIONS,
+    fixed_fields=FIXED_FIELDS,
     fresh_heads=FRESH_HEADS,
 )
-
-# A masked autoencoder's config fields that describe its decoder and its masking, which a ViT
-# built from its encoder leaves out.
-MAE_ONLY_FIELDS = (
-    "decoder_hidden_size",
-    "decoder_num_hidden_layers",
-    "decoder_num_attention_heads",
-    "decoder_intermediate_size",
-    "mask_ratio",
-    "norm_pix_loss",
-)
-
-
-class MAEEncoderConverter(CheckpointConverter):
-    """The encoder of a masked autoencoder's checkpoint, read as a ViT: its config without
-    the MAE's own fields."""
-
-    def config_from_transformers(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super().config_from_transformers(config)
-        for name in MAE_ONLY_FIELDS:
-            fields.pop(name, None)
-        return fields
-
 
 # Fine-tuning after masked-autoencoder pretraining: the checkpoints of transformers' ViTMAE
 # (model type "vit_mae") and of scratchformers-vitmae ("scratchformers-vitmae") hold a ViT
 # encoder in ViT's names, with its (fixed sin-cos) position table, no pooler and a decoder.
 # Our ViT classes load the encoder, start the classifier and the pooler fresh (named in a
-# warning), and leave the decoder out (ViTPreTrainedModel ignores its weights); the positions
-# become learned ones from there on.
+# warning), and leave the decoder out (ViTPreTrainedModel ignores its weights, and the config
+# its fields); the positions become learned ones from there on. Nothing is exported to them.
 MAE_ENCODER_CONVERTERS = tuple(
-    MAEEncoderConverter(
+    CheckpointConverter(
         transformers_model_type=model_type,
-        transformers_classes={},  # nothing is exported to them
+        config_class=ViTConfig,
+        transformers_classes={},
         weight_conversions=WEIGHT_CONVERSIONS,
+        only_our_fields=True,
         fresh_heads=FRESH_HEADS,
     )
     for model_type in ("vit_mae", "scratchformers-vitmae")
 )
-
-
-def load_pretrained(
-    cls: type[PreTrainedModel],
-    pretrained_model_name_or_path: str | os.PathLike[str] | None,
-    *args: Any,
-    **kwargs: Any,
-) -> PreTrainedModel | tuple[PreTrainedModel, dict[str, Any]]:
-    """``from_pretrained`` for our ViT classes: transformers' ViT checkpoints are converted,
-    and the encoder of a masked autoencoder's (transformers' ViTMAE or ours) is read."""
-    converters = (CONVERTER, *MAE_ENCODER_CONVERTERS)
-    return from_pretrained_or_convert(
-        cls, ViTPreTrainedModel, pretrained_model_name_or_path, converters, *args, **kwargs
-    )
-
-
-def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a directory that the transformers class it mirrors
-    (``ViTForImageClassification`` or ``ViTModel``) loads with ``from_pretrained``, with no
-    missing or unexpected keys and the same outputs.
-
-    Refused, naming the reason: a model whose config transformers' ViT cannot express (mean
-    pooling, no class token, the final norm after pooling, a patch projection without bias:
-    timm's variants), and a ``ViTModel`` built with ``add_pooling_layer=False``, since
-    transformers' ``ViTModel.from_pretrained`` always builds a pooler and would leave it at
-    random.
-    """
-    for name, supported in OWN_FIELDS.items():
-        value = getattr(model.config, name)
-        if value != supported:
-            raise ValueError(
-                f"export_to_transformers cannot write {name}={value!r}: transformers' ViT "
-                f"only computes {name}={supported!r}"
-            )
-    if isinstance(model, ViTModel) and model.pooler is None:
-        raise ValueError(
-            "export_to_transformers needs a ViTModel with its pooler (add_pooling_layer=True): "
-            "transformers' ViTModel.from_pretrained would leave pooler.dense at random"
-        )
-    return export_checkpoint(model, out_dir, CONVERTER)
-
-
-def config_from_transformers(config: Mapping[str, Any]) -> ViTConfig:
-    """Our config from a transformers ViT config dict."""
-    return ViTConfig.from_dict(CONVERTER.config_from_transformers(config))
-
-
-def state_from_transformers(theirs: Mapping[str, torch.Tensor]) -> StateDict:
-    """A transformers ViT state dict, in its file names or its in-memory ones, in our names."""
-    return convert_state_dict(theirs, WEIGHT_CONVERSIONS)
-
-
-def state_to_transformers(ours: Mapping[str, torch.Tensor]) -> StateDict:
-    """Our ViT state dict in the names transformers' ViT files use."""
-    return convert_state_dict(ours, WEIGHT_CONVERSIONS, reverse=True)

@@ -27,9 +27,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from scratchformers.core_attention import Attention, activation, prepare_attention_inputs
+from scratchformers.core_attention import (
+    Attention,
+    ConvertsCheckpoints,
+    activation,
+    prepare_attention_inputs,
+)
 
 from .configuration import ViTConfig, as_pair
+from .convert import CONVERTER, MAE_ENCODER_CONVERTERS
 
 
 class ViTPatchEmbeddings(nn.Module):
@@ -60,6 +66,38 @@ class ViTPatchEmbeddings(nn.Module):
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         """Patches down and across an image of ``height`` x ``width`` pixels."""
         return height // self.patch_size[0], width // self.patch_size[1]
+
+    def position_table(
+        self,
+        table: torch.Tensor,
+        slots: int,
+        height: int,
+        width: int,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """A position table trained for these patches, ``(1, slots + patches, hidden)`` with
+        ``slots`` rows first for tokens that are not patches (a class token), made fit for an
+        image of ``height`` x ``width`` pixels; shared by every vision tower built on these
+        patches (ViT, ViTMAE's encoder, CLIP's).
+
+        The configured size uses the table as it is. Another size needs
+        ``interpolate_pos_encoding=True``, which resizes the grid of patch positions bicubically
+        (``align_corners=False``) to the image's grid and keeps the slots, as transformers'
+        ViT and CLIP do; the numbers are theirs.
+        """
+        if not interpolate_pos_encoding:
+            if (height, width) != self.image_size:
+                raise ValueError(
+                    f"pixel_values are {height}x{width} pixels, but this model takes "
+                    f"{self.image_size[0]}x{self.image_size[1]}; resize the images, or pass "
+                    "interpolate_pos_encoding=True to resize the positions"
+                )
+            return table
+        grid = self.grid_for(height, width)
+        if grid == self.grid_size:  # a bicubic resize to the same grid is the identity
+            return table
+        patches = resize_position_grid(table[:, slots:], self.grid_size, grid)
+        return torch.cat([table[:, :slots], patches], dim=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.check_pixel_values(pixel_values)
@@ -140,31 +178,14 @@ class ViTEmbeddings(nn.Module):
         self, height: int, width: int, interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
         """The positions for an image of ``height`` x ``width`` pixels, ``(1, slots +
-        patches, hidden)``.
-
-        The configured size uses the table as it is. Another size needs
-        ``interpolate_pos_encoding=True``, which resizes the grid of patch positions bicubically
-        (``align_corners=False``) to the image's grid and keeps the class slot, as transformers'
-        ViT does; the numbers are its numbers.
-        """
-        if not interpolate_pos_encoding:
-            expected = self.patch_embeddings.image_size
-            if (height, width) != expected:
-                raise ValueError(
-                    f"pixel_values are {height}x{width} pixels, but this model takes "
-                    f"{expected[0]}x{expected[1]} (image_size={self.config.image_size}); resize "
-                    "the images, or pass interpolate_pos_encoding=True to resize the positions"
-                )
-            return self.position_embeddings
-        grid = self.patch_embeddings.grid_for(height, width)
-        trained = self.patch_embeddings.grid_size
-        if grid == trained:  # a bicubic resize to the same grid is the identity
-            return self.position_embeddings
-        slots = self.position_embeddings[:, : self.num_prefix_tokens]
-        patches = resize_position_grid(
-            self.position_embeddings[:, self.num_prefix_tokens :], trained, grid
+        patches, hidden)`` (see :meth:`ViTPatchEmbeddings.position_table`)."""
+        return self.patch_embeddings.position_table(
+            self.position_embeddings,
+            self.num_prefix_tokens,
+            height,
+            width,
+            interpolate_pos_encoding,
         )
-        return torch.cat([slots, patches], dim=1)
 
 
 def resize_position_grid(
@@ -281,10 +302,12 @@ class ViTPooler(nn.Module):
         return self.activation(self.dense(pooled))
 
 
-class ViTPreTrainedModel(PreTrainedModel):
+class ViTPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the ViT classes: config, init, backends, output recording, loading."""
 
     config_class = ViTConfig
+    # from_pretrained reads transformers' ViT, and the encoder of a masked autoencoder's.
+    checkpoint_converters = (CONVERTER, *MAE_ENCODER_CONVERTERS)
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -308,13 +331,6 @@ class ViTPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' ViT ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class ViTModel(ViTPreTrainedModel):

@@ -8,8 +8,9 @@ Importing this package registers the classes with transformers' Auto classes.
 
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
+from scratchformers.core_attention.interop import export_to_transformers
+
 from .configuration import ViTMAEConfig
-from .convert import export_to_transformers
 from .modeling import (
     ViTMAEDecoder,
     ViTMAEEmbeddings,

@@ -27,11 +27,12 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from scratchformers.core_attention import Attention
+from scratchformers.core_attention import Attention, ConvertsCheckpoints
 from scratchformers.vit import ViTEmbeddings, ViTEncoder, ViTLayer, ViTPatchEmbeddings
 from scratchformers.vit.configuration import as_pair
 
 from .configuration import ViTMAEConfig
+from .convert import CONVERTER
 
 # --- patches and positions ----------------------------------------------------------------------
 
@@ -306,10 +307,11 @@ class ViTMAEForPreTrainingOutput(ModelOutput):
 # --- the models ----------------------------------------------------------------------------------
 
 
-class ViTMAEPreTrainedModel(PreTrainedModel):
+class ViTMAEPreTrainedModel(ConvertsCheckpoints, PreTrainedModel):
     """Shared by the ViTMAE classes: config, init, backends, output recording, loading."""
 
     config_class = ViTMAEConfig
+    checkpoint_converters = (CONVERTER,)  # from_pretrained reads transformers' ViTMAE too
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
@@ -345,13 +347,6 @@ class ViTMAEPreTrainedModel(PreTrainedModel):
             table = sincos_position_table(module.grid, self.config.decoder_hidden_size)
             init.copy_(module.decoder_pos_embed, table)
             init.normal_(module.mask_token, std=std)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: object, **kwargs: object):
-        """Load our checkpoints, or transformers' ViTMAE ones (converted on load; hub ids too)."""
-        from .convert import load_pretrained
-
-        return load_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class ViTMAEModel(ViTMAEPreTrainedModel):
