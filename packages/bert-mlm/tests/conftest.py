@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import scratchformers.bert_mlm as ours
-from scratchformers.core_attention.testing import PLUGIN, PairSpec
+from scratchformers.core_attention.testing import PLUGIN, PairSpec, right_padded_batch
 
 pytest_plugins = [PLUGIN]
 
@@ -66,13 +66,11 @@ def right_padded(lengths: tuple[int, ...] = (13, 9, 4, 11), seed: int = 1) -> Ba
     """Random ids right-padded (pad 0) to the longest row, ``(input_ids, attention_mask,
     token_type_ids)``: each row is segment 0 up to about its middle, then segment 1, and its
     padding segment 0, as a tokenizer writes a sentence pair."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
+    input_ids, mask, _ = right_padded_batch(
+        lengths, VOCAB, first_id=FIRST_ID, pad_token_id=PAD, seed=seed
+    )
     token_types = torch.zeros_like(input_ids)
     for i, n in enumerate(lengths):
-        input_ids[i, :n] = torch.randint(FIRST_ID, VOCAB, (n,), generator=generator)
-        mask[i, :n] = 1
         token_types[i, (n + 1) // 2 : n] = 1
     return input_ids, mask, token_types
 

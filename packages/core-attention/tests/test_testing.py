@@ -61,6 +61,7 @@ from scratchformers.core_attention.testing import (
     left_padded_batch,
     random_images,
     randomize,
+    right_padded_batch,
 )
 
 VOCAB = 32
@@ -434,7 +435,13 @@ def test_reference_pairs(tmp_path: Path) -> None:
         spec.theirs("head")
 
 
-def test_random_images_and_offline() -> None:
+def test_inputs_and_offline() -> None:
+    _, left_mask, rows = left_padded_batch((4, 2), VOCAB, first_id=3)
+    ids, mask, same_rows = right_padded_batch((4, 2), VOCAB, first_id=3)
+    assert all(torch.equal(a, b) for a, b in zip(rows, same_rows, strict=True))
+    assert torch.equal(mask, left_mask.flip(-1)) and torch.equal(
+        ids[1], torch.tensor([*rows[1], 0, 0])
+    )
     images = random_images(2, 8, width=6, seed=4)
     assert images.shape == (2, 3, 8, 6) and torch.equal(images, random_images(2, 8, 6, 4))
     import huggingface_hub.constants

@@ -27,7 +27,7 @@ from torch import nn
 
 import scratchformers.bert_mlm as bert_mlm
 import scratchformers.gpt2 as gpt2
-from scratchformers.core_attention.testing import PLUGIN, randomize
+from scratchformers.core_attention.testing import PLUGIN, randomize, right_padded_batch
 
 pytest_plugins = [PLUGIN]
 transformers.logging.set_verbosity_error()
@@ -87,12 +87,7 @@ class Case:
 
 
 def padded_ids(lengths: tuple[int, ...] = LENGTHS, seed: int = 2) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(1, VOCAB, (n,), generator=generator)
-        mask[row, :n] = 1
+    ids, mask, _ = right_padded_batch(lengths, VOCAB, first_id=1, pad_token_id=0, seed=seed)
     return {"input_ids": ids, "attention_mask": mask}
 
 

@@ -29,7 +29,7 @@ each contract is written once and every model, present and future, is held to th
 * reference pairs (in :mod:`.reference`): a reference model with every parameter re-drawn
   (:func:`randomize`), saved and loaded into our class (:func:`build_pair`), described once per
   package as a :class:`PairSpec`; inputs for them (:func:`left_padded_batch`,
-  :func:`random_images`).
+  :func:`right_padded_batch`, :func:`random_images`).
 
 Token comparisons use ``torch.equal``. Every check also asserts that what it compares is not
 degenerate (varied tokens, padded rows, rows that differ), so it cannot pass vacuously: use tiny
@@ -59,6 +59,7 @@ from .contracts import (
     invalid_config_values,
     lay_out_hub_cache,
     left_padded_batch,
+    right_padded_batch,
 )
 from .environment import go_offline, use_hypothesis_profile
 from .lean import (
@@ -118,6 +119,7 @@ __all__ = [
     "load_pair",
     "random_images",
     "randomize",
+    "right_padded_batch",
     "spy_decoding",
     "use_hypothesis_profile",
 ]

@@ -25,6 +25,26 @@ STATIC = {"cache_implementation": "static"}
 # --- inputs and helpers -------------------------------------------------------------------------
 
 
+def _padded_batch(
+    lengths: Sequence[int],
+    vocab_size: int,
+    first_id: int,
+    pad_token_id: int,
+    seed: int,
+    left: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    rows = [torch.randint(first_id, vocab_size, (n,), generator=generator) for n in lengths]
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        real = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[i, real] = row
+        attention_mask[i, real] = 1
+    return input_ids, attention_mask, rows
+
+
 def left_padded_batch(
     lengths: Sequence[int],
     vocab_size: int,
@@ -33,18 +53,23 @@ def left_padded_batch(
     pad_token_id: int = 0,
     seed: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Random prompts of ``lengths`` left-padded to the longest: ``(input_ids, attention_mask,
-    rows)``, ``rows`` unpadded. Ids come from ``first_id .. vocab_size - 1``, never a special
-    token."""
-    generator = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    rows = [torch.randint(first_id, vocab_size, (n,), generator=generator) for n in lengths]
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = row
-        attention_mask[i, width - len(row) :] = 1
-    return input_ids, attention_mask, rows
+    """Random prompts of ``lengths`` left-padded to the longest (as a decoder's batch is):
+    ``(input_ids, attention_mask, rows)``, ``rows`` unpadded. Ids come from
+    ``first_id .. vocab_size - 1``, never a special token."""
+    return _padded_batch(lengths, vocab_size, first_id, pad_token_id, seed, left=True)
+
+
+def right_padded_batch(
+    lengths: Sequence[int],
+    vocab_size: int,
+    *,
+    first_id: int = 2,
+    pad_token_id: int = 0,
+    seed: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """:func:`left_padded_batch`, padded on the right instead (as tokenizers pad an encoder's
+    batch); the same ``seed`` draws the same rows."""
+    return _padded_batch(lengths, vocab_size, first_id, pad_token_id, seed, left=False)
 
 
 def _new_tokens(model: Any, output: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
