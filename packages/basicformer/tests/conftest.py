@@ -1,15 +1,11 @@
-"""Shared set-up for the BasicFormer tests: offline, seeded, tiny models with odd sizes.
+"""Shared set-up for the BasicFormer tests: tiny models with odd sizes (the kit's plugin keeps
+them offline and seeded).
 
 Test modules are imported with ``--import-mode=importlib`` and cannot import each other, so
 every shared helper is a fixture here.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import importlib.util
 from collections.abc import Callable
@@ -18,33 +14,18 @@ from types import ModuleType
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
 from scratchformers.basicformer import BasicFormerConfig
-from scratchformers.core_attention.testing import left_padded_batch
+from scratchformers.core_attention.testing import PLUGIN, left_padded_batch, use_hypothesis_profile
 
-# Two CPU cores: keep property tests small. Every @given test inherits this profile.
-settings.register_profile(
-    "basicformer",
-    max_examples=6,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    derandomize=True,
-)
-settings.load_profile("basicformer")
-torch.set_num_threads(2)
+pytest_plugins = [PLUGIN]
+use_hypothesis_profile("basicformer", max_examples=6)
 
 POSITION_TYPES = ("none", "learned", "sinusoidal", "rotary")
 VOCAB = 101
 HIDDEN = 48
 HEADS = 3
 EXAMPLE = Path(__file__).parents[1] / "examples" / "smoke.py"
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    """The same random weights and inputs on every run, and for every test on its own."""
-    torch.manual_seed(0)
 
 
 @pytest.fixture(params=POSITION_TYPES)

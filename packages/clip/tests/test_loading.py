@@ -28,7 +28,9 @@ def test_a_hub_id_loads_through_the_same_path(make_theirs, texts, images, tmp_pa
     inputs = {**texts(), "pixel_values": images()}
     with torch.no_grad():
         assert_matches(
-            model.eval()(**inputs).logits_per_image, theirs(**inputs).logits_per_image, "hub logits"
+            model.eval()(**inputs).logits_per_image,
+            theirs(**inputs).logits_per_image,
+            what="hub logits",
         )
 
 

@@ -54,20 +54,22 @@ def test_matches_open_clip(randomized, texts, images, assert_matches, quick_gelu
         )
         expected_logits = scale * image_features @ text_features.T
         assert_matches(
-            model.get_image_features(pixel_values).pooler_output, expected_image, "open_clip image"
+            model.get_image_features(pixel_values).pooler_output,
+            expected_image,
+            what="open_clip image",
         )
         assert_matches(
-            model.get_text_features(**batch).pooler_output, expected_text, "open_clip text"
+            model.get_text_features(**batch).pooler_output, expected_text, what="open_clip text"
         )
         # open_clip reads no padding mask (the causal mask keeps the padding out of the
         # end-of-text token's view): ours without one agrees too.
         assert_matches(
             model.get_text_features(batch["input_ids"]).pooler_output,
             expected_text,
-            "open_clip text",
+            what="open_clip text",
         )
         actual = model(**batch, pixel_values=pixel_values)
-    assert_matches(actual.logits_per_image, expected_logits, "open_clip logits")
+    assert_matches(actual.logits_per_image, expected_logits, what="open_clip logits")
 
 
 def test_the_wrong_activation_gives_other_numbers(randomized, texts):
@@ -115,7 +117,7 @@ def test_files_training_checkpoints_and_round_trip(
         model = ours.CLIPModel.from_openai(tmp_path / name, **HEADS)
         with torch.no_grad():
             assert_matches(
-                model.get_text_features(**batch).pooler_output, expected, "open_clip text"
+                model.get_text_features(**batch).pooler_output, expected, what="open_clip text"
             )
 
     out = ours.export_to_openai(model, tmp_path / "exported.safetensors")
@@ -125,7 +127,7 @@ def test_files_training_checkpoints_and_round_trip(
     back.load_state_dict(load_file(out), strict=True)
     with torch.no_grad():
         assert_matches(
-            back.encode_image(pixel_values), reference.encode_image(pixel_values), "round trip"
+            back.encode_image(pixel_values), reference.encode_image(pixel_values), what="round trip"
         )
 
 

@@ -21,19 +21,19 @@ def test_forward_matches_transformers(
         expected = theirs(**inputs, return_loss=True)
         actual = model(**inputs, return_loss=True)
     for name in ("text_embeds", "image_embeds", "logits_per_image", "logits_per_text"):
-        assert_matches(actual[name], expected[name], name)
+        assert_matches(actual[name], expected[name], what=name)
     assert abs(float(actual.loss) - float(expected.loss)) <= 1e-4
     # Each text's final states agree on its real tokens (padding is read by neither).
     mask = inputs["attention_mask"].bool()
     assert_matches(
         actual.text_model_output.last_hidden_state[mask],
         expected.text_model_output.last_hidden_state[mask],
-        "text hidden state",
+        what="text hidden state",
     )
     assert_matches(
         actual.vision_model_output.last_hidden_state,
         expected.vision_model_output.last_hidden_state,
-        "image hidden state",
+        what="image hidden state",
     )
 
 
@@ -45,26 +45,26 @@ def test_features_hidden_states_and_attentions_match(make_pair, texts, images, a
             **batch, output_hidden_states=True, output_attentions=True
         )
         actual = model.get_text_features(**batch, output_hidden_states=True, output_attentions=True)
-        assert_matches(actual.pooler_output, expected.pooler_output, "text features")
+        assert_matches(actual.pooler_output, expected.pooler_output, what="text features")
         assert len(actual.hidden_states) == len(expected.hidden_states) == 3
         mask = batch["attention_mask"].bool()
         for ours_state, their_state in zip(
             actual.hidden_states, expected.hidden_states, strict=True
         ):
-            assert_matches(ours_state[mask], their_state[mask], "text hidden state")
+            assert_matches(ours_state[mask], their_state[mask], what="text hidden state")
         for ours_probs, their_probs in zip(actual.attentions, expected.attentions, strict=True):
-            assert_matches(ours_probs, their_probs, "attention")
+            assert_matches(ours_probs, their_probs, what="attention")
             # causal: no token attends to a later one
             assert float(ours_probs.triu(diagonal=1).abs().max()) == 0.0
 
         pixel_values = images()
         expected = theirs.get_image_features(pixel_values, output_hidden_states=True)
         actual = model.get_image_features(pixel_values, output_hidden_states=True)
-        assert_matches(actual.pooler_output, expected.pooler_output, "image features")
+        assert_matches(actual.pooler_output, expected.pooler_output, what="image features")
         for ours_state, their_state in zip(
             actual.hidden_states, expected.hidden_states, strict=True
         ):
-            assert_matches(ours_state, their_state, "image hidden state")
+            assert_matches(ours_state, their_state, what="image hidden state")
 
 
 def test_gradients_match(make_pair, texts, images, assert_matches):
@@ -85,17 +85,17 @@ def test_gradients_match(make_pair, texts, images, assert_matches):
     assert_matches(
         model.text_model.embeddings.token_embedding.weight.grad,
         converted["text_model.embeddings.token_embedding.weight"],
-        "gradient",
+        what="gradient",
     )
 
 
 def test_interpolated_positions_match(make_pair, images, assert_matches):
     theirs, model, _ = make_pair()
-    pixel_values = images(size=28)
+    pixel_values = images(height=28)
     with torch.no_grad():
         expected = theirs.get_image_features(pixel_values, interpolate_pos_encoding=True)
         actual = model.get_image_features(pixel_values, interpolate_pos_encoding=True)
-    assert_matches(actual.pooler_output, expected.pooler_output, "interpolated image features")
+    assert_matches(actual.pooler_output, expected.pooler_output, what="interpolated image features")
 
 
 def test_export_loads_in_transformers_with_the_same_outputs(
@@ -110,7 +110,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(
     with torch.no_grad():
         expected = model(**inputs)
         actual = theirs.eval()(**inputs)
-    assert_matches(actual.logits_per_image, expected.logits_per_image, "exported logits")
+    assert_matches(actual.logits_per_image, expected.logits_per_image, what="exported logits")
 
 
 def test_legacy_eos_token_id_reads_the_highest_token(make_pair, texts, assert_matches):
@@ -121,4 +121,4 @@ def test_legacy_eos_token_id_reads_the_highest_token(make_pair, texts, assert_ma
     with torch.no_grad():
         expected = theirs.get_text_features(**batch).pooler_output
         actual = model.get_text_features(**batch).pooler_output
-    assert_matches(actual, expected, "text features")
+    assert_matches(actual, expected, what="text features")

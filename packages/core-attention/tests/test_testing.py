@@ -1,7 +1,9 @@
 """``scratchformers.core_attention.testing`` cannot pass vacuously: each checker passes on a
 tiny transformers Llama that keeps its contract, and fails, with its own message, on the same
 model with that one contract broken (a wrong cache path, ignored padding, perturbed saved
-weights, a bypassed or never compiled lean loop, unchecked inputs and configs).
+weights, a bypassed or never compiled lean loop, unchecked inputs and configs). The same holds
+for the generation contracts on a tiny BART (an encoder-decoder), for the reference pairs, and
+for the pytest plugin's ``assert_matches``.
 
 The models passing here are 1-layer Llamas; gpt2's and basicformer's suites run every checker on
 their real models.
@@ -10,13 +12,22 @@ their real models.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from huggingface_hub.dataclasses import strict
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import (
+    AutoModelForCausalLM,
+    BartConfig,
+    BartForConditionalGeneration,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    StaticCache,
+)
 from transformers.cache_utils import Cache
 
 from scratchformers.core_attention import (
@@ -26,10 +37,13 @@ from scratchformers.core_attention import (
     prepare_attention_inputs,
 )
 from scratchformers.core_attention.testing import (
+    PLUGIN,
+    PairSpec,
     assert_auto_classes_load,
     assert_batch_equals_each_prompt,
     assert_cache_changes_nothing,
     assert_cached_logits_match_full_forward,
+    assert_close_on_real_tokens,
     assert_config_error,
     assert_empty_inputs_raise,
     assert_input_errors,
@@ -41,7 +55,13 @@ from scratchformers.core_attention.testing import (
     assert_padding_changes_nothing,
     assert_save_load_round_trip,
     assert_static_cache_matches_dynamic,
+    build_pair,
+    go_offline,
+    is_norm_weight,
     left_padded_batch,
+    random_images,
+    randomize,
+    right_padded_batch,
 )
 
 VOCAB = 32
@@ -280,3 +300,187 @@ def test_config_error_check(field: str, values: tuple) -> None:
     assert_config_error(CheckedLlamaConfig, TINY, field, values, builders=[check_config])
     with pytest.raises(AssertionError, match=rf"LlamaConfig\({field}=.*: no error"):
         assert_config_error(LlamaConfig, TINY, field, values)
+
+
+def test_degenerate_values_are_refused_when_asked() -> None:
+    spread = torch.linspace(-1.0, 1.0, 12)
+    assert assert_close_on_real_tokens(spread, spread + 1e-6, min_std=1e-3) <= 1e-4
+    flat = torch.full((12,), 0.5)
+    assert_close_on_real_tokens(flat, flat)  # without min_std nothing is asked
+    with pytest.raises(AssertionError, match="degenerate logits"):
+        assert_close_on_real_tokens(flat, flat, min_std=1e-3)
+    assert_close_on_real_tokens(flat[:1], flat[:1], min_std=1e-3)  # a single value: a loss
+
+
+# --- encoder-decoders -----------------------------------------------------------------------------
+
+SEQ2SEQ = {
+    "vocab_size": VOCAB,
+    "d_model": 24,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 24,
+    "decoder_ffn_dim": 24,
+    "max_position_embeddings": 32,
+    "init_std": 0.5,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+    "forced_eos_token_id": None,
+}
+SEQ2SEQ_GREEDY = {**GREEDY, "pad_token_id": 1}
+
+
+class ReadsSourcePadding(BartForConditionalGeneration):
+    """The source's mask never reaches the decoder: cross-attention reads the padding."""
+
+    def forward(self, *args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs)
+
+
+def seq2seq(model_class: type = BartForConditionalGeneration) -> BartForConditionalGeneration:
+    torch.manual_seed(0)
+    return model_class(BartConfig(**SEQ2SEQ)).eval()
+
+
+def right_padded_sources(
+    lengths: tuple[int, ...] = (6, 3, 4),
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Sources padded on the right, as a tokenizer pads them for an encoder-decoder."""
+    generator = torch.Generator().manual_seed(1)
+    rows = [torch.randint(3, VOCAB, (n,), generator=generator) for n in lengths]
+    input_ids = torch.full((len(rows), max(lengths)), SEQ2SEQ["pad_token_id"])
+    mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return input_ids, mask, rows
+
+
+def test_generation_checks_on_an_encoder_decoder() -> None:
+    input_ids, mask, rows = right_padded_sources()
+    model = seq2seq()
+    tokens = assert_cache_changes_nothing(model, input_ids, mask, **SEQ2SEQ_GREEDY)
+    assert torch.equal(
+        assert_static_cache_matches_dynamic(model, input_ids, mask, **SEQ2SEQ_GREEDY), tokens
+    )
+    assert torch.equal(
+        assert_batch_equals_each_prompt(model, input_ids, mask, rows, **SEQ2SEQ_GREEDY), tokens
+    )
+    # A decoder prompt per row: each row alone is given its own.
+    prompts = torch.randint(3, VOCAB, (len(rows), 3), generator=torch.Generator().manual_seed(2))
+    prompts[:, 0] = SEQ2SEQ["decoder_start_token_id"]
+    prompted = assert_batch_equals_each_prompt(
+        model, input_ids, mask, rows, decoder_input_ids=prompts, **SEQ2SEQ_GREEDY
+    )
+    assert torch.equal(prompted[:, :3], prompts) and prompted.shape[1] == 3 + 7
+    with pytest.raises(AssertionError, match=r"row \d differs alone"):
+        assert_batch_equals_each_prompt(
+            seq2seq(ReadsSourcePadding), input_ids, mask, rows, **SEQ2SEQ_GREEDY
+        )
+    with pytest.raises(AssertionError, match="pad some rows"):
+        unpadded = [row[:3] for row in rows]
+        assert_batch_equals_each_prompt(
+            model, torch.stack(unpadded), torch.ones(3, 3), unpadded, **SEQ2SEQ_GREEDY
+        )
+
+
+# --- reference pairs and the plugin ---------------------------------------------------------------
+
+
+def test_randomize_redraws_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**TINY))
+    before = {name: parameter.clone() for name, parameter in model.named_parameters()}
+    randomize(model, seed=3, fixed={"lm_head.weight": 0.5})
+    norms = 0
+    for name, parameter in model.named_parameters():
+        assert not torch.equal(parameter, before[name]), f"{name} was not re-drawn"
+        if is_norm_weight(name):
+            norms += 1
+            assert abs(float(parameter.detach().mean()) - 1.0) < 0.2, name
+    assert norms == 3  # two in the layer, one at the end
+    assert bool((model.lm_head.weight == 0.5).all())
+    again = randomize(LlamaForCausalLM(LlamaConfig(**TINY)), seed=3, fixed={"lm_head.weight": 0.5})
+    for (name, parameter), other in zip(model.named_parameters(), again.parameters(), strict=True):
+        assert torch.equal(parameter, other), f"{name}: the same seed gave other weights"
+    assert is_norm_weight("h.0.ln_1.weight") and is_norm_weight("encoder.LayerNorm.weight")
+    assert not is_norm_weight("ln_f.bias") and not is_norm_weight("normalizer.dense.weight")
+
+
+def test_reference_pairs(tmp_path: Path) -> None:
+    input_ids, mask, _ = batch()
+    config = LlamaConfig(**TINY)
+    theirs, ours, directory = build_pair(LlamaForCausalLM, LlamaForCausalLM, config, tmp_path / "a")
+    assert directory == tmp_path / "a" and not ours.training
+    assert assert_matches_reference(ours, theirs, input_ids, mask) <= 1e-5
+    with pytest.raises(AssertionError, match="AutoModelForCausalLM loaded as LlamaForCausalLM"):
+        build_pair(LlamaForCausalLM, AutoModelForCausalLM, LlamaConfig(**TINY), tmp_path / "b")
+
+    spec = PairSpec(
+        kinds={"lm": (LlamaForCausalLM, LlamaForCausalLM), "body": (LlamaModel, None)},
+        config=lambda **overrides: LlamaConfig(**{**TINY, **overrides}),
+    )
+    assert type(spec.theirs()) is LlamaForCausalLM  # the first kind is the default
+    assert type(spec.theirs("body", num_hidden_layers=2).layers[1]) is type(theirs.model.layers[0])
+    pair = spec.pair(tmp_path / "c", seed=0, attn_implementation="eager")
+    assert pair.ours.config._attn_implementation == "eager"
+    assert assert_matches_reference(pair.ours, pair.theirs, input_ids, mask) <= 1e-5
+    with pytest.raises(AssertionError, match="has no class of ours"):
+        spec.pair(tmp_path / "d", "body")
+    with pytest.raises(AssertionError, match="no kind 'head'"):
+        spec.theirs("head")
+
+
+def test_inputs_and_offline() -> None:
+    _, left_mask, rows = left_padded_batch((4, 2), VOCAB, first_id=3)
+    ids, mask, same_rows = right_padded_batch((4, 2), VOCAB, first_id=3)
+    assert all(torch.equal(a, b) for a, b in zip(rows, same_rows, strict=True))
+    assert torch.equal(mask, left_mask.flip(-1)) and torch.equal(
+        ids[1], torch.tensor([*rows[1], 0, 0])
+    )
+    images = random_images(2, 8, width=6, seed=4)
+    assert images.shape == (2, 3, 8, 6) and torch.equal(images, random_images(2, 8, 6, 4))
+    import huggingface_hub.constants
+
+    go_offline()
+    assert huggingface_hub.constants.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_plugin_compares_records_and_reports(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        f"import pytest\n\npytest_plugins = [{PLUGIN!r}]\n\n\n"
+        "@pytest.fixture\ndef match_tolerance():\n    return 1e-3\n"
+    )
+    pytester.makepyfile(
+        """
+        import torch
+
+        def test_close(assert_matches):
+            assert assert_matches(torch.arange(4.0), torch.arange(4.0) + 2e-4, what="probe") > 0
+
+        def test_far(assert_matches):
+            assert_matches(torch.arange(4.0), torch.arange(4.0) + 1e-2, what="probe")
+
+        def test_flat(assert_matches):
+            assert_matches(torch.ones(4), torch.ones(4), what="flat")
+
+        def test_masked(assert_matches):
+            real = torch.tensor([1, 1, 1, 0])
+            assert_matches(torch.arange(4.0), torch.tensor([0.0, 1.0, 2.0, 9.0]), real)
+            assert float(torch.rand(1)) == float(torch.rand(1, generator=torch.manual_seed(0)))
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*max abs probe difference 0.01 > 0.001*",
+            "*degenerate flats*",
+            "largest logit difference against the reference: 0 (test_masked)",
+            "largest probe difference against the reference: 0.0002 (test_close)",
+        ]
+    )

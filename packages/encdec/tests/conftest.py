@@ -1,21 +1,15 @@
-"""Shared set-up for the EncDec tests: offline, seeded, tiny models with odd sizes, and the same
-weights in transformers' BART or Marian and in ours.
+"""The EncDec tests' set-up: tiny models of odd sizes, and the same weights in transformers' BART
+or Marian and in ours.
 
 Every comparison starts from a transformers model (``BartForConditionalGeneration`` or
-``MarianMTModel``) whose parameters are all re-drawn, biases, LayerNorms and the output bias
-included, so that a wrongly mapped bias cannot hide behind a zero or a one. It is saved with
-``save_pretrained`` and loaded into our class with ``from_pretrained``: every parity test goes
-through the real checkpoint conversion.
-
-Test modules are imported with ``--import-mode=importlib`` and cannot import each other, so
-every shared helper is a fixture here.
+``MarianMTModel``) whose biases, LayerNorms and output bias are re-drawn, so that a wrongly
+mapped one cannot hide behind a zero or a one; the kit's ``build_pair`` saves it with
+``save_pretrained`` and loads it into our class, through the real checkpoint conversion. The
+kit's plugin gives the shared fixtures; test modules are imported with
+``--import-mode=importlib`` and cannot import each other, so every shared helper is a fixture.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,12 +20,12 @@ import torch
 import transformers
 
 import scratchformers.encdec as ours
+from scratchformers.core_attention.testing import PLUGIN, Pair, build_pair
 
-torch.set_num_threads(2)
+pytest_plugins = [PLUGIN]
 
 VOCAB = 113
 FIRST_ID = 4  # source and target ids are drawn from FIRST_ID..VOCAB-1, never a special token
-TOLERANCE = 1e-4
 
 # The odd sizes of every parity test: d_model 36, 3 heads (head_dim 12), 2 + 3 layers.
 SIZES = {
@@ -70,66 +64,55 @@ THEIR_CLASSES = {
     "marian": (transformers.MarianConfig, transformers.MarianMTModel),
 }
 
-# The largest difference against transformers that any test measured, reported at the end.
-_LARGEST: dict[str, tuple[float, str]] = {}
 
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for what, (value, where) in sorted(_LARGEST.items()):
-        terminalreporter.write_line(
-            f"largest {what} difference vs transformers: {value:.3g} ({where})"
-        )
-
-
-@pytest.fixture
-def record_difference(request: pytest.FixtureRequest) -> Callable[[str, float], None]:
-    def record(what: str, value: float) -> None:
-        if value >= _LARGEST.get(what, (-1.0, ""))[0]:
-            _LARGEST[what] = (value, request.node.name)
-
-    return record
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-def _redraw(model: torch.nn.Module) -> None:
-    """Non-zero biases, non-trivial LayerNorms and output bias, so that each one matters."""
+def redraw(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Noise on every bias and LayerNorm (the 1-D parameters) and a wide output bias, so that
+    each one matters. The matrices keep their initialisation (``init_std`` 0.2): Marian's
+    sinusoidal position table is a parameter that must stay sinusoidal."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() == 1:
-                parameter.add_(torch.randn_like(parameter) * 0.2)
-        model.final_logits_bias.normal_(0.0, 0.5)
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+        model.final_logits_bias.normal_(0.0, 0.5, generator=generator)
+    return model
 
 
 @dataclass
 class Reference:
-    """A transformers model of one family, and the directory it was saved to."""
+    """A transformers model of one family and ours, with the same weights saved in
+    ``directory``."""
 
     family: str
-    model: transformers.PreTrainedModel
-    directory: Path
+    pair: Pair
+
+    @property
+    def model(self) -> transformers.PreTrainedModel:
+        return self.pair.theirs
+
+    @property
+    def directory(self) -> Path:
+        return self.pair.directory
 
     @property
     def pad(self) -> int:
         return self.model.config.pad_token_id
 
 
+def make_reference(family: str, directory: Path) -> Reference:
+    config_class, model_class = THEIR_CLASSES[family]
+    torch.manual_seed(1)  # the matrices' initialisation
+    config = config_class(**SIZES, **FAMILIES[family])
+    pair = build_pair(
+        model_class, ours.EncDecForConditionalGeneration, config, directory, randomize=redraw
+    )
+    return Reference(family, pair)
+
+
 @pytest.fixture(params=["bart", "marian"])
 def reference(request: pytest.FixtureRequest, tmp_path: Path) -> Reference:
     """A tiny transformers BART or Marian with re-drawn weights, saved; both families in turn."""
     return make_reference(request.param, tmp_path / request.param)
-
-
-def make_reference(family: str, directory: Path) -> Reference:
-    config_class, model_class = THEIR_CLASSES[family]
-    torch.manual_seed(1)
-    model = model_class(config_class(**SIZES, **FAMILIES[family])).eval()
-    _redraw(model)
-    model.save_pretrained(directory)
-    return Reference(family, model, directory)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""generate(): the encoder runs once, cross-attention keys and values are projected once, the
-cache changes no token, and a padded batch gives each source's tokens alone."""
+"""generate(): the encoder runs once, cross-attention keys and values are projected once, and the
+kit's generation contracts hold: the cache, static or not, changes no token, and a padded batch
+gives each source's tokens alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import pytest
 import torch
 from transformers.cache_utils import EncoderDecoderCache
 
+from scratchformers.core_attention.testing import (
+    assert_batch_equals_each_prompt,
+    assert_cache_changes_nothing,
+    assert_static_cache_matches_dynamic,
+)
 from scratchformers.encdec import EncDecForConditionalGeneration
 
 OPTIONS = {
@@ -39,19 +45,14 @@ def test_the_cache_static_or_not_changes_nothing_and_a_padded_batch_is_each_sour
 ) -> None:
     model = build(tiny_config, options)
     inputs = batch(model.config.pad_token_id, source_lengths=(9, 3, 6), target_lengths=None)
+    input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    sources = [row[real.bool()] for row, real in zip(input_ids, mask, strict=True)]
+    # No min_new_tokens: rows that stop early must be padded after their EOS in the batch.
     settings = {"max_new_tokens": 9, "num_beams": num_beams, "do_sample": False}
-    cached = model.generate(**inputs, **settings)
-    uncached = model.generate(**inputs, **settings, use_cache=False)
-    static = model.generate(**inputs, **settings, cache_implementation="static")
-    assert torch.equal(cached, uncached), (cached, uncached)
-    assert torch.equal(cached, static), (cached, static)
-    assert_varied(cached)
-    for row, length in enumerate(inputs["attention_mask"].sum(-1).tolist()):
-        alone = model.generate(inputs["input_ids"][row : row + 1, :length], **settings)
-        got = cached[row : row + 1, : alone.shape[1]]
-        assert torch.equal(got, alone), (row, got, alone)
-        # A row that stopped early is padded after its eos in the batch.
-        assert (cached[row, alone.shape[1] :] == model.config.pad_token_id).all()
+    tokens = assert_cache_changes_nothing(model, input_ids, mask, **settings)
+    assert_varied(tokens)
+    assert_static_cache_matches_dynamic(model, input_ids, mask, **settings)
+    assert_batch_equals_each_prompt(model, input_ids, mask, sources, **settings)
 
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])

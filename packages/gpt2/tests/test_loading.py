@@ -113,7 +113,7 @@ def test_any_left_padded_batch_matches_transformers(
 def test_base_model_directory_loads_into_our_gpt2model(
     make_pair: Callable, padded_batch: Callable, their_positions: Callable, assert_matches: Callable
 ) -> None:
-    pair = make_pair(head=False, n_layer=3)
+    pair = make_pair("base", n_layer=3)
     assert isinstance(pair.theirs, transformers.GPT2Model)
     input_ids, mask, _ = padded_batch((13, 8, 1))
     with torch.no_grad():

@@ -47,7 +47,7 @@ def transformers_dir(
     request: pytest.FixtureRequest, make_theirs: Callable[..., torch.nn.Module], tmp_path: Path
 ) -> Path:
     """A directory written by transformers' GPT2LMHeadModel or by its GPT2Model."""
-    make_theirs(head=request.param, **ODD).save_pretrained(tmp_path / "theirs")
+    make_theirs("lm" if request.param else "base", **ODD).save_pretrained(tmp_path / "theirs")
     return tmp_path / "theirs"
 
 

@@ -1,7 +1,10 @@
-"""Shared set-up for the LoRA tests: offline, seeded, tiny models of odd sizes with every base
+"""Shared set-up for the LoRA tests: tiny models of odd sizes with every base
 weight re-drawn, padded batches, and the same adapter in peft and in ours.
 
-The four models, by ``kind``: ``hf-bert`` (transformers' BertForSequenceClassification),
+The base weights are re-drawn by the kit's ``randomize`` (norm scales ~ N(1, 0.2), everything
+else ~ N(0, 0.2)), so that no wrongly mapped weight hides behind a zero or a one; the kit's
+plugin compares outputs with ``assert_matches`` (at most 1e-5 apart, fp32). The four models,
+by ``kind``: ``hf-bert`` (transformers' BertForSequenceClassification),
 ``bert`` (scratchformers.bert_mlm's), ``gpt2`` (scratchformers.gpt2's GPT2LMHeadModel) and
 ``sequential`` (a plain torch stack of nn.Linear layers). Each comes with the LoRA settings
 its tests use, one batch and the function that reads its output.
@@ -11,11 +14,6 @@ every shared helper is a fixture here.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import copy
 from collections.abc import Callable
@@ -29,21 +27,13 @@ from torch import nn
 
 import scratchformers.bert_mlm as bert_mlm
 import scratchformers.gpt2 as gpt2
+from scratchformers.core_attention.testing import PLUGIN, randomize, right_padded_batch
 
-torch.set_num_threads(2)
+pytest_plugins = [PLUGIN]
 transformers.logging.set_verbosity_error()
 
 VOCAB = 97
 LENGTHS = (11, 7, 4)  # a right-padded batch of three
-TOLERANCE = 1e-5
-
-# The largest difference against peft that any test measured, reported at the end.
-_LARGEST: dict[str, tuple[float, str]] = {}
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for what, (value, where) in sorted(_LARGEST.items()):
-        terminalreporter.write_line(f"largest {what} difference vs peft: {value:.3g} ({where})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,23 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
+@pytest.fixture
+def match_tolerance() -> float:
+    """LoRA against peft in fp32: the same matrices, added up in the same order."""
+    return 1e-5
 
 
-def randomize(model: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
-    """Re-draw every parameter ~ N(0, std) (norm weights ~ N(1, std)), so that no wrongly
-    mapped weight hides behind a zero or a one."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator) * std
-            is_norm = ("LayerNorm" in name or "ln_" in name or "_norm" in name) and name.endswith(
-                "weight"
-            )
-            parameter.copy_(noise + 1.0 if is_norm else noise)
-    return model
+@pytest.fixture
+def match_min_std() -> float:
+    return 1e-2
 
 
 def randomize_adapter(model: nn.Module, seed: int = 1, std: float = 0.3) -> nn.Module:
@@ -105,12 +87,7 @@ class Case:
 
 
 def padded_ids(lengths: tuple[int, ...] = LENGTHS, seed: int = 2) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, :n] = torch.randint(1, VOCAB, (n,), generator=generator)
-        mask[row, :n] = 1
+    ids, mask, _ = right_padded_batch(lengths, VOCAB, first_id=1, pad_token_id=0, seed=seed)
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -182,30 +159,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def case() -> Callable[[str], Case]:
     """``case(kind)``: a fresh :class:`Case` for ``kind`` in hf-bert / bert / gpt2 / sequential."""
     return make_case
-
-
-@pytest.fixture
-def assert_matches(request: pytest.FixtureRequest) -> Callable[..., float]:
-    """``assert_matches(actual, expected, mask=None, what="output")``: max abs difference over
-    the real positions at most 1e-5 (fp32); returns it and keeps the session's largest."""
-
-    def check(
-        actual: torch.Tensor,
-        expected: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        what: str = "output",
-    ) -> float:
-        assert actual.shape == expected.shape, (actual.shape, expected.shape)
-        if mask is not None:
-            actual, expected = actual[mask.bool()], expected[mask.bool()]
-        assert torch.isfinite(actual).all() and float(expected.std()) > 1e-2
-        difference = float((actual - expected).abs().max())
-        if difference > _LARGEST.get(what, (-1.0, ""))[0]:
-            _LARGEST[what] = (difference, request.node.name)
-        assert difference <= TOLERANCE, f"max abs {what} difference {difference:.3g}"
-        return difference
-
-    return check
 
 
 @pytest.fixture

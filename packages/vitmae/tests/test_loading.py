@@ -38,7 +38,7 @@ def _compare(
         got = model(pixels, noise=chosen)
         if isinstance(model, ViTMAEModel):
             expected = getattr(theirs, "vit", theirs)(pixels, noise=chosen)
-            assert_matches(got.last_hidden_state, expected.last_hidden_state, "hidden state")
+            assert_matches(got.last_hidden_state, expected.last_hidden_state, what="hidden state")
         else:
             expected = theirs(pixels, noise=chosen)
             assert_matches(got.logits, expected.logits)
