@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -26,3 +30,26 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path) -> Callable[[str], Path]:
+    """``two_processes(script)``: run ``script`` as two gloo processes with torchrun, in
+    ``tmp_path``, and return that folder. Each process writes its result to a file of its own
+    there: two processes' lines on one stdout can interleave mid-line."""
+
+    def run(script: str) -> Path:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        result = subprocess.run(
+            [*command, "--nproc-per-node=2", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return tmp_path
+
+    return run

@@ -7,9 +7,6 @@ This file is also the script those processes run.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,22 +87,10 @@ def worker() -> None:
     dist.destroy_process_group()
 
 
-def test_two_processes_give_the_one_process_gradient(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        __file__,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_processes_give_the_one_process_gradient(two_processes: Callable[[str], Path]) -> None:
+    folder = two_processes(__file__)
     for rank in (0, 1):
-        lines = (tmp_path / f"rank{rank}.txt").read_text().splitlines()
+        lines = (folder / f"rank{rank}.txt").read_text().splitlines()
         assert lines == [
             f"rank {rank}: gather_with_gradients matches the one-process gradient: True",
             f"rank {rank}: detached_gather matches the one-process gradient: False",

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,22 +211,12 @@ def worker() -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_of_eight_give_the_one_batch_gradients(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        __file__,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_processes_of_eight_give_the_one_batch_gradients(
+    two_processes: Callable[[str], Path],
+) -> None:
+    folder = two_processes(__file__)
     for rank in (0, 1):
-        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        results = json.loads((folder / f"rank{rank}.json").read_text())
         for case, figures in results.items():
             assert abs(figures["loss"] - figures["expected_loss"]) < TOLERANCE, (rank, case)
             assert figures["largest_gradient_difference"] < TOLERANCE, (rank, case, figures)

@@ -86,17 +86,9 @@ class Reference:
     family: str
     pair: Pair
 
-    @property
-    def model(self) -> transformers.PreTrainedModel:
-        return self.pair.theirs
-
-    @property
-    def directory(self) -> Path:
-        return self.pair.directory
-
-    @property
-    def pad(self) -> int:
-        return self.model.config.pad_token_id
+    model = property(lambda self: self.pair.theirs)  # transformers' model
+    directory = property(lambda self: self.pair.directory)
+    pad = property(lambda self: self.model.config.pad_token_id)
 
 
 def make_reference(family: str, directory: Path) -> Reference:
@@ -131,9 +123,8 @@ def batch() -> Callable[..., dict[str, torch.Tensor]]:
     ) -> dict[str, torch.Tensor]:
         rows = len(source_lengths)
         input_ids = torch.randint(FIRST_ID, VOCAB, (rows, max(source_lengths)))
-        attention_mask = torch.zeros_like(input_ids)
-        for row, length in enumerate(source_lengths):
-            attention_mask[row, :length] = 1
+        positions = torch.arange(input_ids.shape[1])
+        attention_mask = (positions < torch.tensor(source_lengths)[:, None]).long()
         inputs = {
             "input_ids": input_ids.masked_fill(attention_mask == 0, pad),
             "attention_mask": attention_mask,
@@ -151,11 +142,7 @@ def batch() -> Callable[..., dict[str, torch.Tensor]]:
 @pytest.fixture
 def tiny_config() -> Callable[..., ours.EncDecConfig]:
     """A from-scratch config of the parity sizes (defaults otherwise: BART's architecture)."""
-
-    def make(**overrides: object) -> ours.EncDecConfig:
-        return ours.EncDecConfig(**{**SIZES, **overrides})
-
-    return make
+    return lambda **overrides: ours.EncDecConfig(**{**SIZES, **overrides})
 
 
 @pytest.fixture
