@@ -59,9 +59,6 @@ from .reporting import (
 from .rundir import RUN_FILE, check_output_dir, clear_previous_run
 from .settings import TrainingSettings
 
-# The seed of every evaluation's random numbers (see evaluate).
-EVAL_SEED = 1234
-
 __all__ = [
     "Trainer",
     "TrainingError",
@@ -635,16 +632,8 @@ def evaluate(
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
     parts: dict[str, list[Any]] = {}
-    device = accelerator.device
-    # An evaluation that draws random numbers (MAE's masks) draws the same ones every time,
-    # and leaves the training's random state as it found it, so that a resumed run goes on
-    # exactly as an uninterrupted one.
-    with torch.random.fork_rng(
-        devices=[] if device.type == "cpu" else [device.index or 0], device_type=device.type
-    ):
-        torch.manual_seed(EVAL_SEED)
-        for batch in eval_loader:
-            _keep(recipe.eval_step(unwrapped, batch), accelerator, totals, counts, parts)
+    for batch in eval_loader:
+        _keep(recipe.eval_step(unwrapped, batch), accelerator, totals, counts, parts)
     results = EvalResults(
         means={key: totals[key] / counts[key] for key in totals},
         gathered={key: _join(pieces) for key, pieces in parts.items()},

@@ -172,9 +172,9 @@ class ViTMAERecipe(ImageRecipe):
         return loss * (self.count_loss_items(batch) / num_items_in_batch)
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        # The masking noise comes from the generator the loop seeds for every evaluation:
-        # each evaluation hides the same patches.
-        return {"loss": model(pixel_values=batch["pixel_values"]).loss}
+        pixels = batch["pixel_values"]
+        noise = held_out_noise(pixels, model.config.patch_size)
+        return {"loss": model(pixel_values=pixels, noise=noise).loss}
 
     def finish(
         self,
@@ -262,6 +262,24 @@ class ViTMAERecipe(ImageRecipe):
         from scratchformers.vitmae import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+
+def held_out_noise(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The masking noise of held-out images, ``(batch, patches)``: each image's seeded by its
+    own pixels, so that an image hides the same patches at every evaluation, in any batch, on
+    any process, and the held-out loss moves only with the weights. (Drawing from the training's
+    random state would give each evaluation other masks, and shift the training's randomness.)"""
+    import torch
+
+    patches = (pixels.shape[-2] // patch_size) * (pixels.shape[-1] // patch_size)
+    noise = []
+    for image in pixels.detach().float().cpu():
+        # An order-free integer hash of the image's bits: sums of int64 wrap the same way in
+        # any order, on any machine.
+        bits = image.contiguous().view(torch.int32).flatten().long()
+        seed = int((bits * torch.arange(1, bits.numel() + 1)).sum()) & (2**62 - 1)
+        noise.append(torch.rand(patches, generator=torch.Generator().manual_seed(seed)))
+    return torch.stack(noise).to(pixels.device)
 
 
 def plot_probe(probe: dict[str, Any], path: Path, title: str) -> None:
