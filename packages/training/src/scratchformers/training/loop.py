@@ -633,31 +633,20 @@ def evaluate(
     counts: dict[str, int] = {}
     parts: dict[str, list[Any]] = {}
     for batch in eval_loader:
-        _keep(recipe.eval_step(unwrapped, batch), accelerator, totals, counts, parts)
+        for key, value in recipe.eval_step(unwrapped, batch).items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                # One batch mean from each process; the batches are full and split evenly,
+                # so the plain mean of all of them is the mean over the held-out set.
+                values = accelerator.gather(value.detach().reshape(1))
+                totals[key] = totals.get(key, 0.0) + float(values.sum())
+                counts[key] = counts.get(key, 0) + values.numel()
+            else:
+                parts.setdefault(key, []).append(_gather_examples(accelerator, value))
     results = EvalResults(
         means={key: totals[key] / counts[key] for key in totals},
         gathered={key: _join(pieces) for key, pieces in parts.items()},
     )
     return Evaluation(results=results, metrics=recipe.eval_metrics(results))
-
-
-def _keep(
-    outputs: dict[str, Any],
-    accelerator: Accelerator,
-    totals: dict[str, float],
-    counts: dict[str, int],
-    parts: dict[str, list[Any]],
-) -> None:
-    """Add one held-out batch's ``eval_step`` outputs to the running totals and parts."""
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor) and value.dim() == 0:
-            # One batch mean from each process; the batches are full and split evenly,
-            # so the plain mean of all of them is the mean over the held-out set.
-            values = accelerator.gather(value.detach().reshape(1))
-            totals[key] = totals.get(key, 0.0) + float(values.sum())
-            counts[key] = counts.get(key, 0) + values.numel()
-        else:
-            parts.setdefault(key, []).append(_gather_examples(accelerator, value))
 
 
 def accumulate_gradients(

@@ -207,8 +207,9 @@ class Recipe:
         ``EvalResults.means``) and per-example tensors or lists (predictions, labels, decoded
         text, gathered into ``EvalResults.gathered``). Per-example tensors must have the same
         shape on every process (pad them). ``model`` is the unwrapped model (``generate`` is
-        there); this runs under ``torch.no_grad()``. By default only the model's loss."""
-        return {"loss": model(**batch).loss}
+        there); this runs under ``torch.no_grad()``. By default only the recipe's loss, as the
+        mean over this batch's items."""
+        return {"loss": self.compute_loss(model, batch, self.count_loss_items(batch))}
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
         """The metrics of one evaluation, from everything ``eval_step`` kept, and from nothing
