@@ -186,7 +186,7 @@ def test_accuracy_comes_from_the_gathered_predictions_of_a_plain_torch_dataset(
     assert "images/s=" in capsys.readouterr().err
 
     run = json.loads((output_dir / "run.json").read_text())
-    assert run["recipe_options"] == {"label_smoothing": 0.1}
+    assert run["recipe_options"] == {"label_smoothing": 0.1, **SHARED_DATA_OPTIONS}
     assert run["summary"]["final_metrics"]["accuracy"] == 0.75
     assert (output_dir / "model.safetensors").is_file()  # saved without a processor
 
@@ -195,20 +195,36 @@ def test_recipe_flags_are_in_help_and_settings_and_text_flags_only_for_text(
     recipe: Recipe,
 ) -> None:
     classifier_help = build_parser(ClassifierRecipe()).format_help()
-    assert "--label-smoothing" in classifier_help
-    assert "--dataset" not in classifier_help and "--text-column" not in classifier_help
+    assert "--label-smoothing" in classifier_help and "--text-column" not in classifier_help
     language_model_help = build_parser(recipe).format_help()
-    assert "--dataset" in language_model_help and "--text-column" in language_model_help
+    assert "--text-column" in language_model_help
+    # Every recipe starts from a checkpoint and reads the user's files with the same flags.
+    for help_text in (classifier_help, language_model_help):
+        for flag in ("--init-from", "--dataset", "--eval-dataset", "--eval-fraction"):
+            assert flag in help_text
 
-    assert parse_settings(ClassifierRecipe(), []).recipe_options == {"label_smoothing": 0.0}
-    settings = parse_settings(recipe, ["--dataset", "corpus.txt"])
+    assert parse_settings(ClassifierRecipe(), []).recipe_options == {
+        "label_smoothing": 0.0,
+        **SHARED_DATA_OPTIONS,
+    }
+    settings = parse_settings(recipe, ["--dataset", "corpus.txt", "--init-from", "gpt2"])
     assert settings.recipe_options == {
+        **SHARED_DATA_OPTIONS,
         "dataset": "corpus.txt",
+        "init_from": "gpt2",
         "text_column": "text",
         "tokenizer": None,
     }
     with pytest.raises(SystemExit):  # a language model's flag is unknown to the classifier
-        parse_settings(ClassifierRecipe(), ["--dataset", "corpus.txt"])
+        parse_settings(ClassifierRecipe(), ["--text-column", "body"])
+
+
+SHARED_DATA_OPTIONS = {
+    "init_from": None,
+    "dataset": None,
+    "eval_dataset": None,
+    "eval_fraction": 0.05,
+}
 
 
 class FrozenBiasRecipe(ClassifierRecipe):

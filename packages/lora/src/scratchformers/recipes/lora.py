@@ -87,6 +87,12 @@ class LoraRecipe(Recipe):
     pipeline_tag = "text-classification"
     item_unit = "reviews"
     trained_from_scratch = False
+    init_from_aliases = ("--base",)
+    init_from_formats = (
+        "the pretrained BERT to fine-tune: a bert-mlm run's folder, with its tokenizer "
+        "(default: outputs/bert-mlm-<preset>, pretrained first with the bert-mlm recipe if "
+        "absent); --base is the same flag"
+    )
     output_files: ClassVar[tuple[str, ...]] = (
         CONFUSION_MATRIX_FILE,
         "finetune.json",
@@ -138,14 +144,6 @@ class LoraRecipe(Recipe):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("fine-tuning")
         group.add_argument(
-            "--base",
-            default=None,
-            metavar="DIR",
-            help="the pretrained BERT to fine-tune: a bert-mlm run's folder, with its tokenizer "
-            "(default: outputs/bert-mlm-<preset>, pretrained first with the bert-mlm recipe if "
-            "absent)",
-        )
-        group.add_argument(
             "--full",
             action="store_true",
             help="fine-tune every parameter instead of a LoRA adapter, for comparison (the "
@@ -194,7 +192,7 @@ class LoraRecipe(Recipe):
             from scratchformers.lora.finetune import prepare_base
 
             self.compared = self.comparison(settings)  # checked before any work
-            self.base = prepare_base(options.base, settings.preset)
+            self.base = prepare_base(options.init_from, settings.preset)
             tokenizer_source = self.base
         tokenizer = load_tokenizer(
             tokenizer_source, required=("cls_token", "sep_token", "pad_token")
@@ -253,7 +251,7 @@ class LoraRecipe(Recipe):
         self.full = bool(options.full)
         if not hasattr(self, "base"):  # build_data found it, unless it was given a tokenizer
             self.compared = self.comparison(settings)
-            self.base = prepare_base(options.base, settings.preset)
+            self.base = prepare_base(options.init_from, settings.preset)
         model, loading = BertForSequenceClassification.from_pretrained(
             self.base,
             num_labels=len(SENTIMENTS),

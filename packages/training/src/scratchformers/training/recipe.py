@@ -150,6 +150,16 @@ class Recipe:
     # Whether the model card says the model was trained from scratch; a recipe that starts
     # from a pretrained model (a fine-tuning) says False, and the card says "Fine-tuned".
     trained_from_scratch: ClassVar[bool] = True
+    # What --dataset reads, for its help: the formats of the recipe's task.
+    dataset_formats: ClassVar[str] = "a local file or folder, or a Hugging Face dataset id"
+    # The share of --dataset held out when there is no --eval-dataset.
+    default_eval_fraction: ClassVar[float] = 0.05
+    # What --init-from reads, for its help, and other names of the flag (lora's --base).
+    init_from_formats: ClassVar[str] = (
+        "a folder written by save_pretrained (this project's or the transformers class the "
+        "model mirrors) or a Hugging Face Hub id"
+    )
+    init_from_aliases: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the recipe's own flags; their values land in ``settings.recipe_options``,

@@ -196,8 +196,44 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
                 type=spec.type,
                 help=f"{spec.help} (preset {recipe.default_preset}: {preset_value})",
             )
+    add_starting_point_and_data_arguments(recipe, parser)
     recipe.add_arguments(parser)
     return parser
+
+
+def add_starting_point_and_data_arguments(recipe: Recipe, parser: argparse.ArgumentParser) -> None:
+    """The flags every recipe shares for fine-tuning on the user's files: ``--init-from``,
+    ``--dataset``, ``--eval-dataset`` and ``--eval-fraction`` (the recipe reads them as
+    ``settings.options.init_from`` and so on; its own column flags come from its
+    ``add_arguments``)."""
+    start = parser.add_argument_group("starting point")
+    start.add_argument(
+        "--init-from",
+        *recipe.init_from_aliases,
+        dest="init_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help=f"fine-tune from a pretrained checkpoint: {recipe.init_from_formats}; its "
+        "tokenizer or image processor is used when it has one (default: train from scratch)",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        help=f"the training data: {recipe.dataset_formats}",
+    )
+    data.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="held-out data in the same format (default: --eval-fraction of --dataset)",
+    )
+    data.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=recipe.default_eval_fraction,
+        help="share of --dataset held out when there is no --eval-dataset, chosen by a hash "
+        f"of each example's content (default: {recipe.default_eval_fraction})",
+    )
 
 
 def parse_settings(

@@ -41,18 +41,16 @@ class TextRecipe(Recipe):
             "vocab_size", "tokens in the vocabulary of the tokenizer trained on the data"
         ),
     }
+    dataset_formats: ClassVar[str] = (
+        "a local text file or folder, or a Hugging Face dataset id (needs network); default: "
+        "an offline corpus that ships with Python"
+    )
     tokenizer_name: ClassVar[str] = "a tokenizer"  # for the data description
     # The special tokens the blocks and batches need: a --tokenizer without one is refused.
     required_tokens: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
-        data.add_argument(
-            "--dataset",
-            default=None,
-            help="a local text file or folder, or a Hugging Face dataset id (needs network); "
-            "default: an offline corpus that ships with Python",
-        )
+        data = parser.add_argument_group("text data")
         data.add_argument(
             "--text-column",
             default="text",

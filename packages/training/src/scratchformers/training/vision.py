@@ -48,20 +48,18 @@ class ImageRecipe(Recipe):
     # The image processor's normalisation (ViT's): pixels in [0, 1] become (x - 0.5) / 0.5.
     image_mean: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
     image_std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
+    dataset_formats: ClassVar[str] = (
+        "a folder of images with one subfolder per class (cats/, dogs/, ...; "
+        "imagefolder:FOLDER says the same); its validation/ or test/ split is held out if it "
+        "has one; default: generated shapes, offline"
+    )
+    default_eval_fraction: ClassVar[float] = 0.1
     # Generated shapes when the preset does not say how many.
     default_train_images: ClassVar[int] = 5000
     default_eval_images: ClassVar[int] = 1000
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
-        data.add_argument(
-            "--dataset",
-            default=None,
-            metavar="FOLDER",
-            help="a folder of images with one subfolder per class (cats/, dogs/, ...; "
-            "imagefolder:FOLDER says the same); its validation/ or test/ split is held out if "
-            "it has one; default: generated shapes, offline",
-        )
+        data = parser.add_argument_group("image data")
         data.add_argument(
             "--num-train-images",
             type=int,
@@ -76,13 +74,6 @@ class ImageRecipe(Recipe):
             default=None,
             metavar="N",
             help="held-out images, likewise (default: the preset's shapes, a folder's all)",
-        )
-        data.add_argument(
-            "--eval-fraction",
-            type=float,
-            default=0.1,
-            help="share of a folder's images held out when it has no validation/ or test/ "
-            "split (default: 0.1)",
         )
         data.add_argument(
             "--augment",
@@ -139,7 +130,7 @@ class ImageRecipe(Recipe):
             image_size,
             num_train=num_train,
             num_eval=num_eval,
-            eval_fraction=getattr(options, "eval_fraction", 0.1),
+            eval_fraction=options.eval_fraction,
             seed=settings.seed,
         )
         # On unless the flag or the preset turns it off (a very short run learns faster without).
