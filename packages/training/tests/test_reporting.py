@@ -135,6 +135,18 @@ def test_the_card_names_a_hub_dataset_and_leaves_out_what_is_not_known(tmp_path:
     assert data.metrics == ["eval_loss"]
     assert "Trained from scratch with scratchformers" in card.text
     assert "import scratchformers.demo  # registers" in card.text  # no model type: the recipe's
+    assert "base_model" not in data.to_dict()
+
+    # Fine-tuned from a Hub model: the card says from what, and links it as its base model;
+    # from a local folder, the text says so but the metadata names no Hub model.
+    for init_from, base_model in (
+        ("openai-community/gpt2", "openai-community/gpt2"),
+        (str(tmp_path), None),
+    ):
+        settings["recipe_options"] = {"dataset": "someone/some-corpus", "init_from": init_from}
+        card = write_model_card(tmp_path / "README.md", pipeline_tag=None, **common)
+        assert f"Fine-tuned from `{init_from}` with scratchformers" in card.text
+        assert ModelCard.load(tmp_path / "README.md").data.base_model == base_model
 
 
 def test_the_card_holds_the_recipes_sections_and_imports_the_models_package(

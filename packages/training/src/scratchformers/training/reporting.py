@@ -279,6 +279,7 @@ def _model_card_data(
     license: str | None,
     dataset: str | None,
     final_metrics: dict[str, float],
+    init_from: str | None = None,
 ) -> ModelCardData:
     """The card's YAML metadata: what the Hub indexes, filters and shows beside the text."""
     hub_dataset = hub_dataset_id(dataset)
@@ -307,11 +308,21 @@ def _model_card_data(
         pipeline_tag=pipeline_tag,
         license=license,
         datasets=[hub_dataset] if hub_dataset else None,
+        # The Hub links a fine-tuning to its base model by id; a local folder has none.
+        base_model=hub_model_id(init_from),
         metrics=list(final_metrics) or None,
         tags=["scratchformers", recipe],
         model_name=model_name if eval_results else None,
         eval_results=eval_results,
     )
+
+
+def hub_model_id(source: str | None) -> str | None:
+    """``source`` when ``--init-from`` named a Hugging Face Hub model by its id, else ``None``
+    (nothing, or a local folder or file): what a model card may list as its base model."""
+    if source is None or Path(source).expanduser().exists():
+        return None
+    return hub_dataset_id(source)
 
 
 def _markdown_code(text: str) -> str:
@@ -415,7 +426,8 @@ def write_model_card(
     recipe's own Markdown lines, after the results. ``model_type`` (the saved config's) names
     the package whose import registers the model (``scratchformers-bert-mlm``:
     ``scratchformers.bert_mlm``; none for a model type of transformers itself); without it,
-    the recipe's package. ``trained_from_scratch=False`` says "Fine-tuned". Returns the card.
+    the recipe's package. ``trained_from_scratch=False`` says "Fine-tuned"; a run with ``--init-from`` says from what
+    (and a Hub id is the card's ``base_model``). Returns the card.
     """
     final_metrics = summary.get("final_metrics") or {}
     data = _model_card_data(
@@ -425,14 +437,18 @@ def write_model_card(
         license=license,
         dataset=(settings.get("recipe_options") or {}).get("dataset"),
         final_metrics=final_metrics,
+        init_from=(settings.get("recipe_options") or {}).get("init_from"),
     )
+    init_from = (settings.get("recipe_options") or {}).get("init_from")
+    how = "Trained from scratch" if trained_from_scratch else "Fine-tuned"
+    if init_from:
+        how = f"Fine-tuned from {_markdown_code(str(init_from))}"
     first, last = summary.get("first_eval_loss"), summary.get("final_eval_loss")
     processor_name = "tokenizer" if processor_class == "AutoTokenizer" else "processor"
     lines = [
         f"# {model_name}",
         "",
-        f"{'Trained from scratch' if trained_from_scratch else 'Fine-tuned'} with "
-        f"scratchformers: recipe `{recipe}`, preset `{preset}`.",
+        f"{how} with scratchformers: recipe `{recipe}`, preset `{preset}`.",
         "",
         "## Data",
         "",
