@@ -92,6 +92,15 @@ def gathered_contrastive_loss(
     return (text_to_image + image_to_text) / 2
 
 
+def _group(parser: argparse.ArgumentParser, title: str) -> Any:
+    """The parser's argument group ``title`` (the shared flags' "starting point" and "data"),
+    so that the recipe's flags are listed with them in --help; a new group if there is none."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 class CLIPRecipe(Recipe):
     """CLIP (a ViT image tower and a causal text tower) on captioned shapes."""
 
@@ -107,12 +116,14 @@ class CLIPRecipe(Recipe):
         "(--image-column, --caption-column), or a folder of images each with a same-named .txt "
         "caption beside it (default: generated captioned shapes, offline)"
     )
+    # Recall over the held-out pairs is noisy below a few hundred: hold out more than 5%.
+    default_eval_fraction: ClassVar[float] = 0.1
     init_from_formats: ClassVar[str] = (
         "a CLIP folder written by save_pretrained (this project's, or transformers' such as "
         "openai/clip-vit-base-patch32) or its Hub id, or an OpenAI / open_clip weights file "
         "(.safetensors, plain .pt / .bin state dict; see --openai-activation), or an open_clip "
-        "Hub folder; the model's shape comes from it (the shape flags are not used) and its "
-        "CLIPProcessor must be saved with it (or named with --processor)"
+        "Hub folder; the model's shape comes from it (the shape flags are not used), the "
+        "CLIPProcessor from its folder or --processor"
     )
     output_files: ClassVar[tuple[str, ...]] = (ZERO_SHOT_FILE, SIMILARITY_PLOT)
     model_flags = {
@@ -193,7 +204,7 @@ class CLIPRecipe(Recipe):
     zero_shot_template: str = "a photo of a {}."
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        start = parser.add_argument_group("starting point")
+        start = _group(parser, "starting point")
         start.add_argument(
             "--processor",
             default=None,
@@ -211,7 +222,7 @@ class CLIPRecipe(Recipe):
             "gelu for LAION's open_clip ones. auto: the quick_gelu of the open_clip_config.json "
             "beside the file, else quick_gelu (default: auto)",
         )
-        data = parser.add_argument_group("data")
+        data = _group(parser, "data")
         data.add_argument(
             "--image-column",
             default="image",
