@@ -1,8 +1,18 @@
-"""The clip training recipe: CLIP trained from scratch on captioned shapes, evaluated
+"""The clip training recipe: CLIP fine-tuned from a pretrained checkpoint on the user's own
+image-text pairs, or trained from scratch; by default (offline) on captioned shapes, evaluated
 zero-shot on colour and shape pairs it never saw together.
 
+    scratchformers train clip --init-from openai/clip-vit-base-patch32 --dataset pairs.csv
     scratchformers train clip [--preset tiny] [...]
     accelerate launch -m scratchformers.clip.train [...]
+
+``--init-from`` reads a folder of ours or transformers' CLIP (a Hub id or a local folder) or
+an OpenAI / open_clip weights file (``scratchformers.clip.starting_point``); the model's shape
+and processor are the checkpoint's. ``--dataset`` reads a csv / jsonl table of image paths and
+captions, or a folder of images with same-named .txt captions
+(``scratchformers.clip.captioned_files``); its held-out metrics are the contrastive loss,
+image-to-text and text-to-image recall@1 and @5 over the whole held-out set, and zero-shot
+accuracy over ``--zero-shot-labels``.
 
 The data (``scratchformers.clip.captioned_shapes``) is generated offline: the vit recipe's
 shapes, captioned from their attributes, with six colour and shape pairs held out of training.
@@ -11,10 +21,10 @@ processor as one ``CLIPProcessor``. The loss is CLIP's symmetric contrastive los
 global batch: under several processes each one's embeddings are gathered, with their
 gradients, so every process's examples are the negatives of every other's.
 
-Held-out metrics: ``zero_shot_accuracy`` (each held-out image classified among all 36 pairs,
+Held-out metrics of the generated data: ``zero_shot_accuracy`` (each held-out image classified among all 36 pairs,
 the class embeddings averaged over one template per size and position; chance 1/36), the
 colour and the shape it picks, and ``retrieval_accuracy`` (each image finds its own caption
-in its batch). At the end ``zero_shot.json`` and ``similarity.png``, the image-text
+in its batch), and the recalls. At the end ``zero_shot.json`` and ``similarity.png``, the image-text
 similarities of held-out images and their captions. This module is what ``--help`` imports, so
 torch and the model package come in inside the hooks.
 """
@@ -43,8 +53,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from scratchformers.clip import CLIPModel
+    from scratchformers.clip.starting_point import StartingPoint
     from scratchformers.training.settings import TrainingSettings
 
+# --openai-activation's choices (scratchformers.clip.starting_point.ACTIVATIONS; repeated here,
+# since --help imports no torch).
+ACTIVATIONS = ("auto", "quick_gelu", "gelu")
 ZERO_SHOT_FILE = "zero_shot.json"
 SIMILARITY_PLOT = "similarity.png"
 SIMILARITY_SAMPLES = 10  # held-out images (and their captions) in the similarity plot
@@ -78,6 +92,15 @@ def gathered_contrastive_loss(
     return (text_to_image + image_to_text) / 2
 
 
+def _group(parser: argparse.ArgumentParser, title: str) -> Any:
+    """The parser's argument group ``title`` (the shared flags' "starting point" and "data"),
+    so that the recipe's flags are listed with them in --help; a new group if there is none."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 class CLIPRecipe(Recipe):
     """CLIP (a ViT image tower and a causal text tower) on captioned shapes."""
 
@@ -87,6 +110,21 @@ class CLIPRecipe(Recipe):
     processor_auto_class = "AutoProcessor"
     pipeline_tag = "zero-shot-image-classification"
     item_unit: ClassVar[str] = "image-text pairs"
+    dataset_formats: ClassVar[str] = (
+        "a .csv / .tsv / .jsonl / .parquet table (or a Hugging Face dataset id) with an image "
+        "column of paths relative to the file's folder and a caption column "
+        "(--image-column, --caption-column), or a folder of images each with a same-named .txt "
+        "caption beside it (default: generated captioned shapes, offline)"
+    )
+    # Recall over the held-out pairs is noisy below a few hundred: hold out more than 5%.
+    default_eval_fraction: ClassVar[float] = 0.1
+    init_from_formats: ClassVar[str] = (
+        "a CLIP folder written by save_pretrained (this project's, or transformers' such as "
+        "openai/clip-vit-base-patch32) or its Hub id, or an OpenAI / open_clip weights file "
+        "(.safetensors, plain .pt / .bin state dict; see --openai-activation), or an open_clip "
+        "Hub folder; the model's shape comes from it (the shape flags are not used), the "
+        "CLIPProcessor from its folder or --processor"
+    )
     output_files: ClassVar[tuple[str, ...]] = (ZERO_SHOT_FILE, SIMILARITY_PLOT)
     model_flags = {
         "--image-size": ModelFlag("image_size", "side of the square images, in pixels"),
@@ -159,8 +197,65 @@ class CLIPRecipe(Recipe):
         ),
     }
 
+    # What build_data sets up: the --init-from checkpoint and the zero-shot classes of the
+    # user's data (none for the generated shapes, which have their own).
+    start: StartingPoint | None = None
+    zero_shot_classes: tuple[str, ...] = ()
+    zero_shot_template: str = "a photo of a {}."
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
+        start = _group(parser, "starting point")
+        start.add_argument(
+            "--processor",
+            default=None,
+            metavar="FOLDER_OR_ID",
+            help="the CLIPProcessor (tokenizer and image processor) of the --init-from "
+            "checkpoint, when it is not saved with it: an OpenAI / open_clip file's, say "
+            "openai/clip-vit-base-patch32 (default: the one in the checkpoint's folder)",
+        )
+        start.add_argument(
+            "--openai-activation",
+            choices=ACTIVATIONS,
+            default="auto",
+            help="the MLP activation of an OpenAI-layout --init-from file, which its tensors "
+            "cannot tell: quick_gelu for OpenAI's weights (and open_clip's -quickgelu models), "
+            "gelu for LAION's open_clip ones. auto: the quick_gelu of the open_clip_config.json "
+            "beside the file, else quick_gelu (default: auto)",
+        )
+        data = _group(parser, "data")
+        data.add_argument(
+            "--image-column",
+            default="image",
+            help="--dataset's column of image paths, relative to the file's folder "
+            "(default: image)",
+        )
+        data.add_argument(
+            "--caption-column",
+            default="caption",
+            help="--dataset's column of captions (default: caption)",
+        )
+        data.add_argument(
+            "--zero-shot-labels",
+            default=None,
+            metavar="NAMES",
+            help="comma-separated class names (cat,dog,red car): adds held-out zero-shot "
+            "accuracy, each image classified among them with --zero-shot-template. An image's "
+            "class is its --label-column value if given, else the one class name its caption "
+            "mentions (whole words, any case); images whose caption names none or several are "
+            "left out of the accuracy",
+        )
+        data.add_argument(
+            "--label-column",
+            default=None,
+            help="--dataset's column holding each image's class, one of --zero-shot-labels "
+            "(default: read the class from the caption)",
+        )
+        data.add_argument(
+            "--zero-shot-template",
+            default="a photo of a {}.",
+            help="the sentence each class name is put in for zero-shot accuracy, {} for the name "
+            "(default: 'a photo of a {}.')",
+        )
         data.add_argument(
             "--num-train-images",
             type=int,
@@ -178,8 +273,73 @@ class CLIPRecipe(Recipe):
         )
 
     def build_data(self, settings: TrainingSettings) -> RecipeData:
-        from transformers import CLIPProcessor
+        """The checkpoint (``--init-from``, loaded here: its processor tokenizes the data),
+        then the user's pairs (``--dataset``) or the generated captioned shapes."""
+        options = settings.options
+        self.start = None
+        if options.zero_shot_labels is not None and not options.dataset:
+            raise ValueError(
+                "--zero-shot-labels names the classes of --dataset's images; the generated "
+                "shapes have their own 36 (leave it out, or give --dataset)"
+            )
+        if options.eval_dataset and not options.dataset:
+            raise ValueError("--eval-dataset is held out from --dataset: give --dataset too")
+        self.zero_shot_classes = self._zero_shot_classes(options)
+        self.zero_shot_template = options.zero_shot_template
+        if options.init_from:
+            from scratchformers.clip.starting_point import load_starting_point
+
+            self.start = load_starting_point(
+                options.init_from,
+                activation=options.openai_activation,
+                processor_source=options.processor,
+            )
+            # The model card says "Fine-tuned from" instead of "trained from scratch".
+            self.trained_from_scratch = False
+        if options.dataset:
+            return self._user_data(settings)
+        return self._generated_data(settings)
+
+    @staticmethod
+    def _zero_shot_classes(options: argparse.Namespace) -> tuple[str, ...]:
+        if options.zero_shot_labels is None:
+            if options.label_column:
+                raise ValueError(
+                    "--label-column names each image's zero-shot class: give the classes with "
+                    "--zero-shot-labels too"
+                )
+            return ()
+        names = [name.strip() for name in options.zero_shot_labels.split(",") if name.strip()]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(
+                f"--zero-shot-labels needs two or more different comma-separated class names, "
+                f"got {options.zero_shot_labels!r}"
+            )
+        if options.zero_shot_template.count("{}") != 1:
+            raise ValueError(
+                "--zero-shot-template needs exactly one {} for the class name, got "
+                f"{options.zero_shot_template!r}"
+            )
+        return tuple(names)
+
+    def _image_processor(self, settings: TrainingSettings) -> Any:
+        """The checkpoint's image processor, or a new one at ``--image-size``."""
         from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        from scratchformers.training.images import image_processor
+
+        if self.start is not None:
+            return self.start.processor.image_processor
+        image_size, patch_size = settings.options.image_size, settings.options.patch_size
+        if image_size < 8 or image_size % patch_size:
+            raise ValueError(
+                f"--image-size {image_size} must be at least 8 (to draw shapes in) and a "
+                f"multiple of --patch-size {patch_size}"
+            )
+        return image_processor(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+    def _generated_data(self, settings: TrainingSettings) -> RecipeData:
+        from transformers import CLIPProcessor
 
         from scratchformers.clip import train_caption_tokenizer
         from scratchformers.clip.captioned_shapes import (
@@ -189,15 +349,14 @@ class CLIPRecipe(Recipe):
             captioned_shapes,
         )
         from scratchformers.training.console import status
-        from scratchformers.training.images import image_processor
 
         options = settings.options
-        image_size, patch_size = options.image_size, options.patch_size
-        if image_size < 8 or image_size % patch_size:
-            raise ValueError(
-                f"--image-size {image_size} must be at least 8 (to draw shapes in) and a "
-                f"multiple of --patch-size {patch_size}"
-            )
+        images = self._image_processor(settings)
+        image_size = (
+            options.image_size
+            if self.start is None
+            else self.start.pretrained.model.config.vision_config.image_size
+        )
         counts = example_counts(
             options, {"--num-train-images": "train_images", "--num-eval-images": "eval_images"}
         )
@@ -209,20 +368,22 @@ class CLIPRecipe(Recipe):
         held_out = captioned_shapes(
             counts["eval_images"], image_size, f"held-out {settings.seed}", held_out=True
         )
-        status("training the caption tokenizer")
-        tokenizer = train_caption_tokenizer(train["caption"], model_max_length=32)
+        if self.start is None:
+            status("training the caption tokenizer")
+            tokenizer = train_caption_tokenizer(train["caption"], model_max_length=32)
+            processor = CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+        else:
+            processor = self.start.processor
+            tokenizer = processor.tokenizer
         self.tokenizer = tokenizer
-        processor = CLIPProcessor(
-            image_processor=image_processor(image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-            tokenizer=tokenizer,
-        )
         pairs = ", ".join(f"{colour} {shape}" for colour, shape in HELD_OUT_PAIRS)
         return RecipeData(
             train=CaptionedImages(train, image_size, tokenizer),
             eval=CaptionedImages(held_out, image_size, tokenizer),
-            collate=CaptionBatches(tokenizer, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+            collate=CaptionBatches(tokenizer, images.image_mean, images.image_std),
             processor=processor,
-            description=(
+            description=self._started_from()
+            + (
                 f"generated captioned shapes (offline default): {len(train):,} training and "
                 f"{len(held_out):,} held-out images of {image_size}x{image_size} pixels with "
                 f'captions such as "{train["caption"][0]}"; the held-out images show only '
@@ -230,9 +391,93 @@ class CLIPRecipe(Recipe):
             ),
         )
 
+    def _started_from(self) -> str:
+        return "" if self.start is None else f"fine-tuned from {self.start.pretrained.describe()}; "
+
+    def _user_data(self, settings: TrainingSettings) -> RecipeData:
+        from transformers import CLIPProcessor
+
+        from scratchformers.clip import train_caption_tokenizer
+        from scratchformers.clip.captioned_files import (
+            NO_CLASS,
+            CaptionedFileBatches,
+            CaptionedFiles,
+            caption_classes,
+            captioned_splits,
+            label_classes,
+        )
+        from scratchformers.training.console import status
+        from scratchformers.training.data import DataError
+
+        options = settings.options
+        classes = self.zero_shot_classes
+        label_column = options.label_column if classes else None
+        train, held_out, origin = captioned_splits(options, label_column=label_column)
+        images = self._image_processor(settings)
+        if self.start is None:
+            status("training the caption tokenizer")
+            # CLIP's 77 positions: the user's captions are longer than the shapes'.
+            tokenizer = train_caption_tokenizer(train["caption"], model_max_length=77)
+            processor = CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+            max_length = tokenizer.model_max_length
+        else:
+            processor = self.start.processor
+            tokenizer = processor.tokenizer
+            positions = self.start.pretrained.model.config.text_config.max_position_embeddings
+            max_length = min(tokenizer.model_max_length, positions)
+        self.tokenizer = tokenizer
+        held_out_flag = "--eval-dataset" if options.eval_dataset else "--dataset"
+        held_out_source = options.eval_dataset or options.dataset
+        labels = None
+        if classes:
+            if label_column:
+                labels = label_classes(held_out, classes, held_out_flag, held_out_source)
+            else:
+                labels = caption_classes(held_out["caption"], classes)
+            known = sum(label != NO_CLASS for label in labels)
+            if not known:
+                raise DataError(
+                    f"--zero-shot-labels: no held-out caption of {held_out_source} mentions exactly "
+                    f"one of {', '.join(classes)}; name the classes as the captions do, or give "
+                    "--label-column"
+                )
+            status(
+                f"zero-shot: {known:,} of {len(held_out):,} held-out images have a class among "
+                f"{len(classes)} ({'their ' + label_column if label_column else 'from the caption'})"
+            )
+        status(f"reading and processing {len(train) + len(held_out):,} images")
+        train_set = CaptionedFiles(
+            train, images, tokenizer, max_length, flag="--dataset", source=options.dataset
+        )
+        eval_set = CaptionedFiles(
+            held_out,
+            images,
+            tokenizer,
+            max_length,
+            flag=held_out_flag,
+            source=held_out_source,
+            zero_shot_labels=labels,
+        )
+        size = "x".join(str(side) for side in train_set[0]["pixel_values"].shape[-2:])
+        zero_shot = f"; zero-shot classes: {', '.join(classes)}" if classes else ""
+        return RecipeData(
+            train=train_set,
+            eval=eval_set,
+            collate=CaptionedFileBatches(tokenizer),
+            processor=processor,
+            description=self._started_from()
+            + (
+                f"{origin}: {len(train):,} training and {len(held_out):,} held-out image-text "
+                f"pairs, images at {size} pixels, captions such as "
+                f'"{train_set.captions[0]}"{zero_shot}'
+            ),
+        )
+
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> CLIPModel:
         from scratchformers.clip import CLIPConfig, CLIPModel
 
+        if self.start is not None:
+            return self.start.pretrained.model
         options = settings.options
         tokenizer = data.processor.tokenizer
         text = {
@@ -283,7 +528,6 @@ class CLIPRecipe(Recipe):
         return batch["pixel_values"].shape[0]
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        from scratchformers.clip.captioned_shapes import CLASS_NAMES, caption_templates
         from scratchformers.clip.zero_shot import class_embeddings
 
         outputs = model(
@@ -294,34 +538,67 @@ class CLIPRecipe(Recipe):
         loss = gathered_contrastive_loss(
             outputs.text_embeds, outputs.image_embeds, outputs.logit_scale
         )
-        classes = class_embeddings(model, self._tokenize, CLASS_NAMES, caption_templates())
-        predicted = (outputs.image_embeds @ classes.T).argmax(dim=-1)
-        own_caption = outputs.logits_per_image.argmax(dim=-1)
-        rows = own_caption.new_tensor(range(len(own_caption)))
-        return {
+        # The embeddings of every held-out pair, for recall over the whole held-out set.
+        kept: dict[str, Any] = {
             "loss": loss,
-            "predicted": predicted,
-            "pair": batch["pair"],
-            "retrieved": (own_caption == rows).float(),
+            "image_embeds": outputs.image_embeds,
+            "text_embeds": outputs.text_embeds,
         }
+        if "pair" in batch:  # the generated shapes
+            from scratchformers.clip.captioned_shapes import CLASS_NAMES, caption_templates
+
+            classes = class_embeddings(model, self._tokenize, CLASS_NAMES, caption_templates())
+            own_caption = outputs.logits_per_image.argmax(dim=-1)
+            rows = own_caption.new_tensor(range(len(own_caption)))
+            kept |= {
+                "predicted": (outputs.image_embeds @ classes.T).argmax(dim=-1),
+                "pair": batch["pair"],
+                "retrieved": (own_caption == rows).float(),
+            }
+        elif self.zero_shot_classes:
+            classes = class_embeddings(
+                model, self._tokenize, self.zero_shot_classes, self.zero_shot_template
+            )
+            kept |= {
+                "zero_shot_predicted": (outputs.image_embeds @ classes.T).argmax(dim=-1),
+                "zero_shot_label": batch["zero_shot_label"],
+                # A scalar, so that eval_metrics knows the chance level from the results alone.
+                "zero_shot_classes": loss.new_tensor(float(len(self.zero_shot_classes))),
+            }
+        return kept
 
     def _tokenize(self, text: list[str], **kwargs: Any) -> Any:
         """The processor's text half, for ``class_embeddings``."""
         return self.tokenizer(text, **kwargs)
 
     def eval_metrics(self, results: EvalResults) -> dict[str, float]:
-        from scratchformers.clip.captioned_shapes import CLASS_NAMES
+        from scratchformers.clip.retrieval import retrieval_recall
 
-        predicted, pairs = results.gathered["predicted"], results.gathered["pair"]
-        shapes = len({name.split()[1] for name in CLASS_NAMES})
-        return {
-            "eval_loss": results.means["loss"],
-            "zero_shot_accuracy": float((predicted == pairs).float().mean()),
-            "zero_shot_chance": 1 / len(CLASS_NAMES),
-            "colour_accuracy": float((predicted // shapes == pairs // shapes).float().mean()),
-            "shape_accuracy": float((predicted % shapes == pairs % shapes).float().mean()),
-            "retrieval_accuracy": float(results.gathered["retrieved"].mean()),
-        }
+        gathered = results.gathered
+        metrics = {"eval_loss": results.means["loss"]}
+        if "pair" in gathered:
+            from scratchformers.clip.captioned_shapes import CLASS_NAMES
+
+            predicted, pairs = gathered["predicted"], gathered["pair"]
+            shapes = len({name.split()[1] for name in CLASS_NAMES})
+            metrics |= {
+                "zero_shot_accuracy": float((predicted == pairs).float().mean()),
+                "zero_shot_chance": 1 / len(CLASS_NAMES),
+                "colour_accuracy": float((predicted // shapes == pairs // shapes).float().mean()),
+                "shape_accuracy": float((predicted % shapes == pairs % shapes).float().mean()),
+                "retrieval_accuracy": float(gathered["retrieved"].mean()),
+            }
+        if "image_embeds" in gathered:
+            metrics |= retrieval_recall(gathered["image_embeds"], gathered["text_embeds"])
+        if "zero_shot_label" in gathered:
+            labels, predicted = gathered["zero_shot_label"], gathered["zero_shot_predicted"]
+            known = labels >= 0  # images whose class is known (see --zero-shot-labels)
+            metrics |= {
+                "zero_shot_accuracy": float((predicted[known] == labels[known]).float().mean()),
+                "zero_shot_chance": 1 / results.means["zero_shot_classes"],
+                "zero_shot_images": float(known.sum()),
+            }
+        return metrics
 
     def finish(
         self,
@@ -334,7 +611,6 @@ class CLIPRecipe(Recipe):
         similarity matrix of the first held-out images and their captions."""
         import torch
 
-        from scratchformers.clip.captioned_shapes import CLASS_NAMES, HELD_OUT_PAIRS
         from scratchformers.clip.plots import plot_similarity
 
         model.eval()
@@ -348,7 +624,14 @@ class CLIPRecipe(Recipe):
             )
         similarity = (outputs.image_embeds @ outputs.text_embeds.T).cpu()
         captions = [data.eval.captions[i] for i in range(len(rows))]
-        images = torch.stack([row["pixels"] for row in rows])
+        if "pixels" in rows[0]:  # the generated shapes keep their uint8 pixels
+            images = torch.stack([row["pixels"] for row in rows])
+        else:  # the processor's normalised pixels, back to [0, 1] for the plot
+            processor = data.processor.image_processor
+            mean = torch.tensor(processor.image_mean).view(-1, 1, 1)
+            std = torch.tensor(processor.image_std).view(-1, 1, 1)
+            pixels = torch.stack([row["pixel_values"] for row in rows])
+            images = (pixels * std + mean).clamp(0, 1)
         plot_similarity(
             similarity,
             images,
@@ -356,13 +639,21 @@ class CLIPRecipe(Recipe):
             output_dir / SIMILARITY_PLOT,
             f"{self.name}: held-out images against their captions (cosine similarity)",
         )
-        summary = {
-            **evaluation.metrics,
-            "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS],
-            "classes": list(CLASS_NAMES),
-            "chance": 1 / len(CLASS_NAMES),
-            "eval_images": len(data.eval),
-        }
+        summary: dict[str, Any] = {**evaluation.metrics, "eval_images": len(data.eval)}
+        if "pixels" in rows[0]:
+            from scratchformers.clip.captioned_shapes import CLASS_NAMES, HELD_OUT_PAIRS
+
+            summary |= {
+                "held_out_pairs": [" ".join(pair) for pair in HELD_OUT_PAIRS],
+                "classes": list(CLASS_NAMES),
+                "chance": 1 / len(CLASS_NAMES),
+            }
+        elif self.zero_shot_classes:
+            summary |= {
+                "classes": list(self.zero_shot_classes),
+                "template": self.zero_shot_template,
+                "chance": 1 / len(self.zero_shot_classes),
+            }
         (output_dir / ZERO_SHOT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return {"similarity matrix": output_dir / SIMILARITY_PLOT}
 
