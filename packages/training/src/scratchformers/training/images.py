@@ -257,13 +257,22 @@ def _split(
 
 
 def _is_image_folder(source: str) -> bool:
-    """Whether ``--dataset`` names a folder of images (``imagefolder:`` says so outright); a
-    folder without images is read as a dataset repository (csv, jsonl, parquet files), and
-    what is no local path at all as a Hub dataset id."""
+    """Whether ``--dataset`` names a folder of images (``imagefolder:`` says so outright): a
+    folder with images, or with neither images nor tables (refused as such). A folder of
+    tables without images (csv, jsonl, parquet files, as a Hub dataset repository holds
+    them) is read as a dataset, and what is no local path at all as a Hub dataset id."""
+    from .tables import TABLE_FORMATS
+
     if source.startswith(IMAGE_FOLDER_PREFIX):
         return True
     path = Path(source).expanduser()
-    return path.is_dir() and bool(image_files(path))
+    if not path.is_dir():
+        return False
+    if image_files(path):
+        return True
+    return not any(
+        file.suffix.lower() in TABLE_FORMATS for file in path.rglob("*") if file.is_file()
+    )
 
 
 def _unlabelled_folder(folder: Path, flag: str) -> datasets.DatasetDict:
@@ -320,7 +329,12 @@ def image_table(
         keys = [str(Path(image["path"]).relative_to(path)) for image in images]
         labels = [names[label] for label in folder["label"]]
         return _table(images, labels, keys)
-    table = read_table(source, flag)
+    try:
+        table = read_table(source, flag)
+    except DataError:
+        if path.is_file() and _holds_no_rows(path):  # datasets' own error says "no data"
+            raise DataError(f"{flag} {source} holds no rows") from None
+        raise
     columns = {"--image-column": image_column}
     if require_labels or label_column in table.column_names:
         columns["--label-column"] = label_column
@@ -347,6 +361,16 @@ def image_table(
         else:
             labels = [str(value) for value in raw]
     return _table(images, labels, keys)
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """Whether a csv/tsv file holds a header at most, or a json/jsonl file nothing."""
+    header = 1 if path.suffix.lower() in (".csv", ".tsv") else 0
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len(lines) <= header
 
 
 def _table(images: list[Any], labels: list[str], keys: list[str]) -> datasets.Dataset:
@@ -415,6 +439,11 @@ def _table_splits(
     }
     status(f"reading the images of {source}")
     train = image_table(source, "--dataset", **read)
+    if require_labels and len(set(train["label"])) < 2:
+        raise DataError(
+            f"--dataset {source}: its {label_column!r} column (--label-column) holds one class, "
+            f"{train[0]['label']!r}; an image classifier needs two or more"
+        )
     if eval_source is not None:
         held_out = image_table(eval_source, "--eval-dataset", **read)
         origin = f"{source}, held out: {eval_source}"
@@ -423,11 +452,6 @@ def _table_splits(
         origin = f"{source} ({eval_fraction:.0%} held out by content)"
     names = _class_names(train["label"])
     labelled = names != [UNLABELLED]
-    if require_labels and len(names) < 2:
-        raise DataError(
-            f"--dataset {source}: its {label_column!r} column (--label-column) holds one class, "
-            f"{names[0]!r}; an image classifier needs two or more"
-        )
     unknown = sorted(set(held_out["label"]) - set(names))
     if unknown and labelled:
         raise DataError(

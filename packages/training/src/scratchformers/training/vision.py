@@ -46,6 +46,8 @@ class ImageCheckpoint:
         image_mean: the normalisation of its image processor (timm: ``pretrained_cfg``).
         image_std: likewise.
         processor: its own image processor (preprocessor_config.json), or None.
+        label_names: its classifier's class names by label id (``id2label``; timm's
+            ``label_names``), or None.
     """
 
     source: str
@@ -57,6 +59,7 @@ class ImageCheckpoint:
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
     processor: Any = None
+    label_names: list[str] | None = None
 
 
 def read_image_checkpoint(
@@ -115,6 +118,7 @@ def read_image_checkpoint(
             patch_size=patch,
             image_mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
             image_std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
+            label_names=config.get("label_names"),
         )
     sizes = []
     for name in ("image_size", "patch_size"):
@@ -130,7 +134,37 @@ def read_image_checkpoint(
     processor = load_checkpoint_processor(path, "AutoImageProcessor")
     mean = tuple(processor.image_mean) if processor is not None else default_mean
     std = tuple(processor.image_std) if processor is not None else default_std
-    return ImageCheckpoint(source, path, config, kind, sizes[0], sizes[1], mean, std, processor)
+    id2label = config.get("id2label") or {}
+    label_names = [id2label.get(str(index)) for index in range(len(id2label))]
+    return ImageCheckpoint(
+        source,
+        path,
+        config,
+        kind,
+        sizes[0],
+        sizes[1],
+        mean,
+        std,
+        processor,
+        label_names if all(label_names) and label_names else None,
+    )
+
+
+def in_class_order(dataset: Any, names: list[str]) -> Any:
+    """``dataset`` (a ``label`` ``ClassLabel`` column) with its label ids renumbered to follow
+    ``names``, the same class names in another order."""
+    import datasets
+
+    old = dataset.features["label"].names
+    new_ids = [names.index(name) for name in old]
+    features = dataset.features.copy()
+    features["label"] = datasets.ClassLabel(names=names)
+    return dataset.map(
+        lambda batch: {"label": [new_ids[label] for label in batch["label"]]},
+        batched=True,
+        features=features,
+        keep_in_memory=True,
+    )
 
 
 def resized_processor(processor: Any, image_size: int) -> Any:
@@ -312,6 +346,13 @@ class ImageRecipe(Recipe):
             if len(split) == 0:
                 raise DataError(f"--dataset {source}: the {name} split holds no images")
         self.labelled = splits.labelled
+        theirs = checkpoint.label_names if checkpoint is not None else None
+        if theirs and sorted(theirs) == sorted(splits.class_names) and splits.labelled:
+            # The checkpoint's classes in another order: number them as it does, so that its
+            # classifier is kept rather than started afresh.
+            splits.train = in_class_order(splits.train, theirs)
+            splits.held_out = in_class_order(splits.held_out, theirs)
+            splits.class_names = list(theirs)
         processor = image_processor(image_size, self.image_mean, self.image_std)
         if checkpoint is not None and checkpoint.processor is not None:
             processor = resized_processor(checkpoint.processor, image_size)
