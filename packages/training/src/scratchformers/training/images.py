@@ -311,7 +311,8 @@ def image_table(
 
     ``source`` is a folder of images with one subfolder per class, or a table that
     :func:`~scratchformers.training.tables.read_table` reads (a ``.csv``/``.jsonl``/... file,
-    a folder of such files, a dataset id). Its ``image_column`` holds images (a
+    a folder of such files, a dataset id: its train split, or for ``--eval-dataset`` its
+    validation split, else its test split, else its train split). Its ``image_column`` holds images (a
     ``datasets.Image`` column) or paths, relative to the file's folder (or the dataset
     folder); its ``label_column`` strings or integers. Checked before any work, each with one
     :class:`DataError` naming ``flag``: a missing column (naming those there are), a row
@@ -329,12 +330,18 @@ def image_table(
         keys = [str(Path(image["path"]).relative_to(path)) for image in images]
         labels = [names[label] for label in folder["label"]]
         return _table(images, labels, keys)
-    try:
-        table = read_table(source, flag)
-    except DataError:
-        if path.is_file() and _holds_no_rows(path):  # datasets' own error says "no data"
-            raise DataError(f"{flag} {source} holds no rows") from None
-        raise
+    # A dataset id (or folder) held out whole: its validation split, else its test split,
+    # else the one split it has.
+    splits = ("validation", "test", "train") if flag == "--eval-dataset" else ("train",)
+    for split in splits:
+        try:
+            table = read_table(source, flag, split=split)
+            break
+        except DataError:
+            if path.is_file() and _holds_no_rows(path):  # datasets' own error says "no data"
+                raise DataError(f"{flag} {source} holds no rows") from None
+            if path.is_file() or split == splits[-1]:
+                raise
     columns = {"--image-column": image_column}
     if require_labels or label_column in table.column_names:
         columns["--label-column"] = label_column
