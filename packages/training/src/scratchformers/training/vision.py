@@ -391,7 +391,7 @@ class ImageRecipe(Recipe):
         pretrained = getattr(self, "pretrained", None)
         if pretrained is None:
             return []
-        return ["## Starting point", "", f"Fine-tuned from {pretrained.describe()}.", ""]
+        return ["## Starting point", "", f"Loaded from {pretrained.describe()}.", ""]
 
 
 class ImageClassificationRecipe(ImageRecipe):
