@@ -209,6 +209,114 @@ def test_a_file_that_is_no_image_is_named_before_training(tmp_path: Path) -> Non
         build(["--dataset", str(tmp_path), "--eval-fraction", "0.5"])
 
 
+def write_table(folder: Path, name: str, rows: list[dict]) -> Path:
+    """``rows`` as a csv (first row's keys as the header) or a jsonl, by ``name``'s suffix."""
+    path = folder / name
+    if path.suffix == ".csv":
+        header = list(rows[0])
+        lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def labelled_files(folder: Path, count: int, labels: list) -> list[dict]:
+    """``count`` images under ``folder``/pics (relative paths), labelled in turn."""
+    rows = []
+    for index in range(count):
+        write_image(folder / "pics" / f"{index}.png", "RGB", (20, 20), index)
+        rows.append({"image": f"pics/{index}.png", "label": labels[index % len(labels)]})
+    return rows
+
+
+def test_a_csv_of_relative_paths_and_string_labels_is_split_by_content(tmp_path: Path) -> None:
+    rows = labelled_files(tmp_path, 40, ["zebra", "ant"])
+    renamed = [{"file": row["image"], "animal": row["label"]} for row in rows]
+    table = write_table(tmp_path, "animals.csv", renamed)
+    flags = ["--dataset", str(table), "--image-column", "file", "--label-column", "animal"]
+    data = build([*flags, "--eval-fraction", "0.25"])
+    assert data.train.class_names == data.eval.class_names == ["ant", "zebra"]
+    assert len(data.train) + len(data.eval) == 40 and 0 < len(data.eval) < 20
+    # The held-out rows hang on each row's content only: the same rows in another order (and
+    # with the table moved elsewhere) hold out the same images.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / "pics").symlink_to(tmp_path / "pics")
+    shuffled = write_table(moved, "animals.csv", renamed[::-1])
+    again = build(["--dataset", str(shuffled), *flags[2:], "--eval-fraction", "0.25"])
+    held_out = sorted(Path(row["image"]["path"]).name for row in data.eval._files)
+    assert sorted(Path(row["image"]["path"]).name for row in again.eval._files) == held_out
+    # Each image is its row's: the pixels of the file the row names, with the row's label.
+    first = data.train.dataset[0]
+    index = int(Path(data.train._files[0]["image"]["path"]).stem)
+    assert data.train.class_names[first["label"]] == rows[index]["label"]
+
+
+def test_a_jsonl_of_integer_labels_names_the_classes_in_numeric_order(tmp_path: Path) -> None:
+    rows = labelled_files(tmp_path, 30, [10, 2, 7])
+    data = build(["--dataset", str(write_table(tmp_path, "digits.jsonl", rows))])
+    assert data.train.class_names == ["2", "7", "10"]
+
+
+def test_a_dataset_folder_stands_for_a_hub_id(tmp_path: Path) -> None:
+    """A folder laid out as a Hub dataset repository (parquet shards of an Image column and a
+    ClassLabel) reads as ``datasets.load_dataset`` reads the id; the held-out set may be an
+    image folder, its classes matched by name."""
+    import datasets
+
+    images = [Image.new("RGB", (12, 12), (index * 8, 0, 0)) for index in range(24)]
+    features = datasets.Features(
+        {"img": datasets.Image(), "fine": datasets.ClassLabel(names=["cats", "dogs"])}
+    )
+    table = datasets.Dataset.from_dict(
+        {"img": images, "fine": [index % 2 for index in range(24)]}, features=features
+    )
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    table.to_parquet(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
+    for kind in ("dogs", "cats"):
+        for index in range(3):
+            write_image(tmp_path / "held" / kind / f"{index}.png", "RGB", (24, 24), index)
+    columns = ["--image-column", "img", "--label-column", "fine"]
+    held = ["--eval-dataset", str(tmp_path / "held")]
+    data = build(["--dataset", str(tmp_path / "repo"), *columns, *held])
+    assert data.train.class_names == data.eval.class_names == ["cats", "dogs"]
+    assert (len(data.train), len(data.eval)) == (24, 6)
+    red = [data.train[i]["pixels"][0, 0, 0].item() for i in range(len(data.train))]
+    assert red == [index * 8 for index in range(24)], "each image with its own label, in order"
+    assert data.train.labels() == [index % 2 for index in range(24)]
+    names = [data.eval.class_names[label] for label in data.eval.labels()]
+    folders = [Path(row["image"]["path"]).parent.name for row in data.eval._files]
+    assert names == folders
+
+
+def test_images_without_classes_are_taken_when_labels_are_not_needed(tmp_path: Path) -> None:
+    """A masked-image recipe reads a folder without class subfolders (and a table without a
+    label column) as one class, UNLABELLED; a classifier refuses both, naming the column."""
+    from scratchformers.training.images import UNLABELLED
+    from scratchformers.training.vision import ImageRecipe
+
+    class Unlabelled(ImageRecipe):
+        name = "toy-mae"
+        description = "Images without classes, as a masked autoencoder reads them."
+        presets = ToyImageClassifier.presets
+
+    for index in range(10):
+        write_image(tmp_path / "flat" / f"{index}.png", "RGB", (24, 24), index)
+    recipe = Unlabelled()
+    settings = parse_settings(recipe, ["--dataset", str(tmp_path / "flat"), "--output-dir", "r"])
+    data = recipe.build_data(settings)
+    assert data.train.class_names == [UNLABELLED] and not recipe.labelled
+    assert (len(data.train), len(data.eval)) == (9, 1)
+    rows = [{"image": f"flat/{index}.png"} for index in range(10)]
+    table = write_table(tmp_path, "files.jsonl", rows)
+    flags = ["--dataset", str(table), "--eval-fraction", "0.5"]
+    settings = parse_settings(recipe, [*flags, "--output-dir", "r"])
+    assert recipe.build_data(settings).train.class_names == [UNLABELLED]
+    with pytest.raises(DataError, match=r"has no column 'label' \(its columns: image\)"):
+        build(flags)
+
+
 def test_bad_image_flags_are_refused_naming_the_flag(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"--image-size 32 is not a multiple of the patch size 6"):
         build(["--image-size", "32"])

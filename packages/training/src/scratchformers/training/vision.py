@@ -10,7 +10,9 @@ the hooks.
 from __future__ import annotations
 
 import argparse
+import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,6 +26,155 @@ if TYPE_CHECKING:
 
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 MIN_SHAPES_SIZE = 8  # pixels: the generated shapes need that many to be told apart at all
+# timm's normalisation when a checkpoint's pretrained_cfg does not say (ImageNet's).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ImageCheckpoint:
+    """What ``--init-from`` names, read before the data: the images it was trained on (size,
+    patch size, normalisation) decide how the data is prepared.
+
+    Attributes:
+        source: the checkpoint as the user named it (a path or a Hub id).
+        path: where it lies on this machine.
+        config: its config.json.
+        format: ``"timm"``, ``"scratchformers"`` or ``"transformers"``.
+        image_size: the side of the square images it was trained on.
+        patch_size: the side of its square patches.
+        image_mean: the normalisation of its image processor (timm: ``pretrained_cfg``).
+        image_std: likewise.
+        processor: its own image processor (preprocessor_config.json), or None.
+        label_names: its classifier's class names by label id (``id2label``; timm's
+            ``label_names``), or None.
+    """
+
+    source: str
+    path: Path
+    config: dict[str, Any]
+    format: str
+    image_size: int
+    patch_size: int
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    processor: Any = None
+    label_names: list[str] | None = None
+
+
+def read_image_checkpoint(
+    source: str,
+    default_mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    default_std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> ImageCheckpoint:
+    """The :class:`ImageCheckpoint` ``source`` names (a folder or a Hub id), without loading
+    its weights: a missing checkpoint stops the run before the data is read. A folder of
+    ours or transformers' gives its config's sizes and its processor's normalisation
+    (``default_mean`` / ``default_std`` without a processor); timm's folder its weights'
+    sizes (read from the safetensors header) and ``pretrained_cfg``'s mean and std."""
+    from .pretrained import (
+        PretrainedError,
+        checkpoint_config,
+        checkpoint_format,
+        checkpoint_path,
+        load_checkpoint_processor,
+    )
+
+    path = checkpoint_path(source)
+    config = checkpoint_config(path)
+    kind = checkpoint_format(config)
+    if kind == "timm":
+        from safetensors import safe_open
+
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise PretrainedError(
+                f"--init-from {source} (a timm folder) holds no model.safetensors"
+            )
+        with safe_open(weights, "pt") as tensors:
+            patch = tensors.get_slice("patch_embed.proj.weight").get_shape()[-1]
+            rows = tensors.get_slice("pos_embed").get_shape()[1]
+            class_token = "cls_token" in tensors.keys()  # noqa: SIM118 (safe_open has no "in")
+        # A square grid, with or without a row for the class token (see position_layout).
+        side = next(
+            (
+                side
+                for slots in ((1, 0) if class_token else (0,))
+                if (side := math.isqrt(rows - slots)) ** 2 == rows - slots
+            ),
+            None,
+        )
+        if side is None:
+            raise PretrainedError(
+                f"--init-from {source}: its position table ({rows} rows) is not a square grid"
+            )
+        pretrained_cfg = config.get("pretrained_cfg") or {}
+        return ImageCheckpoint(
+            source=source,
+            path=path,
+            config=config,
+            format=kind,
+            image_size=side * patch,
+            patch_size=patch,
+            image_mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+            image_std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
+            label_names=config.get("label_names"),
+        )
+    sizes = []
+    for name in ("image_size", "patch_size"):
+        value = config.get(name, 224 if name == "image_size" else 16)
+        if not isinstance(value, int):
+            height, width = value
+            if height != width:
+                raise PretrainedError(
+                    f"--init-from {source} has {name}={value}; this recipe trains square images"
+                )
+            value = height
+        sizes.append(int(value))
+    processor = load_checkpoint_processor(path, "AutoImageProcessor")
+    mean = tuple(processor.image_mean) if processor is not None else default_mean
+    std = tuple(processor.image_std) if processor is not None else default_std
+    id2label = config.get("id2label") or {}
+    label_names = [id2label.get(str(index)) for index in range(len(id2label))]
+    return ImageCheckpoint(
+        source,
+        path,
+        config,
+        kind,
+        sizes[0],
+        sizes[1],
+        mean,
+        std,
+        processor,
+        label_names if all(label_names) and label_names else None,
+    )
+
+
+def in_class_order(dataset: Any, names: list[str]) -> Any:
+    """``dataset`` (a ``label`` ``ClassLabel`` column) with its label ids renumbered to follow
+    ``names``, the same class names in another order."""
+    import datasets
+
+    old = dataset.features["label"].names
+    new_ids = [names.index(name) for name in old]
+    features = dataset.features.copy()
+    features["label"] = datasets.ClassLabel(names=names)
+    return dataset.map(
+        lambda batch: {"label": [new_ids[label] for label in batch["label"]]},
+        batched=True,
+        features=features,
+        keep_in_memory=True,
+    )
+
+
+def resized_processor(processor: Any, image_size: int) -> Any:
+    """A checkpoint's image processor set to resize to ``image_size`` square (a copy): the
+    trained folder's processor then feeds the model the images it was trained on."""
+    import copy
+
+    processor = copy.deepcopy(processor)
+    processor.size = {"height": image_size, "width": image_size}
+    return processor
 
 
 class ImageRecipe(Recipe):
@@ -50,16 +201,36 @@ class ImageRecipe(Recipe):
     image_std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
     dataset_formats: ClassVar[str] = (
         "a folder of images with one subfolder per class (cats/, dogs/, ...; "
-        "imagefolder:FOLDER says the same); its validation/ or test/ split is held out if it "
-        "has one; default: generated shapes, offline"
+        "imagefolder:FOLDER says the same; its validation/ or test/ split is held out if it "
+        "has one); a .csv/.tsv/.jsonl/.parquet file with --image-column (paths relative to "
+        "the file's folder) and --label-column (strings or integers); or a Hugging Face "
+        "dataset id (or a local folder laid out as one); default: generated shapes, offline"
     )
     default_eval_fraction: ClassVar[float] = 0.1
+    # Whether the images must have classes (two or more): a classifier's do, masked-image
+    # pretraining takes images without (and probes with the classes when there are some).
+    needs_labels: ClassVar[bool] = False
+    # Set by build_data / build_model: the --init-from checkpoint, the loaded model's account.
+    checkpoint: ImageCheckpoint | None = None
+    pretrained: Any = None
     # Generated shapes when the preset does not say how many.
     default_train_images: ClassVar[int] = 5000
     default_eval_images: ClassVar[int] = 1000
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("image data")
+        data.add_argument(
+            "--image-column",
+            default="image",
+            help="the column of a table (--dataset FILE or dataset id) that holds the images "
+            "or their paths, relative to the file's folder (default: image)",
+        )
+        data.add_argument(
+            "--label-column",
+            default="label",
+            help="the column of a table that holds the labels, strings or integers "
+            "(default: label)",
+        )
         data.add_argument(
             "--num-train-images",
             type=int,
@@ -84,11 +255,20 @@ class ImageRecipe(Recipe):
             "(default: the preset's, else on)",
         )
 
-    def check_image_size(self, options: argparse.Namespace) -> None:
+    def check_image_size(
+        self,
+        options: argparse.Namespace,
+        image_size: int | None = None,
+        patch_size: int | None = None,
+    ) -> None:
         """Raise a ``ValueError`` naming the flags when the image size cannot work: it must be
         positive and, for a model that cuts images into patches, a multiple of the patch size
-        (a ViT would otherwise leave the pixels past the last whole patch unread)."""
-        image_size, patch_size = options.image_size, options.patch_size
+        (a ViT would otherwise leave the pixels past the last whole patch unread).
+        ``image_size`` / ``patch_size`` default to the options' (a checkpoint's patch size
+        comes in here)."""
+        image_size = options.image_size if image_size is None else image_size
+        if patch_size is None:
+            patch_size = getattr(options, "patch_size", None)
         if patch_size is not None and image_size % patch_size:
             below = image_size // patch_size * patch_size
             sizes = f"{below} or {below + patch_size}" if below else str(patch_size)
@@ -105,12 +285,37 @@ class ImageRecipe(Recipe):
                 return flag
         return f"the preset's {option}"
 
+    def image_size_given(self, settings: TrainingSettings) -> bool:
+        """Whether ``--image-size`` asked for another size than the preset's: with
+        ``--init-from`` the images are otherwise the checkpoint's size. (The settings keep
+        the value, not whether it came from the flag: the preset's own size counts as not
+        given.)"""
+        preset = self.presets[settings.preset].model
+        return settings.options.image_size != preset.get("image_size")
+
     def build_data(self, settings: TrainingSettings) -> RecipeData:
+        from .data import DataError
         from .images import ImageBatches, ImageExamples, image_processor, image_splits
 
         options = settings.options
-        self.check_image_size(options)
+        # The checkpoint first: a missing one stops the run before the data is read, and its
+        # image size and normalisation say how to prepare the images.
+        self.checkpoint = None
+        if getattr(options, "init_from", None):
+            self.checkpoint = read_image_checkpoint(
+                options.init_from, self.image_mean, self.image_std
+            )
+        checkpoint = self.checkpoint
         image_size = options.image_size
+        patch_size = getattr(options, "patch_size", None)
+        if checkpoint is not None:
+            patch_size = checkpoint.patch_size
+            if not self.image_size_given(settings):
+                image_size = checkpoint.image_size
+            # The instance's normalisation, for the collate, the processor and finish().
+            self.image_mean, self.image_std = checkpoint.image_mean, checkpoint.image_std
+        self.check_image_size(options, image_size, patch_size)
+        self.image_size = image_size
         source = options.dataset
         num_train = options.num_train_images
         num_eval = options.num_eval_images
@@ -132,21 +337,44 @@ class ImageRecipe(Recipe):
             num_eval=num_eval,
             eval_fraction=options.eval_fraction,
             seed=settings.seed,
+            eval_source=getattr(options, "eval_dataset", None),
+            image_column=getattr(options, "image_column", "image"),
+            label_column=getattr(options, "label_column", "label"),
+            require_labels=self.needs_labels,
         )
+        for name, split in (("training", splits.train), ("held-out", splits.held_out)):
+            if len(split) == 0:
+                raise DataError(f"--dataset {source}: the {name} split holds no images")
+        self.labelled = splits.labelled
+        theirs = checkpoint.label_names if checkpoint is not None else None
+        if theirs and sorted(theirs) == sorted(splits.class_names) and splits.labelled:
+            # The checkpoint's classes in another order: number them as it does, so that its
+            # classifier is kept rather than started afresh.
+            splits.train = in_class_order(splits.train, theirs)
+            splits.held_out = in_class_order(splits.held_out, theirs)
+            splits.class_names = list(theirs)
+        processor = image_processor(image_size, self.image_mean, self.image_std)
+        if checkpoint is not None and checkpoint.processor is not None:
+            processor = resized_processor(checkpoint.processor, image_size)
+        # The images are resized as the saved processor resizes them (its resampling).
+        resample = getattr(processor, "resample", None)
         # On unless the flag or the preset turns it off (a very short run learns faster without).
         augment = options.augment is not False
-        train = ImageExamples(splits.train, image_size, augment=augment)
-        held_out = ImageExamples(splits.held_out, image_size)
-        classes = ", ".join(splits.class_names)
+        train = ImageExamples(splits.train, image_size, augment=augment, resample=resample)
+        held_out = ImageExamples(splits.held_out, image_size, resample=resample)
+        classes = (
+            f"{len(splits.class_names)} classes ({', '.join(splits.class_names)})"
+            if splits.labelled
+            else "no labels"
+        )
         return RecipeData(
             train=train,
             eval=held_out,
             collate=ImageBatches(self.image_mean, self.image_std),
-            processor=image_processor(image_size, self.image_mean, self.image_std),
+            processor=processor,
             description=(
                 f"{splits.source}: {len(train):,} training and {len(held_out):,} held-out "
-                f"images of {image_size}x{image_size} pixels, {len(splits.class_names)} classes "
-                f"({classes}); training images "
+                f"images of {image_size}x{image_size} pixels, {classes}; training images "
                 + (
                     "augmented (shifts, flips, brightness and contrast)"
                     if augment
@@ -157,6 +385,13 @@ class ImageRecipe(Recipe):
 
     def count_items(self, batch: dict[str, Any]) -> int:
         return batch["pixel_values"].shape[0]
+
+    def card_sections(self, output_dir: Path, evaluation: Evaluation) -> list[str]:
+        """The checkpoint the run started from, when it started from one."""
+        pretrained = getattr(self, "pretrained", None)
+        if pretrained is None:
+            return []
+        return ["## Starting point", "", f"Loaded from {pretrained.describe()}.", ""]
 
 
 class ImageClassificationRecipe(ImageRecipe):
@@ -171,6 +406,7 @@ class ImageClassificationRecipe(ImageRecipe):
     """
 
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
+    needs_labels: ClassVar[bool] = True
     pipeline_tag: ClassVar[str | None] = "image-classification"
     output_files: ClassVar[tuple[str, ...]] = (CONFUSION_MATRIX_FILE,)
 

@@ -1,9 +1,11 @@
-"""The vit training recipe: a Vision Transformer image classifier trained from scratch.
+"""The vit training recipe: a Vision Transformer image classifier trained from scratch, or
+fine-tuned from a checkpoint (``--init-from``: ours, transformers' or timm's).
 
-    scratchformers train vit [--preset tiny] [--dataset FOLDER] [...]
+    scratchformers train vit [--preset tiny] [--dataset FOLDER|FILE|ID] [--init-from CKPT] [...]
     accelerate launch -m scratchformers.vit.train [...]
 
-The images (generated shapes by default, offline; or a folder with one subfolder per class),
+The images (generated shapes by default, offline; or a folder with one subfolder per class, a
+csv/jsonl table of paths and labels, a dataset id), the checkpoint's image size and processor,
 their augmentation, the image processor saved with the model, top-1 accuracy against the
 most-frequent-class baseline and the confusion matrix come from the shared
 ``ImageClassificationRecipe``. This module is what ``--help`` imports, so the model package
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedModel
 
+    from scratchformers.training.pretrained import Pretrained
     from scratchformers.training.settings import TrainingSettings
     from scratchformers.vit import ViTForImageClassification
 
@@ -30,7 +33,18 @@ class ViTRecipe(ImageClassificationRecipe):
     """ViT (class token, pre-norm layers, linear classifier) on the shared image recipe."""
 
     name = "vit"
-    description = "Train a Vision Transformer image classifier from scratch."
+    description = (
+        "Train a Vision Transformer image classifier from scratch, or fine-tune one "
+        "(--init-from) on your images."
+    )
+    init_from_formats = (
+        "a folder written by save_pretrained (this project's vit, transformers' ViT or "
+        "ViTForImageClassification, or a masked autoencoder's encoder), timm's Hub folder "
+        "(config.json + model.safetensors of a VisionTransformer), or a Hub id of one "
+        "(google/vit-base-patch16-224, timm/vit_small_patch16_224.augreg_in21k); the images "
+        "are then the checkpoint's size unless --image-size says another (the positions are "
+        "resized once), and its classifier starts fresh when the classes differ"
+    )
     model_flags = {
         **ImageClassificationRecipe.model_flags,
         "--patch-size": ModelFlag("patch_size", "side of the square patches, in pixels"),
@@ -96,6 +110,8 @@ class ViTRecipe(ImageClassificationRecipe):
     ) -> ViTForImageClassification:
         from scratchformers.vit import ViTConfig, ViTForImageClassification
 
+        if self.checkpoint is not None:
+            return self.fine_tuned(data)
         options = settings.options
         config = ViTConfig(
             image_size=options.image_size,
@@ -109,6 +125,88 @@ class ViTRecipe(ImageClassificationRecipe):
             **self.label_config(data),
         )
         return ViTForImageClassification(config)
+
+    def fine_tuned(self, data: RecipeData) -> ViTForImageClassification:
+        """The model of the ``--init-from`` checkpoint (read by ``build_data``), with a fresh
+        classifier when the data's classes are not the checkpoint's, at the data's image
+        size (the positions resized once), in train mode; the run says what it loaded."""
+        from scratchformers.training.console import status
+        from scratchformers.training.pretrained import load_pretrained
+        from scratchformers.vit import ViTForImageClassification, with_image_size
+
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        self.trained_from_scratch = False
+        if checkpoint.format == "timm":
+            pretrained = self.from_timm_folder(data)
+        else:
+            pretrained = load_pretrained(
+                ViTForImageClassification,
+                checkpoint.source,
+                new_heads=("classifier",),
+                **self.label_config(data),
+            )
+        if checkpoint.image_size != self.image_size:
+            pretrained.model = with_image_size(pretrained.model, self.image_size)
+            status(
+                f"position table resized from {checkpoint.image_size}x{checkpoint.image_size} "
+                f"to the data's {self.image_size}x{self.image_size} pixels (bicubic, once)"
+            )
+        self.pretrained = pretrained
+        return pretrained.model.train()
+
+    def from_timm_folder(self, data: RecipeData) -> Pretrained:
+        """A timm hub folder (config.json + model.safetensors) as our ViT: ``from_timm`` with
+        what the config says (head count, pooling, class names), and a fresh classifier when
+        the data's classes are not the folder's (or it has no head)."""
+        import torch
+        from safetensors.torch import load_file
+
+        from scratchformers.training.console import status
+        from scratchformers.training.pretrained import Pretrained, PretrainedError
+        from scratchformers.vit import from_timm, options_from_timm_config
+
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        source, architecture = checkpoint.source, checkpoint.config.get("architecture")
+        labels = self.label_config(data)
+        try:
+            options = options_from_timm_config(checkpoint.config)
+            state = load_file(checkpoint.path / "model.safetensors")
+            headless = "head.weight" not in state
+            if headless:  # saved with num_classes=0: a placeholder head, replaced below
+                width = state["patch_embed.proj.weight"].shape[0]
+                state["head.weight"] = torch.zeros(len(labels["id2label"]), width)
+                state["head.bias"] = torch.zeros(len(labels["id2label"]))
+                options.pop("id2label", None)
+            model = from_timm(state, **options)
+        except (ValueError, KeyError) as error:
+            raise PretrainedError(
+                f"--init-from {source} (a timm {architecture} folder) does not load as "
+                f"ViTForImageClassification: {error}"
+            ) from error
+        fresh = []
+        if headless or options.get("id2label") != labels["id2label"]:
+            model.config.id2label = labels["id2label"]
+            model.config.label2id = labels["label2id"]
+            model.num_labels = len(labels["id2label"])
+            model.classifier = torch.nn.Linear(model.config.hidden_size, model.num_labels)
+            model._init_weights(model.classifier)
+            fresh = ["classifier.weight", "classifier.bias"]
+        pretrained = Pretrained(
+            model=model.train(),
+            source=source,
+            path=checkpoint.path,
+            format=f"a timm {architecture} folder",
+            fresh=fresh,
+        )
+        status(f"starting from {pretrained.describe()}")
+        if fresh:
+            status(
+                f"warning: the classifier of {source} is not for this data's "
+                f"{model.num_labels} classes and starts from its initial values: classifier"
+            )
+        return pretrained
 
     def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:
         """transformers' ``ViTForImageClassification``, with the same outputs (class-token

@@ -22,7 +22,8 @@ from .modeling import (
     ViTPreTrainedModel,
     resize_position_grid,
 )
-from .timm_checkpoints import from_timm
+from .resize import with_image_size
+from .timm_checkpoints import from_timm, options_from_timm_config
 
 AutoConfig.register(ViTConfig.model_type, ViTConfig, exist_ok=True)
 AutoModel.register(ViTConfig, ViTModel, exist_ok=True)
@@ -41,5 +42,7 @@ __all__ = [
     "ViTPreTrainedModel",
     "export_to_transformers",
     "from_timm",
+    "options_from_timm_config",
     "resize_position_grid",
+    "with_image_size",
 ]

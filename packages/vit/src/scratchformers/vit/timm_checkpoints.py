@@ -239,3 +239,54 @@ def state_from_timm(
             [table.new_zeros(1, 1, table.shape[-1]), table], dim=1
         )
     return ours
+
+
+# The head count each size of timm's ViT names implies (vit_small_patch16_224: 6), as timm's
+# own model definitions build them; model_args' num_heads says otherwise when given.
+TIMM_HEADS_BY_SIZE = {
+    "tiny": 3,
+    "small": 6,
+    "medium": 8,
+    "base": 12,
+    "large": 16,
+    "huge": 16,
+    "giant": 16,
+    "gigantic": 16,
+}
+TIMM_SIZE = re.compile(r"(?:vit|deit|deit3)_(" + "|".join(TIMM_HEADS_BY_SIZE) + r")_")
+# timm's pooling names -> ours.
+TIMM_POOLING = {"token": "cls", "avg": "mean"}
+
+
+def options_from_timm_config(timm_config: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`from_timm`'s keyword arguments for what the weights of a timm hub folder do not
+    tell, from its ``config.json`` (as timm's ``save_for_hf`` writes it): the head count
+    (``model_args``' ``num_heads``, else the one the ``architecture``'s size implies), the
+    pooling (``global_pool``: ``"token"`` is ``"cls"``, ``"avg"`` is ``"mean"``) and the class
+    names (``label_names``, when they match the head). An architecture whose head count
+    cannot be told, or a pooling ours does not build, raises a ``ValueError`` naming it."""
+    architecture = str(timm_config.get("architecture", ""))
+    model_args = dict(timm_config.get("model_args") or {})
+    options: dict[str, Any] = {}
+    if "num_heads" in model_args:
+        options["num_attention_heads"] = int(model_args["num_heads"])
+    elif match := TIMM_SIZE.match(architecture):
+        options["num_attention_heads"] = TIMM_HEADS_BY_SIZE[match.group(1)]
+    else:
+        raise ValueError(
+            f"cannot tell the head count of the timm architecture {architecture!r}: its name "
+            f"names none of the sizes {sorted(TIMM_HEADS_BY_SIZE)} and its model_args no num_heads"
+        )
+    global_pool = model_args.get("global_pool", timm_config.get("global_pool"))
+    if global_pool:
+        if global_pool not in TIMM_POOLING:
+            raise ValueError(
+                f"the timm {architecture} pools with global_pool={global_pool!r}; this ViT "
+                f"builds {sorted(TIMM_POOLING)}"
+            )
+        options["pooling"] = TIMM_POOLING[global_pool]
+    label_names = timm_config.get("label_names")
+    num_classes = timm_config.get("num_classes", model_args.get("num_classes"))
+    if label_names and len(label_names) == num_classes:
+        options["id2label"] = dict(enumerate(label_names))
+    return options

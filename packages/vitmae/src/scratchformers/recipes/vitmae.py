@@ -54,7 +54,21 @@ class ViTMAERecipe(ImageRecipe):
     ``ViTForImageClassification.from_pretrained(output_dir, num_labels=...)`` then takes."""
 
     name = "vitmae"
-    description = "Pretrain a ViT encoder as a masked autoencoder, from scratch."
+    description = (
+        "Pretrain a ViT encoder as a masked autoencoder, from scratch or on from a "
+        "checkpoint (--init-from)."
+    )
+    dataset_formats = (
+        "a folder of images, with or without one subfolder per class (the linear probe runs "
+        "only with classes; imagefolder:FOLDER says the same); a .csv/.tsv/.jsonl/.parquet "
+        "file with --image-column (paths relative to the file's folder) and, optionally, "
+        "--label-column; or a Hugging Face dataset id; default: generated shapes, offline"
+    )
+    init_from_formats = (
+        "a ViTMAEForPreTraining folder written by save_pretrained (this project's or "
+        "transformers') or a Hub id of one (facebook/vit-mae-base); the images are then the "
+        "checkpoint's size unless --image-size says another"
+    )
     auto_class = "AutoModelForPreTraining"
     output_files: ClassVar[tuple[str, ...]] = (
         RECONSTRUCTIONS_DIR,
@@ -145,6 +159,8 @@ class ViTMAERecipe(ImageRecipe):
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> ViTMAEForPreTraining:
         from scratchformers.vitmae import ViTMAEConfig, ViTMAEForPreTraining
 
+        if self.checkpoint is not None:
+            return self.pretrained_model()
         options = settings.options
         config = ViTMAEConfig(
             image_size=options.image_size,
@@ -162,6 +178,28 @@ class ViTMAERecipe(ImageRecipe):
             norm_pix_loss=options.norm_pix_loss,
         )
         return ViTMAEForPreTraining(config)
+
+    def pretrained_model(self) -> ViTMAEForPreTraining:
+        """The ``--init-from`` checkpoint (ours or transformers' ViTMAEForPreTraining, read by
+        ``build_data``) to go on pretraining on the data, at the data's image size (its fixed
+        sin-cos positions computed for the new grid), in train mode."""
+        from scratchformers.training.console import status
+        from scratchformers.training.pretrained import load_pretrained
+        from scratchformers.vit import with_image_size
+        from scratchformers.vitmae import ViTMAEForPreTraining
+
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        self.trained_from_scratch = False
+        pretrained = load_pretrained(ViTMAEForPreTraining, checkpoint.source)
+        if checkpoint.image_size != self.image_size:
+            pretrained.model = with_image_size(pretrained.model, self.image_size)
+            status(
+                f"positions set from {checkpoint.image_size}x{checkpoint.image_size} to the "
+                f"data's {self.image_size}x{self.image_size} pixels (MAE's fixed sin-cos tables)"
+            )
+        self.pretrained = pretrained
+        return pretrained.model.train()
 
     def compute_loss(
         self, model: torch.nn.Module, batch: dict[str, Any], num_items_in_batch: int
@@ -205,6 +243,13 @@ class ViTMAERecipe(ImageRecipe):
             noise=noise,
             overview=output_dir / RECONSTRUCTIONS_PLOT,
         )
+        files = {
+            "reconstructions": output_dir / RECONSTRUCTIONS_PLOT,
+            "one grid per sample": folder,
+        }
+        if not getattr(self, "labelled", True):
+            status("no linear probe: the images have no labels")
+            return files
         status("probing the frozen encoder with a linear classifier (and a random one)")
         probe = self.probe(model, data)
         (output_dir / PROBE_FILE).write_text(json.dumps(probe, indent=2) + "\n")
@@ -213,11 +258,7 @@ class ViTMAERecipe(ImageRecipe):
             f"linear probe: {probe['pretrained']:.1%} held-out accuracy on the pretrained "
             f"encoder, {probe['random']:.1%} on a random one, {probe['chance']:.1%} by chance"
         )
-        return {
-            "reconstructions": output_dir / RECONSTRUCTIONS_PLOT,
-            "one grid per sample": folder,
-            "linear probe": output_dir / PROBE_PLOT,
-        }
+        return {**files, "linear probe": output_dir / PROBE_PLOT}
 
     def probe(self, model: ViTMAEForPreTraining, data: RecipeData) -> dict[str, Any]:
         """Held-out accuracy of a linear classifier on the frozen features of ``model``'s
