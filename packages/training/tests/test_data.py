@@ -39,7 +39,10 @@ def test_sources_file_folder_and_errors(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="holds no"):
         load_texts(str(tmp_path / "no-text"))
     # A hub id is tried with the datasets library; offline, that fails with a clear message.
-    with pytest.raises(DataError, match="could not load the dataset 'someone/no-such-dataset'"):
+    with pytest.raises(
+        DataError,
+        match="--dataset someone/no-such-dataset could not be read as a Hugging Face dataset",
+    ):
         load_texts("someone/no-such-dataset")
 
 
