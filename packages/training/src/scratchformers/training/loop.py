@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -197,8 +198,17 @@ class Trainer:
             # Each process reads its own shard, so Accelerate must not split its batches again:
             # the loader stays out of prepare(), and each process batches its share of the
             # global batch itself (_streamed_steps moves it to the device).
+            rank, processes = accelerator.process_index, accelerator.num_processes
+            if processes > 1:
+                # Every process says so (status speaks on the main one only): the log shows
+                # that the shards are the processes' own.
+                print(
+                    f"process {rank} streams shard {rank} of {processes} of the training set",
+                    file=sys.stderr,
+                    flush=True,
+                )
             train_loader = DataLoader(
-                own_shard(data.train, accelerator.process_index, accelerator.num_processes),
+                own_shard(data.train, rank, processes),
                 batch_size=settings.batch_size // accelerator.num_processes,
                 drop_last=True,
                 collate_fn=data.collate,

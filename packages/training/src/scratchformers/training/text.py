@@ -238,8 +238,9 @@ class TextRecipe(Recipe):
         ]
         if shape_flags:
             raise PretrainedError(
-                f"{', '.join(shape_flags)} do not apply with --init-from: the model's shape is "
-                f"the checkpoint's ({options.init_from})"
+                f"{', '.join(shape_flags)} {'does' if len(shape_flags) == 1 else 'do'} not "
+                f"apply with --init-from: the model's shape is the checkpoint's "
+                f"({options.init_from})"
             )
         path = checkpoint_path(options.init_from, "--init-from")
         config = checkpoint_config(path, "--init-from")
