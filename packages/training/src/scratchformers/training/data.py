@@ -106,7 +106,7 @@ def load_texts(source: str | None, text_column: str = "text", flag: str = "--dat
             f"{flag} {source} holds no {'/'.join(TEXT_SUFFIXES)} files and no data files"
         )
     elif path is not None and not path.exists() and _looks_like_a_path(source):
-        raise DataError(f"{flag} {source} does not exist")
+        raise DataError(f"{flag}: dataset path {source} does not exist")
     else:
         table = _text_table(source, text_column, flag)
         texts = [text for text in table[text_column] if isinstance(text, str)]
@@ -203,7 +203,7 @@ def stream_documents(
             f"{flag} {source} holds no {'/'.join(TEXT_SUFFIXES)} files and no data files"
         )
     elif not path.exists() and _looks_like_a_path(source):
-        raise DataError(f"{flag} {source} does not exist")
+        raise DataError(f"{flag}: dataset path {source} does not exist")
     else:
         table = _text_table(source, text_column, flag, streaming=True)
         documents = table.select_columns([text_column])
