@@ -39,7 +39,10 @@ def test_sources_file_folder_and_errors(corpus: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="holds no"):
         load_texts(str(tmp_path / "no-text"))
     # A hub id is tried with the datasets library; offline, that fails with a clear message.
-    with pytest.raises(DataError, match="could not load the dataset 'someone/no-such-dataset'"):
+    with pytest.raises(
+        DataError,
+        match="--dataset someone/no-such-dataset could not be read as a Hugging Face dataset",
+    ):
         load_texts("someone/no-such-dataset")
 
 
@@ -104,3 +107,92 @@ def test_blocks_are_full_length_and_end_documents_with_eos(tmp_path: Path) -> No
     assert torch.equal(batch["input_ids"], batch["labels"]) and batch["input_ids"].shape == (2, 8)
     with pytest.raises(DataError, match="fewer than one block"):
         causal_lm_blocks(["tiny"], tokenizer, block_size=512)
+
+
+DOCUMENTS = [f"Document {i}: the cat sat on mat number {i} and ran." for i in range(40)]
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> dict[str, Path]:
+    """The same documents as a .jsonl, .csv and .parquet file (column ``body``) and as a
+    local dataset folder of jsonl files with train and validation splits (a Hub id's stand-in:
+    ``datasets.load_dataset`` reads it as it reads a Hub repository)."""
+    import pandas
+
+    frame = pandas.DataFrame({"id": range(len(DOCUMENTS)), "body": DOCUMENTS})
+    paths = {
+        "jsonl": tmp_path / "notes.jsonl",
+        "csv": tmp_path / "notes.csv",
+        "parquet": tmp_path / "notes.parquet",
+    }
+    frame.to_json(paths["jsonl"], orient="records", lines=True)
+    frame.to_csv(paths["csv"], index=False)
+    frame.to_parquet(paths["parquet"])
+    hub = tmp_path / "owner-dataset"
+    (hub / "data").mkdir(parents=True)
+    frame.iloc[:30].to_json(hub / "data" / "train.jsonl", orient="records", lines=True)
+    frame.iloc[30:].to_json(hub / "data" / "validation.jsonl", orient="records", lines=True)
+    paths["folder"] = hub
+    return paths
+
+
+def test_table_formats_and_dataset_folders_read_the_text_column(
+    tables: dict[str, Path], tmp_path: Path
+) -> None:
+    for kind in ("jsonl", "csv", "parquet"):
+        assert load_texts(str(tables[kind]), "body") == DOCUMENTS, kind
+    # A dataset folder: its train split to train on, its validation split for --eval-dataset.
+    assert load_texts(str(tables["folder"]), "body") == DOCUMENTS[:30]
+    assert load_texts(str(tables["folder"]), "body", "--eval-dataset") == DOCUMENTS[30:]
+    text = tmp_path / "notes.txt"
+    text.write_text("one file\n\nis one document")
+    assert load_texts(str(text)) == ["one file\n\nis one document"]
+
+
+def test_a_missing_column_or_empty_data_is_named(tables: dict[str, Path], tmp_path: Path) -> None:
+    from scratchformers.training.data import stream_documents
+
+    for kind in ("jsonl", "csv", "parquet", "folder"):
+        with pytest.raises(DataError, match=r"has no column 'text' \(its columns: id, body\)"):
+            load_texts(str(tables[kind]))
+    with pytest.raises(DataError, match=r"has no column 'text' \(its columns: id, body\)"):
+        stream_documents(str(tables["jsonl"]))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"text": "  "}\n')
+    with pytest.raises(DataError, match=r"--eval-dataset .*blank\.jsonl is empty"):
+        load_texts(str(blank), flag="--eval-dataset")
+    with pytest.raises(DataError, match=r"--eval-fraction 0\.05 .* held-out split empty"):
+        split_train_eval(DOCUMENTS[:10], 0.05)
+
+
+def test_streaming_gives_the_in_memory_training_blocks(tables: dict[str, Path]) -> None:
+    from scratchformers.training.data import (
+        StreamingBlocks,
+        held_out_every,
+        masked_lm_blocks,
+        stream_documents,
+        train_wordpiece,
+    )
+
+    for masked in (False, True):
+        train = train_wordpiece if masked else train_byte_level_bpe
+        tokenizer = train(DOCUMENTS, 300, cache_dir=Path(tables["jsonl"]).parent / "cache")
+        cut = masked_lm_blocks if masked else causal_lm_blocks
+        for kind in ("jsonl", "parquet"):
+            texts, _ = split_train_eval(load_texts(str(tables[kind]), "body"), 0.1)
+            in_memory = cut(texts, tokenizer, 8)["input_ids"]
+            streamed = StreamingBlocks(
+                stream_documents(str(tables[kind]), "body"),
+                tokenizer,
+                8,
+                masked=masked,
+                held_out_every=held_out_every(0.1),
+            )
+            assert [block["input_ids"] for block in streamed] == in_memory, (kind, masked)
+            # Two processes read distinct documents, together every training document.
+            shards = [
+                [row["text"] for row in streamed.split_by_node(rank, 2).training_documents]
+                for rank in (0, 1)
+            ]
+            assert set(shards[0]).isdisjoint(shards[1])
+            assert sorted(shards[0] + shards[1]) == sorted(texts)

@@ -214,6 +214,7 @@ def test_recipe_flags_are_in_help_and_settings_and_text_flags_only_for_text(
         "init_from": "gpt2",
         "text_column": "text",
         "tokenizer": None,
+        "streaming": False,
     }
     with pytest.raises(SystemExit):  # a language model's flag is unknown to the classifier
         parse_settings(ClassifierRecipe(), ["--text-column", "body"])

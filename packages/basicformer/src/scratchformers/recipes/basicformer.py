@@ -24,7 +24,13 @@ class BasicFormerRecipe(CausalLMRecipe):
     """A BasicFormer decoder (rotary positions, grouped-query attention) as a causal LM."""
 
     name = "basicformer"
-    description = "Train a BasicFormer causal language model from scratch."
+    description = (
+        "Train a BasicFormer causal language model from scratch, or fine-tune one (--init-from)."
+    )
+    init_from_formats = (
+        "this project's basicformer folders (written by this recipe or save_pretrained), "
+        "or a Hub id of one"
+    )
     model_flags = {
         **CausalLMRecipe.model_flags,
         "--width": ModelFlag("hidden_size", "hidden size of every layer"),
@@ -100,6 +106,10 @@ class BasicFormerRecipe(CausalLMRecipe):
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> BasicFormerForCausalLM:
         from scratchformers.basicformer import BasicFormerConfig, BasicFormerForCausalLM
+
+        if settings.options.init_from:
+            # Shape, weights and (in build_data) tokenizer are the checkpoint's.
+            return self.pretrained_model(BasicFormerForCausalLM, settings)
 
         options = settings.options
         tokenizer = data.processor

@@ -29,7 +29,13 @@ class BertMLMRecipe(MaskedLMRecipe):
     """BERT's masked-language-model pretraining on the shared offline corpus."""
 
     name = "bert-mlm"
-    description = "Pretrain a BERT masked language model from scratch."
+    description = (
+        "Pretrain a BERT masked language model from scratch, or fine-tune one (--init-from)."
+    )
+    init_from_formats = (
+        "transformers' BertForMaskedLM / BERT folders (such as the Hub's "
+        "bert-base-uncased), this project's bert-mlm folders, or a Hub id of either"
+    )
     model_flags = {
         **MaskedLMRecipe.model_flags,
         "--width": ModelFlag("hidden_size", "hidden size of every layer"),
@@ -80,6 +86,10 @@ class BertMLMRecipe(MaskedLMRecipe):
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> BertForMaskedLM:
         from scratchformers.bert_mlm import BertConfig, BertForMaskedLM
+
+        if settings.options.init_from:
+            # Shape, weights and (in build_data) tokenizer are the checkpoint's.
+            return self.pretrained_model(BertForMaskedLM, settings)
 
         options, tokenizer = settings.options, data.processor
         config = BertConfig(

@@ -29,7 +29,13 @@ class GPT2Recipe(CausalLMRecipe):
     """GPT-2 on the same offline corpus and byte-level BPE as the BasicFormer recipe."""
 
     name = "gpt2"
-    description = "Train a GPT-2 causal language model from scratch."
+    description = (
+        "Train a GPT-2 causal language model from scratch, or fine-tune one (--init-from)."
+    )
+    init_from_formats = (
+        "transformers' GPT2LMHeadModel folders (such as the Hub's gpt2), this project's "
+        "gpt2 folders, or a Hub id of either"
+    )
     model_flags = {
         **CausalLMRecipe.model_flags,
         "--width": ModelFlag("n_embd", "hidden size of every layer"),
@@ -80,6 +86,10 @@ class GPT2Recipe(CausalLMRecipe):
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> GPT2LMHeadModel:
         from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
+
+        if settings.options.init_from:
+            # Shape, weights and (in build_data) tokenizer are the checkpoint's.
+            return self.pretrained_model(GPT2LMHeadModel, settings)
 
         options, tokenizer = settings.options, data.processor
         config = GPT2Config(

@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import datasets
@@ -79,35 +79,140 @@ def _docstrings(path: Path) -> Iterator[str]:
                 yield docstring
 
 
-def load_texts(source: str | None, text_column: str = "text") -> list[str]:
-    """The documents to train on.
+def load_texts(source: str | None, text_column: str = "text", flag: str = "--dataset") -> list[str]:
+    """The documents to train on (or, with ``flag="--eval-dataset"``, to hold out).
 
-    ``source`` is ``None`` (the default corpus), a local text file, a folder (every ``.txt``,
-    ``.md`` and ``.rst`` file below it, one document per file), or a Hugging Face dataset id
-    (needs network; its ``train`` split and ``text_column``). Fails before any training with a
-    message naming the problem.
+    ``source`` is ``None`` (the default corpus), a local text file (one document), a folder of
+    ``.txt``, ``.md`` and ``.rst`` files (one document per file), a ``.csv``/``.tsv``/
+    ``.jsonl``/``.json``/``.parquet`` file or a folder of them (one document per row, its
+    ``text_column``), or a Hugging Face dataset id (its ``train`` split, ``validation`` for
+    ``--eval-dataset``). Fails before any training with one line naming ``flag``, the source
+    and the problem: a missing column names the columns there are.
     """
+    from .tables import is_table_file
+
+    path = Path(source).expanduser() if source is not None else None
     if source is None:
         texts = python_docs_corpus()
         origin = "the default corpus (pydoc topics and standard-library docstrings)"
-    elif Path(source).is_file():
-        texts = [Path(source).read_text(encoding="utf-8")]
-        origin = f"the file {source}"
-    elif Path(source).is_dir():
-        files = sorted(p for p in Path(source).rglob("*") if p.suffix in TEXT_SUFFIXES)
-        if not files:
-            raise DataError(f"the folder {source} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        texts = [p.read_text(encoding="utf-8") for p in files]
-        origin = f"the folder {source}"
-    elif _looks_like_a_path(source):
-        raise DataError(f"dataset path {source} does not exist")
+    elif path is not None and path.is_file() and not is_table_file(source):
+        texts = [path.read_text(encoding="utf-8")]
+        origin = f"{flag} {source}"
+    elif path is not None and path.is_dir() and _text_files(path):
+        texts = [p.read_text(encoding="utf-8") for p in _text_files(path)]
+        origin = f"{flag} {source}"
+    elif path is not None and path.is_dir() and not _holds_tables(path):
+        raise DataError(
+            f"{flag} {source} holds no {'/'.join(TEXT_SUFFIXES)} files and no data files"
+        )
+    elif path is not None and not path.exists() and _looks_like_a_path(source):
+        raise DataError(f"{flag}: dataset path {source} does not exist")
     else:
-        texts = _hub_texts(source, text_column)
-        origin = f"the dataset {source}"
+        table = _text_table(source, text_column, flag)
+        texts = [text for text in table[text_column] if isinstance(text, str)]
+        origin = f"{flag} {source}"
     texts = [text for text in texts if text.strip()]
     if not texts:
-        raise DataError(f"{origin} is empty: there is no text to train on")
+        raise DataError(f"{origin} is empty: there is no text in it to train on")
     return texts
+
+
+def reads_rows(source: str | None) -> bool:
+    """Whether :func:`load_texts` reads ``source`` as a table (rows, a text column) rather
+    than as text files (or the default corpus)."""
+    from .tables import is_table_file
+
+    if source is None:
+        return False
+    path = Path(source).expanduser()
+    if path.is_file():
+        return is_table_file(source)
+    return not (path.is_dir() and _text_files(path))
+
+
+def _text_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+
+
+def _holds_tables(folder: Path) -> bool:
+    """Whether ``datasets.load_dataset`` could read ``folder``: data files or a loading script
+    (a local copy of a Hub dataset, the offline stand-in for its id)."""
+    from .tables import TABLE_FORMATS
+
+    suffixes = {*TABLE_FORMATS, ".arrow", ".py"}
+    return any(p.suffix.lower() in suffixes for p in folder.rglob("*") if p.is_file())
+
+
+def _split_for(flag: str) -> str:
+    # A Hub dataset's held-out data is its validation split; the training data its train split.
+    return "validation" if flag == "--eval-dataset" else "train"
+
+
+def _text_table(
+    source: str, text_column: str, flag: str, *, streaming: bool = False
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The table ``source`` names (a table file, a folder of them, a Hub id), checked for
+    ``text_column`` before anything else reads it."""
+    from .tables import read_table, require_columns
+
+    table = read_table(source, flag, split=_split_for(flag), streaming=streaming)
+    if streaming and not table.column_names:
+        # A streamed json file does not know its columns before its first row is read.
+        first = next(iter(table.take(1)), None)
+        if first is None:
+            raise DataError(f"{flag} {source} holds no rows")
+        columns = list(first)
+        if text_column not in columns:
+            raise DataError(
+                f"{flag} {source} has no column {text_column!r} (its columns: "
+                f"{', '.join(columns)}); name the right one with --text-column"
+            )
+    else:
+        require_columns(table, {"--text-column": text_column}, source, flag)
+    return table
+
+
+def stream_documents(
+    source: str, text_column: str = "text", flag: str = "--dataset"
+) -> datasets.IterableDataset:
+    """The documents of ``source`` read as they are needed (``--streaming``), as an
+    ``IterableDataset`` of rows ``{"text": ...}``, in :func:`load_texts`'s order.
+
+    A folder of text files gives one document per file, as :func:`load_texts` does; a single
+    text file is read paragraph by paragraph (blank-line separated), each one a document, so
+    that a file larger than memory never sits in it whole. Tables and Hub ids give one document
+    per row, rows without text left out. Checked like :func:`load_texts`, before any work.
+    """
+    from .tables import is_table_file
+
+    path = Path(source).expanduser()
+    if path.is_file() and not is_table_file(source):
+        documents = datasets.load_dataset(
+            "text", data_files=str(path), sample_by="paragraph", split="train", streaming=True
+        )
+    elif path.is_dir() and _text_files(path):
+        documents = datasets.load_dataset(
+            "text",
+            data_files=[str(p) for p in _text_files(path)],
+            sample_by="document",
+            split="train",
+            streaming=True,
+        )
+    elif path.is_dir() and not _holds_tables(path):
+        raise DataError(
+            f"{flag} {source} holds no {'/'.join(TEXT_SUFFIXES)} files and no data files"
+        )
+    elif not path.exists() and _looks_like_a_path(source):
+        raise DataError(f"{flag}: dataset path {source} does not exist")
+    else:
+        table = _text_table(source, text_column, flag, streaming=True)
+        documents = table.select_columns([text_column])
+        if text_column != "text":
+            documents = documents.rename_column(text_column, "text")
+    documents = documents.filter(lambda row: isinstance(row["text"], str) and row["text"].strip())
+    if next(iter(documents.take(1)), None) is None:
+        raise DataError(f"{flag} {source} is empty: there is no text in it to train on")
+    return documents
 
 
 def hub_dataset_id(source: str | None) -> str | None:
@@ -125,35 +230,38 @@ def _looks_like_a_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or bool(Path(source).suffix)
 
 
-def _hub_texts(dataset_id: str, text_column: str) -> list[str]:
-    try:
-        dataset = datasets.load_dataset(dataset_id, split="train")
-    except Exception as error:
-        raise DataError(
-            f"could not load the dataset {dataset_id!r} ({error}); it is neither a local path "
-            "nor a Hugging Face dataset reachable from here"
-        ) from error
-    if text_column not in dataset.column_names:
-        raise DataError(
-            f"the dataset {dataset_id!r} has no column {text_column!r}; "
-            f"its columns are {dataset.column_names} (choose one with --text-column)"
-        )
-    return list(dataset[text_column])
+def held_out_every(eval_fraction: float) -> int:
+    """Every how many documents one is held out for ``--eval-fraction``: 0.05 -> every 20th."""
+    if not 0 < eval_fraction < 1:
+        raise DataError(f"--eval-fraction must be between 0 and 1, got {eval_fraction}")
+    return max(2, round(1 / eval_fraction))
+
+
+def is_held_out(index: int, every: int) -> bool:
+    """Whether document ``index`` (from 0) is held out when every ``every``-th one is."""
+    return index % every == every - 1
 
 
 def split_train_eval(texts: list[str], eval_fraction: float = 0.05) -> tuple[list[str], list[str]]:
     """Hold out every ``1/eval_fraction``-th document (spread over the corpus, deterministic).
 
     A corpus that is a single document is split by characters instead, so that one text file
-    still yields an evaluation set.
+    still yields an evaluation set. A split that leaves either part empty raises a
+    :class:`DataError` naming ``--eval-fraction``.
     """
+    every = held_out_every(eval_fraction)
     if len(texts) == 1:
         text = texts[0]
         cut = int(len(text) * (1 - eval_fraction))
         return [text[:cut]], [text[cut:]]
-    every = max(2, round(1 / eval_fraction))
-    train = [text for i, text in enumerate(texts) if i % every != every - 1]
-    held_out = [text for i, text in enumerate(texts) if i % every == every - 1]
+    train = [text for i, text in enumerate(texts) if not is_held_out(i, every)]
+    held_out = [text for i, text in enumerate(texts) if is_held_out(i, every)]
+    if not held_out:
+        raise DataError(
+            f"--eval-fraction {eval_fraction} holds out every {every}th document, and the "
+            f"{len(texts)} documents leave the held-out split empty; give more documents, a "
+            "larger --eval-fraction, or --eval-dataset"
+        )
     return train, held_out
 
 
@@ -284,6 +392,15 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:
         raise DataError(f"--tokenizer {source} could not be loaded ({error})") from error
+    return check_tokenizer(tokenizer, required, source)
+
+
+def check_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, required: tuple[str, ...], source: str | os.PathLike[str]
+) -> PreTrainedTokenizerFast:
+    """``tokenizer`` (from ``source``: ``--tokenizer``'s folder, or ``--init-from``'s) ready to
+    train with: a :class:`DataError` when it lacks one of the ``required`` special tokens; one
+    without a padding token pads with its end-of-sequence token (GPT-2's has none)."""
     missing = [name for name in required if getattr(tokenizer, f"{name}_id", None) is None]
     if missing:
         raise DataError(
@@ -295,6 +412,64 @@ def load_tokenizer(
     return tokenizer
 
 
+# Documents tokenized at a time by iter_blocks: one fast-tokenizer call per batch, few in memory.
+TOKENIZE_BATCH = 256
+
+
+def iter_blocks(
+    texts: Iterable[str],
+    tokenizer: PreTrainedTokenizerFast,
+    block_size: int,
+    *,
+    masked: bool = False,
+) -> Iterator[list[int]]:
+    """The blocks of ``block_size`` token ids that ``texts`` make, as they are tokenized: what
+    :func:`causal_lm_blocks` and :func:`masked_lm_blocks` hold, and what ``--streaming`` reads
+    without holding more than a batch of documents.
+
+    Causal (``masked=False``): each document ends with the end-of-sequence token, and the
+    stream is cut into blocks. Masked: the stream is cut into ``block_size - 2`` tokens, each
+    wrapped as ``[CLS] ... [SEP]``. The tokens after the last whole block are left out.
+    """
+    if masked and block_size < 3:
+        raise DataError(f"block_size={block_size} leaves no room between [CLS] and [SEP]")
+    body = block_size - 2 if masked else block_size
+    ids: list[int] = []
+    batch: list[str] = []
+
+    def cut() -> Iterator[list[int]]:
+        nonlocal ids
+        for encoded in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            ids.extend(encoded)
+            if not masked:
+                ids.append(tokenizer.eos_token_id)
+        whole = len(ids) // body * body
+        for start in range(0, whole, body):
+            piece = ids[start : start + body]
+            yield [tokenizer.cls_token_id, *piece, tokenizer.sep_token_id] if masked else piece
+        ids = ids[whole:]
+        batch.clear()
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == TOKENIZE_BATCH:
+            yield from cut()
+    if batch:
+        yield from cut()
+
+
+def _block_dataset(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int, masked: bool
+) -> datasets.Dataset:
+    blocks = list(iter_blocks(texts, tokenizer, block_size, masked=masked))
+    if not blocks:
+        tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        raise DataError(
+            f"the text holds {tokens} tokens, fewer than one block of block_size={block_size}"
+        )
+    return datasets.Dataset.from_dict({"input_ids": blocks})
+
+
 def causal_lm_blocks(
     texts: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int
 ) -> datasets.Dataset:
@@ -303,18 +478,7 @@ def causal_lm_blocks(
     Every block is exactly ``block_size`` tokens long: no padding, so every token is a training
     signal and every process of a distributed run sees the same number of tokens per batch.
     """
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(eos)
-    count = len(ids) // block_size
-    if count == 0:
-        raise DataError(
-            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
-        )
-    blocks = [ids[i * block_size : (i + 1) * block_size] for i in range(count)]
-    return datasets.Dataset.from_dict({"input_ids": blocks})
+    return _block_dataset(texts, tokenizer, block_size, masked=False)
 
 
 def collate_blocks(examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
@@ -329,20 +493,59 @@ def masked_lm_blocks(
     """Tokenize ``texts`` and cut the stream into blocks of ``block_size`` tokens, each one
     ``[CLS] ... [SEP]`` as BERT was pretrained: full blocks, no padding, every position a
     possible masked target."""
-    if block_size < 3:
-        raise DataError(f"block_size={block_size} leaves no room between [CLS] and [SEP]")
-    body = block_size - 2
-    ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(encoded)
-    count = len(ids) // body
-    if count == 0:
-        raise DataError(
-            f"the text holds {len(ids)} tokens, fewer than one block of block_size={block_size}"
+    return _block_dataset(texts, tokenizer, block_size, masked=True)
+
+
+class StreamingBlocks(torch.utils.data.IterableDataset):
+    """``--streaming``: the training blocks of a corpus larger than memory, tokenized as the
+    loop reads them (the blocks of :func:`iter_blocks`, in the same order as the in-memory
+    ones, without the held-out documents).
+
+    ``documents`` is an ``IterableDataset`` of ``{"text": ...}`` rows (:func:`stream_documents`);
+    when ``held_out_every`` is set, every such document (counted over the whole corpus) is left
+    out, as :func:`split_train_eval` holds it out. The loop gives each process its own shard
+    with :meth:`split_by_node` (documents, not blocks, are divided) and reads it once per epoch.
+    """
+
+    def __init__(
+        self,
+        documents: datasets.IterableDataset,
+        tokenizer: PreTrainedTokenizerFast,
+        block_size: int,
+        *,
+        masked: bool = False,
+        held_out_every: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.documents = documents
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.masked = masked
+        self.held_out_every = held_out_every
+        self.training_documents = documents
+        if held_out_every is not None:
+            every = held_out_every
+            self.training_documents = documents.filter(
+                lambda _, index: not is_held_out(index, every), with_indices=True
+            )
+
+    def split_by_node(self, rank: int, world_size: int) -> StreamingBlocks:
+        """The share of process ``rank`` of ``world_size``: its own documents (whole files of
+        the corpus when they divide evenly, else every ``world_size``-th document), through
+        ``datasets.distributed.split_dataset_by_node``."""
+        from datasets.distributed import split_dataset_by_node
+
+        shard = StreamingBlocks.__new__(StreamingBlocks)
+        shard.__dict__.update(self.__dict__)
+        shard.training_documents = split_dataset_by_node(
+            self.training_documents, rank=rank, world_size=world_size
         )
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    blocks = [[cls, *ids[i * body : (i + 1) * body], sep] for i in range(count)]
-    return datasets.Dataset.from_dict({"input_ids": blocks})
+        return shard
+
+    def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        texts = (row["text"] for row in self.training_documents)
+        for block in iter_blocks(texts, self.tokenizer, self.block_size, masked=self.masked):
+            yield {"input_ids": block}
 
 
 class MaskingCollator:

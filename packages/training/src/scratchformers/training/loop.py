@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -37,8 +38,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedType, set_seed, str_to_bool
-from torch.utils.data import DataLoader, Subset
+from accelerate.utils import DistributedType, send_to_device, set_seed, str_to_bool
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
@@ -98,6 +99,7 @@ class Trainer:
         check_output_dir(settings)
         self.recipe = recipe
         self.settings = settings
+        self.data_train: Any = None  # the recipe's training set, once run() has built it
         has_accelerator = torch.accelerator.is_available()
         requested_precision = settings.mixed_precision
         # From here on the settings (and so run.json and the model card) say what really runs.
@@ -189,23 +191,48 @@ class Trainer:
             num_warmup_steps=settings.warmup_steps,
             num_training_steps=settings.max_steps,
         )
-        train_loader = DataLoader(
-            data.train,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=data.collate,
-        )
-        if len(train_loader) < settings.grad_accum:
-            raise ValueError(
-                f"the training set has {len(data.train)} examples, fewer than one optimizer "
-                f"step of --batch-size {settings.batch_size} x --grad-accum {settings.grad_accum}"
-            )
         eval_loader = self._eval_loader(data)
         held_out = len(eval_loader.dataset)
-        model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-            model, optimizer, train_loader, eval_loader, scheduler
-        )
+        self.data_train = data.train
+        if is_streamed(data.train):
+            # Each process reads its own shard, so Accelerate must not split its batches again:
+            # the loader stays out of prepare(), and each process batches its share of the
+            # global batch itself (_streamed_steps moves it to the device).
+            rank, processes = accelerator.process_index, accelerator.num_processes
+            if processes > 1:
+                # Every process says so (status speaks on the main one only): the log shows
+                # that the shards are the processes' own.
+                print(
+                    f"process {rank} streams shard {rank} of {processes} of the training set",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            train_loader = DataLoader(
+                own_shard(data.train, rank, processes),
+                batch_size=settings.batch_size // accelerator.num_processes,
+                drop_last=True,
+                collate_fn=data.collate,
+            )
+            model, optimizer, eval_loader, scheduler = accelerator.prepare(
+                model, optimizer, eval_loader, scheduler
+            )
+        else:
+            train_loader = DataLoader(
+                data.train,
+                batch_size=settings.batch_size,
+                shuffle=True,
+                drop_last=True,
+                collate_fn=data.collate,
+            )
+            if len(train_loader) < settings.grad_accum:
+                raise ValueError(
+                    f"the training set has {len(data.train)} examples, fewer than one optimizer "
+                    f"step of --batch-size {settings.batch_size} x --grad-accum "
+                    f"{settings.grad_accum}"
+                )
+            model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+                model, optimizer, train_loader, eval_loader, scheduler
+            )
 
         step, first_eval_loss = self._start(model, optimizer)
         if step == 0:
@@ -275,25 +302,18 @@ class Trainer:
             disable=not self.is_main,
             dynamic_ncols=True,
         )
-        # Every step takes grad_accum whole batches, and an epoch's last few batches that make
-        # no whole step are left out: so a step's place in the data is step * grad_accum.
-        steps_per_epoch = len(train_loader) // settings.grad_accum
+        step_batches = (
+            self._streamed_steps(train_loader, step)
+            if is_streamed(self.data_train)
+            else self._shuffled_steps(train_loader, step)
+        )
         window_losses: list[torch.Tensor] = []
         window_items, window_started = 0, time.perf_counter()
         final: Evaluation | None = None
         model.train()
         with StopRequests() as stop:
-            while step < settings.max_steps:
-                epoch, position = divmod(step, steps_per_epoch)
-                batches = (
-                    accelerator.skip_first_batches(train_loader, position * settings.grad_accum)
-                    if position
-                    else train_loader
-                )
-                batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
-                for micro_batches in _steps(
-                    batches, settings.grad_accum, steps_per_epoch - position
-                ):
+            if step < settings.max_steps:
+                for micro_batches in step_batches:
                     window_losses.append(
                         self._optimizer_step(model, optimizer, scheduler, micro_batches, step + 1)
                     )
@@ -337,6 +357,61 @@ class Trainer:
                         self._stop_on_request(stop.signal_number, step)
         progress.close()
         return final
+
+    def _shuffled_steps(
+        self, train_loader: DataLoader, step: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The micro-batches of every optimizer step from ``step`` on, epoch after epoch, from
+        the prepared (shuffled, split across processes) map-style loader."""
+        grad_accum = self.settings.grad_accum
+        # Every step takes grad_accum whole batches, and an epoch's last few batches that make
+        # no whole step are left out: so a step's place in the data is step * grad_accum.
+        steps_per_epoch = len(train_loader) // grad_accum
+        while True:
+            epoch, position = divmod(step, steps_per_epoch)
+            batches = (
+                self.accelerator.skip_first_batches(train_loader, position * grad_accum)
+                if position
+                else train_loader
+            )
+            batches.set_epoch(epoch)  # the shuffle of epoch e is seeded by seed + e
+            for micro_batches in _steps(batches, grad_accum, steps_per_epoch - position):
+                yield micro_batches
+                step += 1
+
+    def _streamed_steps(
+        self, train_loader: DataLoader, step: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The micro-batches of every optimizer step from ``step`` on, from this process's
+        own shard of a streamed training set (``--streaming``): read in order, from the start
+        again at the end of each epoch. A resume reads past the batches of the steps done."""
+        accelerator, grad_accum = self.accelerator, self.settings.grad_accum
+        to_skip = step * grad_accum
+        epoch = 0
+        while True:
+            batches = 0
+            group: list[dict[str, Any]] = []
+            # An epoch's last few batches that make no whole step are left out, as in
+            # _shuffled_steps (so a resume skips exactly the batches the steps read).
+            for batch in train_loader:
+                batches += 1
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                group.append(send_to_device(batch, accelerator.device))
+                if len(group) == grad_accum:
+                    yield group
+                    group = []
+            if batches < grad_accum:
+                # Every process has its own shard; one too small to give a step stops the run.
+                raise ValueError(
+                    f"process {accelerator.process_index}'s share of the streamed training set "
+                    f"gave {batches} batches of {train_loader.batch_size}, fewer than one "
+                    f"optimizer step (--grad-accum {grad_accum}); give more data or a smaller "
+                    "--batch-size"
+                )
+            epoch += 1
+            self._print(f"streamed training set: epoch {epoch} read, starting over")
 
     def _optimizer_step(
         self,
@@ -594,6 +669,34 @@ def _requested_engine() -> str | None:
         if str_to_bool(os.environ.get(variable, "false")):
             return engine.value
     return None
+
+
+def is_streamed(dataset: Any) -> bool:
+    """Whether a training set is read as a stream (``--streaming``): an iterable dataset,
+    with no length, that the loop reads in order and does not shuffle."""
+    import datasets
+
+    return isinstance(dataset, IterableDataset | datasets.IterableDataset)
+
+
+def own_shard(dataset: Any, rank: int, world_size: int) -> Any:
+    """Process ``rank``'s own part of a streamed training set, so that the processes read
+    distinct examples: its ``split_by_node`` (a
+    :class:`~scratchformers.training.data.StreamingBlocks`), or
+    ``datasets.distributed.split_dataset_by_node`` for a ``datasets.IterableDataset``."""
+    import datasets
+    from datasets.distributed import split_dataset_by_node
+
+    if world_size == 1:
+        return dataset
+    if hasattr(dataset, "split_by_node"):
+        return dataset.split_by_node(rank, world_size)
+    if isinstance(dataset, datasets.IterableDataset):
+        return split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+    raise TypeError(
+        f"a streamed training set ({type(dataset).__name__}) must say how to split it across "
+        "processes (a split_by_node method)"
+    )
 
 
 def held_out_loader(data: RecipeData, batch_size: int, processes: int) -> DataLoader:
