@@ -351,3 +351,17 @@ def test_a_marian_start_keeps_its_weights_and_tokenizer_and_exports_to_marian(
         generated = theirs.generate(**inputs, max_new_tokens=5, num_beams=1, do_sample=False)
         expected = original.generate(**inputs, max_new_tokens=5, num_beams=1, do_sample=False)
     assert torch.equal(generated, expected)
+
+
+@pytest.mark.slow
+def test_eval_rescores_a_run_on_the_users_pairs(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The run's held-out pairs again (the same file, the same split by content), with the
+    # tokenizer saved in the folder: the checkpoint is not needed any more.
+    capsys.readouterr()
+    assert main(["eval", str(runs["from-marian"]), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    final = summary(runs["from-marian"])["final_metrics"]
+    for name in ("eval_loss", "chrf", "exact_match"):
+        assert metrics[name] == pytest.approx(final[name], abs=1e-5), name

@@ -200,7 +200,7 @@ def test_bad_data_or_checkpoint_stops_in_one_line_before_any_work(
 
 # -- end to end --------------------------------------------------------------------------------
 
-STEPS = 40
+STEPS = 100
 
 
 def tiny_bert(folder: Path, model_class: type, tokenizer: object) -> Path:
@@ -236,7 +236,7 @@ def command(argv: list[str], log: Path | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """``mlm``: a tiny transformers BertForMaskedLM with a WordPiece tokenizer; ``fresh``: 40
+    """``mlm``: a tiny transformers BertForMaskedLM with a WordPiece tokenizer; ``fresh``: 100
     steps of full fine-tuning from it on a csv of labelled clauses; ``classifier``: that run
     exported to transformers' BertForSequenceClassification; ``from-classifier``: 2 LoRA steps
     at lr 1e-12 from the export, on the same csv; ``bare``: a tiny transformers BertModel (with
@@ -262,7 +262,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
             output = ["--output-dir", str(folders[name])]
             command(["train", "lora", *output, *argv], log=root / f"{name}.log")
 
-        schedule = ["--max-steps", str(STEPS), "--eval-every", str(STEPS), "--warmup-steps", "5"]
+        schedule = ["--max-steps", str(STEPS), "--eval-every", str(STEPS), "--warmup-steps", "10"]
         train("fresh", ["--init-from", str(folders["mlm"]), "--full", *data, *schedule])
         command(["export", str(folders["fresh"]), str(folders["classifier"])])
         train("from-classifier", ["--init-from", str(folders["classifier"]), *data, *keep])
@@ -336,3 +336,15 @@ def test_a_bare_bert_keeps_its_pooler_and_exports(runs: dict[str, Path], tmp_pat
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "exported")
     checkpoints = transformers.AutoTokenizer.from_pretrained(runs["bare"])
     assert tokenizer(ROWS[0]["review"])["input_ids"] == checkpoints(ROWS[0]["review"])["input_ids"]
+
+
+@pytest.mark.slow
+def test_eval_rescores_a_run_on_the_users_texts(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["eval", str(runs["from-classifier"]), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    final = summary(runs["from-classifier"])["final_metrics"]
+    for name in ("eval_loss", "accuracy", "baseline_accuracy"):
+        assert metrics[name] == pytest.approx(final[name], abs=1e-5), name

@@ -139,9 +139,9 @@ class EncDecRecipe(Recipe):
         "of such files (default: generated number words, offline)"
     )
     init_from_formats = (
-        "a BART or Marian (opus-mt) checkpoint: a folder written by save_pretrained (an "
-        "encdec run's, transformers' BartForConditionalGeneration or MarianMTModel) or a Hub "
-        "id such as Helsinki-NLP/opus-mt-en-fr (whose tokenizer needs sentencepiece)"
+        "BART or Marian (opus-mt), as a folder written by save_pretrained (an encdec run's, "
+        "transformers' BartForConditionalGeneration or MarianMTModel) or a Hub id such as "
+        "Helsinki-NLP/opus-mt-en-fr (whose tokenizer needs sentencepiece)"
     )
     auto_class = "AutoModelForSeq2SeqLM"
     pipeline_tag = "translation"
@@ -191,7 +191,7 @@ class EncDecRecipe(Recipe):
     }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
+        data = parser.add_argument_group("generated numbers (without --dataset), the tokenizer")
         data.add_argument(
             "--target-language",
             choices=sorted(LANGUAGE_NAMES),
