@@ -400,7 +400,10 @@ class EncDecRecipe(Recipe):
         from scratchformers.training.pretrained import PretrainedError, load_checkpoint_processor
 
         if options.tokenizer:
-            return load_tokenizer(options.tokenizer), f"the tokenizer of {options.tokenizer}"
+            # A new model starts decoding at <s>; a checkpoint has its own start token.
+            required = ("eos_token",) if options.init_from else ("eos_token", "bos_token")
+            tokenizer = load_tokenizer(options.tokenizer, required)
+            return tokenizer, f"the tokenizer of {options.tokenizer}"
         if self.checkpoint is not None:
             try:
                 tokenizer = load_checkpoint_processor(self.checkpoint, "AutoTokenizer")
