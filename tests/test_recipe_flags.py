@@ -246,10 +246,12 @@ def test_lora_flags_reach_the_adapter(bert_base: Path) -> None:
 def test_lora_refuses_a_base_or_a_comparison_that_cannot_work(
     bert_base: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(ValueError, match=r"--base .*nowhere does not exist; give the folder of"):
+    with pytest.raises(ValueError, match=r"--init-from .*nowhere does not exist"):
         lora_model(tmp_path / "nowhere", [])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"--base .*empty holds no model \(no config.json\)"):
+    with pytest.raises(
+        ValueError, match=r"--init-from \(--base\) .*empty holds no model \(no config.json\)"
+    ):
         lora_model(tmp_path / "empty", [])
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "run.json").write_text("{}")

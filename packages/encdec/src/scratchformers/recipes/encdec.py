@@ -1,24 +1,33 @@
-"""The encdec training recipe: an encoder-decoder trained from scratch to translate numbers
-written in English words into French (or German) words.
+"""The encdec training recipe: an encoder-decoder that learns to translate, from scratch on
+generated number words by default, or fine-tuned from a BART or Marian (opus-mt) checkpoint on
+the user's own pairs.
 
     scratchformers train encdec [--preset tiny] [--target-language de] [...]
+    scratchformers train encdec --init-from Helsinki-NLP/opus-mt-en-fr --dataset pairs.tsv
     accelerate launch -m scratchformers.encdec.train [...]
 
-The data (:mod:`scratchformers.encdec.number_pairs`) is generated offline: numbers below a
-million in words, with whole combinations of hundreds and tens held out, so every held-out
-number is unseen and has to be composed. One byte-level BPE vocabulary (the training
-package's ``train_byte_level_bpe``) is trained on both sides of the training pairs; the saved
-tokenizer ends every text with ``</s>``, so ``tokenizer(texts)`` gives the model what it
-trained on. Training is teacher forcing: the decoder reads the target shifted right behind
-``<s>`` and predicts it, with label smoothing (``--label-smoothing``, 0.1).
+The default data (:mod:`scratchformers.encdec.number_pairs`) is generated offline: numbers
+below a million in English words and French (or German) ones, with whole combinations of
+hundreds and tens held out, so every held-out number is unseen and has to be composed. One
+byte-level BPE vocabulary (the training package's ``train_byte_level_bpe``) is trained on both
+sides of the training pairs; the saved tokenizer ends every text with ``</s>``, so
+``tokenizer(texts)`` gives the model what it trained on.
 
-Every evaluation decodes the held-out sources greedily with ``generate()`` and scores the
-translations with sacreBLEU (corpus ``bleu`` and ``chrf``) and ``exact_match``, beside the
-same scores of copying the source (``copy_bleu``, ``copy_exact_match``: what a model that
-learnt nothing but to repeat its input would get). At the end ``translations.json`` (the
-final figures and every held-out translation) and ``bleu.png`` (BLEU over the steps against
-the copy baseline). This module is what ``--help`` imports, so torch and the model package
-come in inside the hooks.
+``--dataset`` reads the user's pairs instead (:mod:`scratchformers.encdec.parallel_data`: a
+``.tsv``/``.csv``/``.jsonl``/``.parquet`` file of ``--source-column`` and ``--target-column``,
+or a Hugging Face translation dataset read at ``--source-lang`` and ``--target-lang``), held
+out by ``--eval-dataset`` or by content hash. ``--init-from`` starts from a checkpoint (ours,
+or transformers' BART or Marian, converted on load) and uses its own tokenizer: no vocabulary
+is trained, since the embeddings already have one.
+
+Training is teacher forcing: the decoder reads the target shifted right behind its start token
+and predicts it, with label smoothing (``--label-smoothing``, 0.1). Every evaluation decodes
+the held-out sources greedily with ``generate()`` and scores the translations with sacreBLEU
+(corpus ``bleu`` and ``chrf``) and ``exact_match``, beside the same scores of copying the
+source (``copy_bleu``, ``copy_exact_match``: what a model that learnt nothing but to repeat
+its input would get). At the end ``translations.json`` (the final figures and every held-out
+translation) and ``bleu.png`` (BLEU over the steps against the copy baseline). This module is
+what ``--help`` imports, so torch and the model package come in inside the hooks.
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ LANGUAGE_NAMES = {"fr": "French", "de": "German"}
 # sacreBLEU's tokenisation per target: German writes a whole number as one word, so word
 # n-grams would score each translation all or nothing; its characters show partial credit.
 BLEU_TOKENIZE = {"fr": "13a", "de": "char"}
+# The same for the user's pairs, by --target-lang: sacreBLEU's own for Chinese, characters for
+# the languages written without spaces between words; its default (13a) for any other.
+USER_BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "lo": "char", "my": "char"}
 
 
 def fraction(value: str) -> float:
@@ -115,8 +127,21 @@ class EncDecRecipe(Recipe):
 
     name = "encdec"
     description = (
-        "Train an encoder-decoder from scratch to translate numbers in English words into "
-        "French (or German) words, scored with BLEU and exact match."
+        "Train an encoder-decoder to translate: from scratch on generated number words "
+        "(English into French or German) by default, or fine-tuned from a BART or opus-mt "
+        "checkpoint (--init-from) on your own pairs (--dataset); scored with BLEU, chrF and "
+        "exact match."
+    )
+    dataset_formats = (
+        "translation pairs: a .tsv, .csv, .jsonl or .parquet file of --source-column and "
+        "--target-column, or a Hugging Face translation dataset id (a 'translation' column "
+        "of {language: text}, read with --source-lang and --target-lang), or a local folder "
+        "of such files (default: generated number words, offline)"
+    )
+    init_from_formats = (
+        "BART or Marian (opus-mt), as a folder written by save_pretrained (an encdec run's, "
+        "transformers' BartForConditionalGeneration or MarianMTModel) or a Hub id such as "
+        "Helsinki-NLP/opus-mt-en-fr (whose tokenizer needs sentencepiece)"
     )
     auto_class = "AutoModelForSeq2SeqLM"
     pipeline_tag = "translation"
@@ -166,12 +191,13 @@ class EncDecRecipe(Recipe):
     }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("data")
+        data = parser.add_argument_group("generated numbers (without --dataset), the tokenizer")
         data.add_argument(
             "--target-language",
             choices=sorted(LANGUAGE_NAMES),
             default="fr",
-            help="the language the English number words are translated into (default: fr)",
+            help="the language the generated English number words are translated into "
+            "(default: fr; not used with --dataset)",
         )
         data.add_argument(
             "--num-train-pairs",
@@ -190,8 +216,35 @@ class EncDecRecipe(Recipe):
         data.add_argument(
             "--tokenizer",
             default=None,
-            help="a saved tokenizer to reuse instead of training one: a folder written by "
-            "save_pretrained, such as a trained model's (then --vocab-size does not apply)",
+            help="a saved tokenizer to reuse instead of training one (or instead of the "
+            "--init-from checkpoint's): a folder written by save_pretrained, such as a trained "
+            "model's (then --vocab-size does not apply)",
+        )
+        pairs = parser.add_argument_group("your pairs (with --dataset)")
+        pairs.add_argument(
+            "--source-column",
+            default="source",
+            metavar="NAME",
+            help="the column of the texts to translate (default: source)",
+        )
+        pairs.add_argument(
+            "--target-column",
+            default="target",
+            metavar="NAME",
+            help="the column of their translations (default: target)",
+        )
+        pairs.add_argument(
+            "--source-lang",
+            default=None,
+            metavar="LANG",
+            help="read a Hugging Face translation dataset's 'translation' column of "
+            "{language: text}: the language to translate from (en, say)",
+        )
+        pairs.add_argument(
+            "--target-lang",
+            default=None,
+            metavar="LANG",
+            help="the language to translate into, with --source-lang (fr, say)",
         )
         parser.add_argument(
             "--label-smoothing",
@@ -203,11 +256,97 @@ class EncDecRecipe(Recipe):
         )
 
     def build_data(self, settings: TrainingSettings) -> RecipeData:
-        from tokenizers import processors
+        """The pairs (generated, or ``--dataset``'s), checked before any work; the tokenizer
+        (``--tokenizer``'s, else the ``--init-from`` checkpoint's, else a BPE vocabulary
+        trained on the training pairs); every pair tokenized, ending with ``</s>``."""
+        from scratchformers.encdec.parallel_data import PairLayout
+        from scratchformers.training.data import DataError
 
+        options = settings.options
+        self.layout = PairLayout.from_options(options)
+        # The model's config, for its positions: the --init-from checkpoint's (or, when
+        # `scratchformers eval` hands over the trained folder as --tokenizer, that folder's).
+        self.checkpoint = None
+        if options.dataset is None:
+            if options.eval_dataset:
+                raise DataError("--eval-dataset needs --dataset: the held-out pairs of which data?")
+            if options.source_lang or options.target_lang:
+                raise DataError(
+                    "--source-lang and --target-lang read --dataset's translation column; give "
+                    "--dataset (the generated numbers take --target-language)"
+                )
+            train, held_out, about = self._generated_pairs(settings)
+            self.generated = True
+        else:
+            from scratchformers.encdec.parallel_data import train_and_held_out_pairs
+
+            train, held_out, origin = train_and_held_out_pairs(options, self.layout)
+            self.generated = False
+            about = (
+                f"{origin}: {len(train):,} training and {len(held_out):,} held-out pairs "
+                f"({self.layout.direction}), such as "
+                f'"{train[0]["source"][:80]}" -> "{train[0]["target"][:80]}"'
+            )
+        model_config = self._model_config(options)
+        tokenizer, tokenizer_description = self._tokenizer(options, train)
+        positions = (
+            model_config.get("max_position_embeddings", options.max_position_embeddings)
+            if model_config
+            else options.max_position_embeddings
+        )
+        vocabulary = (model_config or {}).get("vocab_size")
+        if vocabulary is not None and len(tokenizer) > vocabulary:
+            raise DataError(
+                f"the tokenizer ({tokenizer_description}) has {len(tokenizer):,} tokens, more "
+                f"than the {vocabulary:,} embeddings of the model; give the checkpoint's own "
+                "tokenizer"
+            )
+        tokenizer.model_max_length = positions
+        splits, longest_target = [], 0
+        for name, pairs in (("training", train), ("held-out", held_out)):
+            sources = tokenizer([pair["source"] for pair in pairs])["input_ids"]
+            # text_target: Marian's tokenizer reads targets with the target vocabulary's model.
+            targets = tokenizer(text_target=[pair["target"] for pair in pairs])["input_ids"]
+            if name == "training":
+                longest_target = max(len(row) for row in targets)
+            sources, targets = self._fit(name, sources, targets, positions)
+            splits.append(
+                [
+                    {"input_ids": source, "labels": labels, "index": index}
+                    for index, (source, labels) in enumerate(zip(sources, targets, strict=True))
+                ]
+            )
+        # What the hooks need beyond the batches: the texts of the held-out pairs by index,
+        # and the settings of the loss and the decoding.
+        self.tokenizer = tokenizer
+        self.eval_pairs = held_out
+        self.label_smoothing = options.label_smoothing
+        if self.generated:
+            self.target_language = options.target_language
+            self.direction = f"English -> {LANGUAGE_NAMES[options.target_language]}"
+            self.bleu_tokenize = BLEU_TOKENIZE[options.target_language]
+        else:
+            self.target_language = options.target_lang
+            self.direction = self.layout.direction
+            self.bleu_tokenize = USER_BLEU_TOKENIZE.get(options.target_lang or "", "13a")
+        # Greedy decoding stops at </s>, or a little past the longest training target: an
+        # untrained model (the first evaluation) never says </s> and would run to the
+        # positions' end, for the same score.
+        self.max_length = min(positions, longest_target + 8)
+        return RecipeData(
+            train=splits[0],
+            eval=splits[1],
+            collate=PairBatches(tokenizer.pad_token_id),
+            processor=tokenizer,
+            description=f"{about}; {tokenizer_description}, {len(tokenizer):,} tokens",
+        )
+
+    def _generated_pairs(
+        self, settings: TrainingSettings
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+        """The offline default: generated number words, and their description."""
         from scratchformers.encdec.number_pairs import HELD_OUT_COMBINATIONS, number_pairs
         from scratchformers.training.console import status
-        from scratchformers.training.data import load_tokenizer, train_byte_level_bpe
 
         options = settings.options
         counts = example_counts(
@@ -221,73 +360,130 @@ class EncDecRecipe(Recipe):
         )
         train = number_pairs(counts["train_pairs"], target, settings.seed)
         held_out = number_pairs(counts["eval_pairs"], target, settings.seed, held_out=True)
-        if options.tokenizer:
-            tokenizer = load_tokenizer(options.tokenizer, ("eos_token", "bos_token"))
-            tokenizer_description = f"the tokenizer of {options.tokenizer}"
-        else:
-            status("training the BPE tokenizer on both languages")
-            texts = [pair[side] for pair in train for side in ("source", "target")]
-            tokenizer = train_byte_level_bpe(texts, options.vocab_size)
-            # Every text ends with </s>: the encoder sees where the source stops, and the
-            # decoder learns to stop. Saved in tokenizer.json, so a reloaded tokenizer (and
-            # translate()) gives the model the inputs it trained on.
-            eos = tokenizer.eos_token
-            tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-                single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
-            )
-            tokenizer_description = "one byte-level BPE vocabulary trained on both languages"
-        positions = options.max_position_embeddings
-        tokenizer.model_max_length = positions
-        splits, longest_target = [], 0
-        for name, pairs in (("training", train), ("held-out", held_out)):
-            sources = tokenizer([pair["source"] for pair in pairs])["input_ids"]
-            targets = tokenizer([pair["target"] for pair in pairs])["input_ids"]
-            longest = max(len(row) for row in sources + targets)
-            if name == "training":
-                longest_target = max(len(row) for row in targets)
-            if longest > positions:
-                raise ValueError(
-                    f"a {name} pair is {longest} tokens long, more than --max-positions "
-                    f"{positions}; raise --max-positions (or --vocab-size, for fewer tokens)"
-                )
-            splits.append(
-                [
-                    {"input_ids": source, "labels": labels, "index": index}
-                    for index, (source, labels) in enumerate(zip(sources, targets, strict=True))
-                ]
-            )
-        # What the hooks need beyond the batches: the texts of the held-out pairs by index,
-        # and the settings of the loss and the decoding.
-        self.tokenizer = tokenizer
-        self.target_language = target
-        self.eval_pairs = held_out
-        self.label_smoothing = options.label_smoothing
-        # Greedy decoding stops at </s>, or a little past the longest training target: an
-        # untrained model (the first evaluation) never says </s> and would run to the
-        # positions' end, for the same score.
-        self.max_length = min(positions, longest_target + 8)
         combinations = ", ".join(f"{h}{t}x" for h, t in sorted(HELD_OUT_COMBINATIONS))
-        return RecipeData(
-            train=splits[0],
-            eval=splits[1],
-            collate=PairBatches(tokenizer.pad_token_id),
-            processor=tokenizer,
-            description=(
-                f"generated number words (offline default): {len(train):,} training and "
-                f"{len(held_out):,} held-out pairs of numbers below a million in English and "
-                f'{language} words, such as "{train[0]["source"]}" -> "{train[0]["target"]}"; '
-                "the held-out numbers are those with a three-digit group whose hundreds and "
-                f"tens digits training never shows together ({combinations}), so none was "
-                f"trained on; {tokenizer_description}, {len(tokenizer):,} tokens"
-            ),
+        about = (
+            f"generated number words (offline default): {len(train):,} training and "
+            f"{len(held_out):,} held-out pairs of numbers below a million in English and "
+            f'{language} words, such as "{train[0]["source"]}" -> "{train[0]["target"]}"; '
+            "the held-out numbers are those with a three-digit group whose hundreds and "
+            f"tens digits training never shows together ({combinations}), so none was "
+            "trained on"
         )
+        return train, held_out, about
+
+    def _model_config(self, options: argparse.Namespace) -> dict[str, Any] | None:
+        """The config.json of the model the run starts from (None from scratch): the
+        ``--init-from`` checkpoint's, resolved here so that a missing one stops the run before
+        any tokenizing; or, when ``scratchformers eval`` hands over the trained folder as
+        ``--tokenizer``, that folder's (the checkpoint itself is not needed then)."""
+        from pathlib import Path
+
+        from scratchformers.training.pretrained import checkpoint_config, checkpoint_path
+
+        if not options.init_from:
+            return None
+        if options.tokenizer and (Path(options.tokenizer) / "config.json").is_file():
+            return checkpoint_config(Path(options.tokenizer), "--tokenizer")
+        self.checkpoint = checkpoint_path(options.init_from, "--init-from")
+        return checkpoint_config(self.checkpoint, "--init-from")
+
+    def _tokenizer(
+        self, options: argparse.Namespace, train: list[dict[str, Any]]
+    ) -> tuple[Any, str]:
+        """The tokenizer and how it came: ``--tokenizer``'s; else the ``--init-from``
+        checkpoint's (a pretrained model's embeddings have their vocabulary already); else a
+        byte-level BPE trained on both sides of the training pairs."""
+        from tokenizers import processors
+
+        from scratchformers.training.console import status
+        from scratchformers.training.data import load_tokenizer, train_byte_level_bpe
+        from scratchformers.training.pretrained import PretrainedError, load_checkpoint_processor
+
+        if options.tokenizer:
+            # A new model starts decoding at <s>; a checkpoint has its own start token.
+            required = ("eos_token",) if options.init_from else ("eos_token", "bos_token")
+            tokenizer = load_tokenizer(options.tokenizer, required)
+            return tokenizer, f"the tokenizer of {options.tokenizer}"
+        if self.checkpoint is not None:
+            try:
+                tokenizer = load_checkpoint_processor(self.checkpoint, "AutoTokenizer")
+            except PretrainedError as error:
+                # opus-mt's tokenizer is a pair of sentencepiece models: say what to install.
+                hint = "; pip install sentencepiece" if "entencepiece" in str(error) else ""
+                raise PretrainedError(f"--init-from {options.init_from}: {error}{hint}") from error
+            if tokenizer is None:
+                raise PretrainedError(
+                    f"--init-from {options.init_from} holds no tokenizer; give the one its "
+                    "vocabulary came from with --tokenizer (a new one would not match the "
+                    "checkpoint's embeddings)"
+                )
+            if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+                raise PretrainedError(
+                    f"the tokenizer of --init-from {options.init_from} has no end-of-sequence "
+                    "or padding token, which every target and batch needs"
+                )
+            status(f"using the tokenizer of {options.init_from} ({len(tokenizer):,} tokens)")
+            return tokenizer, f"the tokenizer of {options.init_from}"
+        status("training the BPE tokenizer on both languages")
+        texts = [pair[side] for pair in train for side in ("source", "target")]
+        tokenizer = train_byte_level_bpe(texts, options.vocab_size)
+        # Every text ends with </s>: the encoder sees where the source stops, and the decoder
+        # learns to stop. Saved in tokenizer.json, so a reloaded tokenizer (and translate())
+        # gives the model the inputs it trained on.
+        eos = tokenizer.eos_token
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
+        )
+        sides = "both languages" if self.generated else "both sides of the training pairs"
+        return tokenizer, f"one byte-level BPE vocabulary trained on {sides}"
+
+    def _fit(
+        self, name: str, sources: list[list[int]], targets: list[list[int]], positions: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """The tokenized pairs within the model's ``positions``. A generated pair that does
+        not fit is a setting to change (the run stops); the user's long pairs are cut, each
+        keeping its last token (``</s>``), and counted in the log."""
+        from scratchformers.training.console import status
+
+        longest = max(len(row) for row in sources + targets)
+        if longest <= positions:
+            return sources, targets
+        if self.generated:
+            raise ValueError(
+                f"a {name} pair is {longest} tokens long, more than --max-positions "
+                f"{positions}; raise --max-positions (or --vocab-size, for fewer tokens)"
+            )
+        cut = sum(
+            len(s) > positions or len(t) > positions for s, t in zip(sources, targets, strict=True)
+        )
+        status(
+            f"warning: {cut:,} {name} pairs are longer than the model's {positions} positions "
+            "and are cut to fit"
+        )
+
+        def fit(row: list[int]) -> list[int]:
+            return row if len(row) <= positions else [*row[: positions - 1], row[-1]]
+
+        return [fit(row) for row in sources], [fit(row) for row in targets]
 
     def build_model(
         self, settings: TrainingSettings, data: RecipeData
     ) -> EncDecForConditionalGeneration:
+        """The ``--init-from`` checkpoint (ours, or transformers' BART or Marian, converted
+        on load), or a new model of the preset's shape for the tokenizer."""
         from scratchformers.encdec import EncDecConfig, EncDecForConditionalGeneration
 
         options, tokenizer = settings.options, data.processor
+        if options.init_from:
+            from scratchformers.training.pretrained import load_pretrained
+
+            # A fine-tuning, and the model card says so.
+            self.trained_from_scratch = False
+            # Every weight is the checkpoint's (a bare BART's missing output bias starts at
+            # zero, as transformers does): nothing is a new head, so anything missing stops.
+            return load_pretrained(
+                EncDecForConditionalGeneration, options.init_from, flag="--init-from"
+            ).model
         heads = options.attention_heads
         config = EncDecConfig(
             vocab_size=len(tokenizer),
@@ -370,7 +566,7 @@ class EncDecRecipe(Recipe):
 
         translated = self.translations(results)
         references = [str(example["target"]) for example in translated]
-        tokenize = BLEU_TOKENIZE[self.target_language]
+        tokenize = self.bleu_tokenize
 
         def scores(hypotheses: list[str]) -> tuple[float, float, float]:
             bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
@@ -429,7 +625,8 @@ class EncDecRecipe(Recipe):
         report = {
             **metrics,
             "target_language": self.target_language,
-            "bleu_tokenize": BLEU_TOKENIZE[self.target_language],
+            "direction": self.direction,
+            "bleu_tokenize": self.bleu_tokenize,
             "eval_pairs": len(translations),
             "translations": translations,
         }
@@ -439,7 +636,7 @@ class EncDecRecipe(Recipe):
         plot_bleu(
             MetricsLog(output_dir).read(),
             output_dir / BLEU_PLOT,
-            f"{self.name}: held-out BLEU, English -> {LANGUAGE_NAMES[self.target_language]}",
+            f"{self.name}: held-out BLEU, {self.direction}",
         )
         status(
             f"held out: BLEU {metrics['bleu']:.1f} (copying the source: "
@@ -451,14 +648,18 @@ class EncDecRecipe(Recipe):
     def card_sections(self, output_dir: Path, evaluation: Evaluation) -> list[str]:
         """The translation section of the model card: the figures against copying the
         source, a few held-out translations, and how to translate with the folder."""
-        metrics, language = evaluation.metrics, LANGUAGE_NAMES[self.target_language]
+        metrics = evaluation.metrics
         translations = self.translations(evaluation.results)
+        unit = "numbers" if self.generated else "pairs"
+        # Only the generated numbers are unseen by construction; a user's held-out file may
+        # share pairs with the training one.
+        unseen = ", none of them trained on," if self.generated else ""
         lines = [
-            f"## Translation (English -> {language}, held-out numbers)",
+            f"## Translation ({self.direction}, held-out {unit})",
             "",
-            f"Greedy decoding of {len(translations):,} held-out numbers, none of "
-            "them trained on, against copying the source sentence as its translation "
-            f"(sacreBLEU, tokenize `{BLEU_TOKENIZE[self.target_language]}`).",
+            f"Greedy decoding of {len(translations):,} held-out {unit}{unseen} against copying "
+            "the source sentence as its translation "
+            f"(sacreBLEU, tokenize `{self.bleu_tokenize}`).",
             "",
             "| | BLEU | chrF | exact match |",
             "| --- | --- | --- | --- |",
@@ -483,11 +684,17 @@ class EncDecRecipe(Recipe):
             "",
             'model = AutoModelForSeq2SeqLM.from_pretrained("path/to/this/folder")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-            'print(translate(model, tokenizer, ["three hundred and forty-two"]))',
+            f"print(translate(model, tokenizer, [{json.dumps(self._example_source())}]))",
             "```",
             "",
         ]
         return lines
+
+    def _example_source(self) -> str:
+        """A source for the card's code: a number in words, or the first held-out pair's."""
+        if self.generated:
+            return "three hundred and forty-two"
+        return self.eval_pairs[0]["source"]
 
 
 def plot_bleu(records: list[dict[str, Any]], path: Path, title: str) -> None:

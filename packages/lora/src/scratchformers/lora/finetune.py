@@ -27,8 +27,9 @@ ADAPTER_DIR = "adapter"
 COMPARISON_PLOT = "lora_vs_full.png"
 MODES = ("lora", "full")
 _NAMES = {"lora": "LoRA", "full": "full fine-tuning"}
-# The settings two runs must share for their comparison to mean anything.
-SHARED_DATA = ("train_reviews", "held_out_reviews", "seed")
+# The settings two runs must share for their comparison to mean anything: the files (None
+# for the generated reviews), how many training and held-out texts, and the seed.
+SHARED_DATA = ("dataset", "eval_dataset", "train_reviews", "held_out_reviews", "seed")
 # Variables that torchrun / accelerate launch set for the processes they start: a base model
 # pretrained from inside such a process runs alone, as one process of its own.
 _LAUNCH_VARIABLES = frozenset(
@@ -53,17 +54,47 @@ def default_base(preset: str) -> Path:
 
 
 def prepare_base(base: str | os.PathLike[str] | None, preset: str) -> Path:
-    """The folder of the model to fine-tune: ``--base`` as given (which must hold one), or by
-    default ``outputs/bert-mlm-<preset>``, pretrained first with the bert-mlm recipe's
-    ``preset`` when absent. Raises a ``ValueError`` naming the folder and what is wrong."""
+    """The folder of the model to fine-tune: ``--init-from`` (``--base``) as given, a local
+    folder or a Hub id (downloaded once into the Hub cache), which must hold a BERT and its
+    tokenizer; or by default ``outputs/bert-mlm-<preset>``, pretrained first with the bert-mlm
+    recipe's ``preset`` when absent. Raises a ``ValueError`` naming the folder and what is
+    wrong."""
     if base is not None:
-        check_base(Path(base), "--base")
-        return Path(base)
+        from scratchformers.training.pretrained import checkpoint_path
+
+        folder = checkpoint_path(str(base), "--init-from")
+        check_base(folder, "--init-from (--base)")
+        return folder
     folder = default_base(preset)
     if not folder.exists():
         pretrain_base(folder, preset)
-    check_base(folder, "the default base (--base)")
+    check_base(folder, "the default base (--init-from)")
     return folder
+
+
+def base_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The config.json of a base (or trained) model folder, as a dictionary."""
+    from scratchformers.training.pretrained import checkpoint_config
+
+    return checkpoint_config(Path(folder), "--init-from")
+
+
+def has_pooler(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` holds BERT's pooler (transformers' ``BertModel``
+    and its task models do; a masked LM does not), read from its safetensors files' headers
+    without loading a weight. A folder whose weights cannot be listed counts as having one:
+    loading it then names the pooler if it is missing."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return True
+    for file in files:
+        with safe_open(file, framework="pt") as weights:
+            names = weights.keys()  # a safe_open handle is not a dict: it lists its names
+            if any(name.endswith("pooler.dense.weight") for name in names):
+                return True
+    return False
 
 
 def check_base(folder: Path, name: str) -> None:
@@ -71,7 +102,7 @@ def check_base(folder: Path, name: str) -> None:
     ``name`` says where the folder came from, for the message."""
     remedy = (
         f"give the folder of a finished {BASE_RECIPE} run (scratchformers train {BASE_RECIPE} "
-        f"--output-dir {folder} makes one)"
+        f"--output-dir {folder} makes one), a transformers BERT folder or its Hub id"
     )
     if not folder.exists():
         raise ValueError(f"{name} {folder} does not exist; {remedy}")
@@ -167,8 +198,11 @@ def check_comparable(other: dict[str, Any], folder: Path, mode: str, data: dict[
             f"--compare-with {folder} is a {mode} run too; compare with a run of the other "
             f"kind ({other_kind})"
         )
+    # A report from before --dataset has no "dataset": it was trained on the reviews (None).
     differing = {
-        key: (other.get(key), data[key]) for key in SHARED_DATA if other.get(key) != data[key]
+        key: (other.get(key), data.get(key))
+        for key in SHARED_DATA
+        if other.get(key) != data.get(key)
     }
     if differing:
         said = ", ".join(
@@ -176,7 +210,8 @@ def check_comparable(other: dict[str, Any], folder: Path, mode: str, data: dict[
         )
         raise ValueError(
             f"--compare-with {folder} was trained on other data ({said}); a comparison needs "
-            "the same reviews: give the same --num-train-reviews, --num-eval-reviews and --seed"
+            "the same texts: give the same --dataset and --eval-dataset (or "
+            "--num-train-reviews and --num-eval-reviews) and --seed"
         )
 
 

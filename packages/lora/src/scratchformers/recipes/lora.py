@@ -1,16 +1,24 @@
-"""The lora training recipe: a pretrained BERT fine-tuned as a review classifier with LoRA, or
+"""The lora training recipe: a pretrained BERT fine-tuned as a text classifier with LoRA, or
 in full for comparison.
 
-    scratchformers train lora [--preset tiny] [--base DIR] [--rank 8] [--full] [...]
+    scratchformers train lora [--preset tiny] [--init-from DIR] [--rank 8] [--full] [...]
+    scratchformers train lora --init-from bert-base-uncased --dataset reviews.csv
     accelerate launch -m scratchformers.lora.train [...]
 
-The base model is a bert-mlm run's folder (``--base``; by default ``outputs/bert-mlm-<preset>``,
-pretrained first with the bert-mlm recipe when absent), loaded as
-``scratchformers.bert_mlm.BertForSequenceClassification`` with three labels, with its tokenizer.
-The data are generated product reviews whose label (negative, neutral, positive) follows from
-how their clauses compose (:mod:`scratchformers.training.reviews`). LoRA layers
-(:func:`scratchformers.lora.inject`) go on the attention projections; the classifier (and the
-pooler, when the base checkpoint has none, as a masked LM's has not) trains in full beside them.
+The base model (``--init-from``, or its other name ``--base``) is a bert-mlm run's folder, a
+transformers BERT folder or a Hub id (``bert-base-uncased``); by default
+``outputs/bert-mlm-<preset>``, pretrained first with the bert-mlm recipe when absent. It is
+loaded as ``scratchformers.bert_mlm.BertForSequenceClassification`` with a label per class of
+the data, with its own tokenizer: the classifier starts fresh (and so does the pooler, when the
+checkpoint has none, as a masked LM's has not) unless the checkpoint's labels are the data's.
+
+The data are generated product reviews by default, whose label (negative, neutral, positive)
+follows from how their clauses compose (:mod:`scratchformers.training.reviews`); or the user's
+texts (``--dataset``: a ``.csv``/``.jsonl``/``.parquet`` file or a Hub dataset, read by
+:mod:`scratchformers.lora.classification_data`, with ``--text-column`` and
+``--label-column``; labels as strings or integers, whose names become ``config.id2label``).
+LoRA layers (:func:`scratchformers.lora.inject`) go on the attention projections; the
+classifier (and a fresh pooler) trains in full beside them.
 
 At the end the folder holds the model with the adapter merged (``save_pretrained``: it loads
 with ``BertForSequenceClassification.from_pretrained`` and ``scratchformers eval``), the adapter
@@ -41,9 +49,11 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from scratchformers.lora.classification_data import LabelledTexts
     from scratchformers.training.settings import TrainingSettings
 
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+SAMPLE_TEXTS = 6  # held-out texts of the user's data shown with the model's answers at the end
 FULL_LR = 1e-3  # where full fine-tuning of the tiny base learns best (LoRA's preset: 3e-3)
 # Reviews whose labels only composition decides, shown with the model's answers at the end:
 # (first clause, structure, second clause), each clause as Clause's keyword arguments.
@@ -66,6 +76,16 @@ SAMPLE_REVIEWS: tuple[tuple[dict[str, str], str, dict[str, str] | None], ...] = 
 )
 
 
+def _label_order(config: dict[str, Any]) -> list[str] | None:
+    """The label names of a checkpoint's config.json in id order, or None when it names none
+    of its own (transformers' ``LABEL_<i>`` defaults, or a masked LM's absent ``id2label``)."""
+    id2label = config.get("id2label") or {}
+    names = [id2label[key] for key in sorted(id2label, key=int)]
+    if not names or names == [f"LABEL_{i}" for i in range(len(names))]:
+        return None
+    return names
+
+
 def comma_list(value: str) -> str:
     """A flag's comma-separated names, checked and written without spaces."""
     names = [name.strip() for name in value.split(",") if name.strip()]
@@ -75,13 +95,19 @@ def comma_list(value: str) -> str:
 
 
 class LoraRecipe(Recipe):
-    """Fine-tuning of a pretrained BERT on the generated reviews: LoRA by default, every
-    parameter with ``--full``."""
+    """Fine-tuning of a pretrained BERT as a text classifier, on the generated reviews or the
+    user's texts: LoRA by default, every parameter with ``--full``."""
 
     name = "lora"
     description = (
-        "Fine-tune a pretrained BERT (a bert-mlm run) as a review classifier with LoRA, or in "
-        "full with --full."
+        "Fine-tune a pretrained BERT (a bert-mlm run, or a transformers BERT such as "
+        "bert-base-uncased) as a text classifier with LoRA, or in full with --full: on "
+        "generated reviews by default, or on your labelled texts (--dataset)."
+    )
+    dataset_formats = (
+        "labelled texts: a .csv, .jsonl or .parquet file, or a Hugging Face dataset id (or a "
+        "local folder of such files), with --text-column and --label-column; labels may be "
+        "strings or integers (default: generated product reviews, offline)"
     )
     auto_class = "AutoModelForSequenceClassification"
     pipeline_tag = "text-classification"
@@ -89,9 +115,10 @@ class LoraRecipe(Recipe):
     trained_from_scratch = False
     init_from_aliases = ("--base",)
     init_from_formats = (
-        "the pretrained BERT to fine-tune: a bert-mlm run's folder, with its tokenizer "
-        "(default: outputs/bert-mlm-<preset>, pretrained first with the bert-mlm recipe if "
-        "absent); --base is the same flag"
+        "the pretrained BERT to fine-tune, with its tokenizer: a bert-mlm run's folder, a "
+        "transformers BERT folder or Hub id (bert-base-uncased) (default: "
+        "outputs/bert-mlm-<preset>, pretrained first with the bert-mlm recipe if absent); "
+        "--base is the same flag"
     )
     output_files: ClassVar[tuple[str, ...]] = (
         CONFUSION_MATRIX_FILE,
@@ -156,7 +183,21 @@ class LoraRecipe(Recipe):
             help="a finished run of the other kind (LoRA or --full) on the same data: "
             "finetune.json and the model card show both side by side",
         )
-        data = parser.add_argument_group("data")
+        data = parser.add_argument_group("your texts (with --dataset)")
+        data.add_argument(
+            "--text-column",
+            default="text",
+            metavar="NAME",
+            help="the column of the texts to classify (default: text)",
+        )
+        data.add_argument(
+            "--label-column",
+            default="label",
+            metavar="NAME",
+            help="the column of their labels, strings or integers; their names become the "
+            "model's id2label (default: label)",
+        )
+        data = parser.add_argument_group("generated reviews (without --dataset)")
         data.add_argument(
             "--num-train-reviews",
             type=int,
@@ -179,50 +220,102 @@ class LoraRecipe(Recipe):
     # -- data ---------------------------------------------------------------------------------
 
     def build_data(self, settings: TrainingSettings) -> RecipeData:
+        """The texts (generated reviews, or ``--dataset``'s, checked before any work), the base
+        model (``--init-from``, pretrained first when the default is absent) and its
+        tokenizer; every text tokenized, every label an id."""
+        import datasets
         from transformers import DataCollatorWithPadding
 
-        from scratchformers.training.console import status
-        from scratchformers.training.data import load_tokenizer
-        from scratchformers.training.reviews import SENTIMENTS, reviews_dataset
+        from scratchformers.lora.finetune import base_config, prepare_base
+        from scratchformers.training.data import DataError, load_tokenizer
 
         options = settings.options
-        counts = self.review_counts(settings)
+        self.user_data = options.dataset is not None
+        if not self.user_data and options.eval_dataset:
+            raise DataError("--eval-dataset needs --dataset: the held-out texts of which data?")
+        # The user's rows are read and checked first: a bad file stops the run before a base
+        # model is fetched or pretrained.
+        texts = self._read_texts(settings)
+        self.identity = self.data_identity(settings, texts)
         tokenizer_source = options.tokenizer
         if tokenizer_source is None:  # training: the base model's own tokenizer
-            from scratchformers.lora.finetune import prepare_base
-
             self.compared = self.comparison(settings)  # checked before any work
             self.base = prepare_base(options.init_from, settings.preset)
+            self.base_source = str(options.init_from or self.base)
             tokenizer_source = self.base
+        # `scratchformers eval` hands over the trained folder as the tokenizer: its config, as
+        # the base's when training, says the label order and the positions.
+        config = base_config(tokenizer_source)
+        texts.ordered_as(_label_order(config))
+        self.label_names = list(texts.names)
         tokenizer = load_tokenizer(
             tokenizer_source, required=("cls_token", "sep_token", "pad_token")
         )
-        status(f"writing {counts['train']:,} + {counts['eval']:,} generated reviews")
-        train = reviews_dataset(counts["train"], seed=settings.seed)
-        held_out = reviews_dataset(
-            counts["eval"], seed=f"held-out {settings.seed}", split="held-out"
+        positions = config.get("max_position_embeddings")
+        if positions:  # texts longer than the model's positions are cut to fit them
+            tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
+        train = datasets.Dataset.from_dict(
+            {"text": texts.train_texts, "label": texts.label_ids(texts.train_labels)}
+        )
+        held_out = datasets.Dataset.from_dict(
+            {"text": texts.held_out_texts, "label": texts.label_ids(texts.held_out_labels)}
         )
         self.most_frequent_class = Counter(train["label"]).most_common(1)[0][0]
-        self.eval_structures: list[str] = held_out["structure"]
+        self.eval_texts: list[str] = texts.held_out_texts
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
             return tokenizer(batch["text"], truncation=True)
 
-        columns = ["text", "structure", "score"]
-        train = train.map(encode, batched=True, remove_columns=columns, keep_in_memory=True)
-        held_out = held_out.map(encode, batched=True, remove_columns=columns, keep_in_memory=True)
+        train = train.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True)
+        held_out = held_out.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True)
         return RecipeData(
             train=train,
             eval=held_out,
             collate=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
             processor=tokenizer,
             description=(
-                f"generated product reviews (scratchformers.training.reviews, offline): "
-                f"{len(train):,} training and {len(held_out):,} held-out reviews of one or two "
-                f"clauses, labelled {', '.join(SENTIMENTS)} by how the clauses compose "
-                f"(negation, intensifiers, 'and', 'but', 'although'); the tokenizer of the base "
-                f"model ({tokenizer_source}), {len(tokenizer):,} tokens"
+                f"{self._data_description(texts)}; the tokenizer of the base model "
+                f"({getattr(self, 'base_source', tokenizer_source)}), {len(tokenizer):,} tokens"
             ),
+        )
+
+    def _read_texts(self, settings: TrainingSettings) -> LabelledTexts:
+        """``--dataset``'s labelled texts, or by default the generated reviews (whose
+        structures the report's accuracy by structure needs)."""
+        from scratchformers.lora.classification_data import LabelledTexts, read_labelled_texts
+        from scratchformers.training.console import status
+        from scratchformers.training.reviews import SENTIMENTS, reviews_dataset
+
+        if self.user_data:
+            self.eval_structures: list[str] = []
+            return read_labelled_texts(settings.options)
+        counts = self.review_counts(settings)
+        status(f"writing {counts['train']:,} + {counts['eval']:,} generated reviews")
+        train = reviews_dataset(counts["train"], seed=settings.seed)
+        held_out = reviews_dataset(
+            counts["eval"], seed=f"held-out {settings.seed}", split="held-out"
+        )
+        self.eval_structures = held_out["structure"]
+        return LabelledTexts(
+            train_texts=train["text"],
+            train_labels=[SENTIMENTS[label] for label in train["label"]],
+            held_out_texts=held_out["text"],
+            held_out_labels=[SENTIMENTS[label] for label in held_out["label"]],
+            names=list(SENTIMENTS),
+            origin="generated product reviews (scratchformers.training.reviews, offline)",
+        )
+
+    def _data_description(self, texts: LabelledTexts) -> str:
+        """What the data was, for the model card."""
+        from scratchformers.training.reviews import SENTIMENTS
+
+        if self.user_data:
+            return texts.describe()
+        return (
+            f"generated product reviews (scratchformers.training.reviews, offline): "
+            f"{len(texts.train_texts):,} training and {len(texts.held_out_texts):,} held-out "
+            f"reviews of one or two clauses, labelled {', '.join(SENTIMENTS)} by how the "
+            "clauses compose (negation, intensifiers, 'and', 'but', 'although')"
         )
 
     @staticmethod
@@ -240,11 +333,15 @@ class LoraRecipe(Recipe):
     # -- model --------------------------------------------------------------------------------
 
     def build_model(self, settings: TrainingSettings, data: RecipeData) -> PreTrainedModel:
+        """The base BERT with a classifier for the data's labels, and LoRA on it unless
+        ``--full``. The classifier starts fresh when the labels are not the checkpoint's (the
+        run says so); the pooler too when the checkpoint has none, as a masked LM's has not;
+        any other weight the checkpoint lacks stops the run, naming it."""
         from scratchformers import lora
         from scratchformers.bert_mlm import BertForSequenceClassification
-        from scratchformers.lora.finetune import prepare_base
+        from scratchformers.lora.finetune import has_pooler, prepare_base
         from scratchformers.training.console import status
-        from scratchformers.training.reviews import SENTIMENTS
+        from scratchformers.training.pretrained import load_pretrained
 
         options = settings.options
         self.settings = settings
@@ -252,13 +349,19 @@ class LoraRecipe(Recipe):
         if not hasattr(self, "base"):  # build_data found it, unless it was given a tokenizer
             self.compared = self.comparison(settings)
             self.base = prepare_base(options.init_from, settings.preset)
-        model, loading = BertForSequenceClassification.from_pretrained(
-            self.base,
-            num_labels=len(SENTIMENTS),
-            id2label=dict(enumerate(SENTIMENTS)),
-            label2id={name: index for index, name in enumerate(SENTIMENTS)},
-            output_loading_info=True,
+            self.base_source = str(options.init_from or self.base)
+        names = self.label_names
+        heads = ["classifier"] if has_pooler(self.base) else ["classifier", "bert.pooler"]
+        pretrained = load_pretrained(
+            BertForSequenceClassification,
+            str(self.base),
+            flag="--init-from",
+            new_heads=heads,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: index for index, name in enumerate(names)},
         )
+        model = pretrained.model
         if self.full:
             status("full fine-tuning: every parameter trains (the LoRA flags do not apply)")
             if settings.lr > FULL_LR:
@@ -268,10 +371,10 @@ class LoraRecipe(Recipe):
                 )
             self.lora_config = None
             return model
-        # The classifier is new and trains in full. So does the pooler when the checkpoint has
-        # none (a masked LM's has not): it starts fresh, so the adapter must carry it, or the
-        # adapter would only work on top of the one random pooler it was trained with.
-        fresh_pooler = any(".pooler." in f".{key}" for key in loading["missing_keys"])
+        # The classifier trains in full beside the adapter (a fresh one must; one the
+        # checkpoint had for these labels carries on). So does a fresh pooler: the adapter
+        # must carry it, or it would only work on top of the one random pooler it trained with.
+        fresh_pooler = any(name.startswith("bert.pooler.") for name in pretrained.fresh)
         self.lora_config = lora.LoraConfig(
             r=options.r,
             lora_alpha=options.lora_alpha,
@@ -279,7 +382,7 @@ class LoraRecipe(Recipe):
             lora_dropout=options.lora_dropout,
             modules_to_save=["classifier", *(["pooler"] if fresh_pooler else [])],
             task_type="SEQ_CLS",
-            base_model_name_or_path=str(self.base),
+            base_model_name_or_path=self.base_source,
         )
         lora.inject(model, self.lora_config)
         status(lora.summary(model))
@@ -296,7 +399,7 @@ class LoraRecipe(Recipe):
         folder = Path(options.compare_with)
         other = read_report(folder)
         mode = "full" if options.full else "lora"
-        check_comparable(other, folder, mode, self.data_identity(settings))
+        check_comparable(other, folder, mode, self.identity)
         return folder, other
 
     @property
@@ -304,12 +407,15 @@ class LoraRecipe(Recipe):
         """``"full"`` for full fine-tuning, else ``"lora"``."""
         return "full" if self.full else "lora"
 
-    def data_identity(self, settings: TrainingSettings) -> dict[str, Any]:
-        """What two runs share when they saw the same reviews."""
-        counts = self.review_counts(settings)
+    def data_identity(self, settings: TrainingSettings, texts: LabelledTexts) -> dict[str, Any]:
+        """What two runs share when they saw the same texts: the files (None for the
+        generated reviews), the training and held-out counts, and the seed."""
+        options = settings.options
         return {
-            "train_reviews": counts["train"],
-            "held_out_reviews": counts["eval"],
+            "dataset": options.dataset,
+            "eval_dataset": options.eval_dataset,
+            "train_reviews": len(texts.train_texts),
+            "held_out_reviews": len(texts.held_out_texts),
             "seed": settings.seed,
         }
 
@@ -332,22 +438,34 @@ class LoraRecipe(Recipe):
         }
 
     def samples(self, model: PreTrainedModel, data: RecipeData) -> list[str]:
-        """The model's answers to reviews that only composition decides, with the right ones."""
+        """The model's answers, with the right ones: to reviews that only composition decides
+        (the generated data), or to the first held-out texts (the user's)."""
         import torch
 
-        from scratchformers.training.reviews import SENTIMENTS, Clause, Review
+        from scratchformers.training.reviews import Clause, Review
 
-        reviews = [
-            Review(Clause(**first), structure, Clause(**second) if second else None)
-            for first, structure, second in SAMPLE_REVIEWS
-        ]
+        if self.user_data:
+            shown = [
+                (text, self.label_names[label])
+                for text, label in zip(
+                    self.eval_texts[:SAMPLE_TEXTS], data.eval["label"][:SAMPLE_TEXTS], strict=True
+                )
+            ]
+        else:
+            reviews = [
+                Review(Clause(**first), structure, Clause(**second) if second else None)
+                for first, structure, second in SAMPLE_REVIEWS
+            ]
+            shown = [(review.text, review.sentiment) for review in reviews]
         tokenizer = data.processor
-        batch = tokenizer([r.text for r in reviews], return_tensors="pt", padding=True)
+        batch = tokenizer(
+            [text for text, _ in shown], return_tensors="pt", padding=True, truncation=True
+        )
         with torch.no_grad():
             predicted = model(**batch.to(model.device)).logits.argmax(-1).tolist()
         return [
-            f"{review.text} -> {SENTIMENTS[label]} (right: {review.sentiment})"
-            for review, label in zip(reviews, predicted, strict=True)
+            f"{text[:100]} -> {self.label_names[label]} (right: {right})"
+            for (text, right), label in zip(shown, predicted, strict=True)
         ]
 
     # -- the end ------------------------------------------------------------------------------
@@ -376,18 +494,18 @@ class LoraRecipe(Recipe):
         from scratchformers.lora import finetune
         from scratchformers.training.console import status
         from scratchformers.training.reporting import plot_confusion_matrix
-        from scratchformers.training.reviews import SENTIMENTS
         from scratchformers.training.vision import confusion_counts
 
         predictions = evaluation.results.gathered["predictions"].tolist()
         labels = evaluation.results.gathered["labels"].tolist()
         files: dict[str, Path] = {}
-        counts = confusion_counts(labels, predictions, len(SENTIMENTS))
-        correct = sum(counts[index][index] for index in range(len(SENTIMENTS)))
+        names = self.label_names
+        counts = confusion_counts(labels, predictions, len(names))
+        correct = sum(counts[index][index] for index in range(len(names)))
         files["confusion matrix"] = output_dir / CONFUSION_MATRIX_FILE
         plot_confusion_matrix(
             counts,
-            SENTIMENTS,
+            names,
             files["confusion matrix"],
             f"{self.name} ({self.mode}): {correct}/{len(labels)} held-out reviews right "
             f"({correct / len(labels):.1%})",
@@ -401,12 +519,13 @@ class LoraRecipe(Recipe):
         run = json.loads((output_dir / "run.json").read_text())["summary"]
         report: dict[str, Any] = {
             "mode": self.mode,
-            "base": str(self.base),
+            "base": self.base_source,
             "accuracy": correct / len(labels),
             "baseline_accuracy": sum(label == self.most_frequent_class for label in labels)
             / len(labels),
             "accuracy_by_structure": self._accuracy_by_structure(predictions, labels),
-            **self.data_identity(self.settings),
+            **self.identity,
+            "labels": names,
             "trainable_parameters": trainable,
             "total_parameters": total,
             "trainable_fraction": trainable / total,
