@@ -70,8 +70,12 @@ def test_bad_tables_are_named_before_any_work(tmp_path: Path) -> None:
         read_table(str(odd))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(DataError, match=r"empty\.jsonl"):
+    with pytest.raises(DataError, match=r"empty\.jsonl holds no rows"):
         read_table(str(empty))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("text,label\n")
+    with pytest.raises(DataError, match=r"header\.csv holds no rows"):
+        read_table(str(header_only))
     table = read_table(str(write_table(tmp_path / "data.csv", ROWS)))
     with pytest.raises(
         DataError, match=r"has no column 'review' \(its columns: text, label\); .*--text-column"

@@ -67,6 +67,8 @@ def read_table(
                 f"{flag} {source}: cannot read a {suffix or 'suffixless'} file as a table; use "
                 f"one of {', '.join(TABLE_FORMATS)}"
             )
+        if _holds_no_rows(path):
+            raise DataError(f"{flag} {source} holds no rows")
         builder, options = TABLE_FORMATS[suffix]
         arguments: dict[str, Any] = {"data_files": str(path), "split": "train", **options}
         name = builder
@@ -86,6 +88,17 @@ def read_table(
     if not streaming and len(table) == 0:
         raise DataError(f"{flag} {source} holds no rows")
     return table
+
+
+def _holds_no_rows(path: Path) -> bool:
+    """Whether a text table is empty, or only a csv header: ``datasets`` reports those with
+    errors of its own that do not say so."""
+    if path.suffix.lower() == ".parquet":
+        return False  # a parquet file says its row count; an empty one loads as zero rows
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        content = [line for _, line in zip(range(2), (x for x in lines if x.strip()), strict=False)]
+    header_only = path.suffix.lower() in (".csv", ".tsv") and len(content) == 1
+    return not content or header_only
 
 
 def _looks_like_a_path(source: str) -> bool:
