@@ -20,6 +20,7 @@ the info says is what the user needs before the first step:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -243,6 +244,15 @@ def load_checkpoint_processor(path: Path, auto_class: str = "AutoTokenizer") -> 
     }[auto_class]
     if not path.is_dir() or not any((path / name).is_file() for name in markers):
         return None
+    config = path / "config.json"
+    if config.is_file():
+        # The Auto classes read the folder's config.json to find the processor's class: the
+        # package that registers our model type is imported first, as ``scratchformers eval``
+        # does, or transformers warns that the model type is unknown.
+        from .commands.modeldir import ModelFolder, import_model_code
+
+        with contextlib.suppress(ValueError, KeyError):
+            import_model_code(ModelFolder(path, checkpoint_config(path), None))
     try:
         return getattr(transformers, auto_class).from_pretrained(path)
     except Exception as error:
