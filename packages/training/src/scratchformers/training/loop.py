@@ -182,6 +182,8 @@ class Trainer:
             data = self.recipe.build_data(settings)
         status(f"data: {data.description}")
         model = self.recipe.build_model(settings, data)
+        if settings.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         parameters = sum(p.numel() for p in model.parameters())
         status(f"model: {type(model).__name__}, {parameters / 1e6:.2f}M parameters")
         optimizer = self.recipe.build_optimizer(model, settings)
@@ -669,6 +671,21 @@ def _requested_engine() -> str | None:
         if str_to_bool(os.environ.get(variable, "false")):
             return engine.value
     return None
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Turn on transformers' gradient checkpointing (``--gradient-checkpointing``), or raise a
+    ``ValueError`` naming the flag when the model's layers do not support it."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"--gradient-checkpointing: {type(model).__name__} does not support gradient "
+            "checkpointing (its layers are not GradientCheckpointingLayer); leave the flag out"
+        )
+    # Non-reentrant checkpointing: a layer whose inputs need no gradient (a frozen LoRA base
+    # model's embeddings) still gets its parameters' gradients, without
+    # enable_input_require_grads.
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    status(f"gradient checkpointing: {type(model).__name__} recomputes its layers' activations")
 
 
 def is_streamed(dataset: Any) -> bool:
