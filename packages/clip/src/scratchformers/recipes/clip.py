@@ -294,8 +294,6 @@ class CLIPRecipe(Recipe):
                 activation=options.openai_activation,
                 processor_source=options.processor,
             )
-            # The model card says "Fine-tuned from" instead of "trained from scratch".
-            self.trained_from_scratch = False
         if options.dataset:
             return self._user_data(settings)
         return self._generated_data(settings)

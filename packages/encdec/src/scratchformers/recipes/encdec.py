@@ -477,8 +477,6 @@ class EncDecRecipe(Recipe):
         if options.init_from:
             from scratchformers.training.pretrained import load_pretrained
 
-            # A fine-tuning, and the model card says so.
-            self.trained_from_scratch = False
             # Every weight is the checkpoint's (a bare BART's missing output bias starts at
             # zero, as transformers does): nothing is a new head, so anything missing stops.
             return load_pretrained(

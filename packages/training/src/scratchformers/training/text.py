@@ -321,7 +321,6 @@ class TextRecipe(Recipe):
         from .pretrained import load_pretrained
 
         pretrained = load_pretrained(model_class, settings.options.init_from, flag="--init-from")
-        self.trained_from_scratch = False
         return pretrained.model
 
     def count_items(self, batch: dict[str, Any]) -> int:

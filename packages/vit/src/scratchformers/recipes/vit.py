@@ -136,7 +136,6 @@ class ViTRecipe(ImageClassificationRecipe):
 
         checkpoint = self.checkpoint
         assert checkpoint is not None
-        self.trained_from_scratch = False
         if checkpoint.format == "timm":
             pretrained = self.from_timm_folder(data)
         else:

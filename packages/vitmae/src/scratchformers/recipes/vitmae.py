@@ -190,7 +190,6 @@ class ViTMAERecipe(ImageRecipe):
 
         checkpoint = self.checkpoint
         assert checkpoint is not None
-        self.trained_from_scratch = False
         pretrained = load_pretrained(ViTMAEForPreTraining, checkpoint.source)
         if checkpoint.image_size != self.image_size:
             pretrained.model = with_image_size(pretrained.model, self.image_size)
