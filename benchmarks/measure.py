@@ -41,10 +41,15 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_peak_flops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """fp32 matmul FLOP/s of this machine, measured now: the ceiling for MFU."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_peak_flops(
+    device: torch.device,
+    size: int = 2048,
+    repeats: int = 10,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Matmul FLOP/s of this machine in ``dtype``, measured now: the ceiling for MFU."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = interleaved_medians({"matmul": lambda: a @ b}, repeats, device, warmup=3)["matmul"]
     return 2 * size**3 / seconds
 
