@@ -15,6 +15,7 @@ where the speed-up passes 1 is what ``--mixed-precision auto`` uses
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 
@@ -35,15 +36,21 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def autocast_step(
+    bf16: bool, model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: dict
+) -> None:
+    """One training step, under bf16 autocast (as ``--mixed-precision bf16`` runs) or not."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        training_step(model, optimizer, inputs)
+
+
 def main() -> None:
     args = parse_arguments()
     device = torch.device("cpu")
     torch.manual_seed(0)
     fp32_peak = matmul_peak_flops(device)
     bf16_peak = matmul_peak_flops(device, dtype=torch.bfloat16)
-    print(
-        f"matmul peaks: fp32 {fp32_peak / 1e9:,.0f} GFLOP/s, bf16 {bf16_peak / 1e9:,.0f} GFLOP/s"
-    )
+    print(f"matmul peaks: fp32 {fp32_peak / 1e9:,.0f} GFLOP/s, bf16 {bf16_peak / 1e9:,.0f} GFLOP/s")
     batch = max(1, args.tokens // args.length)
     print(f"training step of {batch} x {args.length} tokens, {args.layers} layers")
     print(f"{'width':>6} {'fp32 tok/s':>11} {'bf16 tok/s':>11} {'bf16/fp32':>10}")
@@ -60,12 +67,15 @@ def main() -> None:
         ids = torch.randint(0, config.vocab_size, (batch, args.length))
         inputs = {"input_ids": ids, "labels": ids}
 
-        def step(name: str) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                training_step(models[name], optimizers[name], inputs)
-
         seconds = interleaved_medians(
-            {name: lambda n=name: step(n) for name in models}, args.repeats, device
+            {
+                name: functools.partial(
+                    autocast_step, name == "bf16", model, optimizers[name], inputs
+                )
+                for name, model in models.items()
+            },
+            args.repeats,
+            device,
         )
         rates = {name: batch * args.length / s for name, s in seconds.items()}
         print(

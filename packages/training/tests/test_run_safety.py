@@ -211,7 +211,10 @@ def test_fp16_on_a_cpu_is_downgraded_and_recorded(
     run = json.loads((output_dir / "run.json").read_text())
     assert run["mixed_precision"] == "no"
     assert run["summary"]["ran"]["mixed_precision_requested"] == "fp16"
-    assert "`no`" in (output_dir / "README.md").read_text()
+    assert (
+        "**Precision**: float32 (--mixed-precision fp16 needs a GPU"
+        in (output_dir / "README.md").read_text()
+    )
 
 
 def test_an_fsdp_launch_without_a_gpu_says_it_runs_as_data_parallel(
@@ -237,6 +240,11 @@ def test_the_launch_configs_mixed_precision_is_the_default(
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert parse_settings(recipe, []).mixed_precision == "bf16"
     assert parse_settings(recipe, ["--mixed-precision", "no"]).mixed_precision == "no"
+    # The launcher passes "no" when its config says nothing: that is not a choice.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert parse_settings(recipe, []).mixed_precision == "auto"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert parse_settings(recipe, []).mixed_precision == "auto"
 
 
 def test_a_run_says_each_stage_as_it_starts(

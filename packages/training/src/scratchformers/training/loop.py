@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedType, send_to_device, set_seed, str_to_bool
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
@@ -46,6 +46,7 @@ from transformers import PreTrainedModel, get_scheduler
 from . import checkpoints
 from .console import status
 from .errors import TrainingError, TrainingInterrupted
+from .precision import choose_mixed_precision
 from .recipe import EvalResults, Evaluation, Recipe, RecipeData
 from .reporting import (
     PLOT_FILE,
@@ -100,30 +101,14 @@ class Trainer:
         self.recipe = recipe
         self.settings = settings
         self.data_train: Any = None  # the recipe's training set, once run() has built it
-        has_accelerator = torch.accelerator.is_available()
-        requested_precision = settings.mixed_precision
-        # From here on the settings (and so run.json and the model card) say what really runs.
-        settings.mixed_precision = _effective_mixed_precision(requested_precision, has_accelerator)
-        self.accelerator = Accelerator(
-            # Without a GPU (or other accelerator), say so: Accelerate then runs the processes
-            # of a multi-process launch on the CPU over gloo instead of falling back to one.
-            cpu=not has_accelerator,
-            # Accumulation is the loop's own (see _optimizer_step): it needs the whole step's
-            # micro-batches before the first forward pass, to count their items.
-            mixed_precision=settings.mixed_precision,
-            log_with="tensorboard",
-            project_dir=str(settings.output_dir),
-            # One global batch per step, split across processes: the data order and the
-            # examples per optimizer step do not depend on how many processes there are.
-            dataloader_config=DataLoaderConfiguration(
-                split_batches=True, use_seedable_sampler=True
-            ),
-        )
-        self.ran = self._say_what_runs() | {
-            "mixed_precision": settings.mixed_precision,
-            "mixed_precision_requested": requested_precision,
-        }
-        processes = self.accelerator.num_processes
+        # The processes, devices and launch are known now; the Accelerator, which also holds
+        # the precision, is built in run() once the model exists: --mixed-precision auto
+        # decides from the model's width (precision.choose_mixed_precision).
+        self.state = PartialState(cpu=not torch.accelerator.is_available())
+        self.accelerator: Accelerator | None = None
+        self.requested_precision = settings.mixed_precision
+        self.ran: dict[str, Any] = {}  # how the run really runs, once run() knows
+        processes = self.state.num_processes
         if settings.batch_size % processes:
             raise ValueError(
                 f"--batch-size {settings.batch_size} does not divide across {processes} "
@@ -141,6 +126,36 @@ class Trainer:
             num_processes=processes,
         )
 
+    def _accelerator_for(self, model: torch.nn.Module) -> Accelerator:
+        """The run's Accelerator, in the precision chosen for ``model`` (said, and recorded
+        in run.json and the model card)."""
+        settings = self.settings
+        choice = choose_mixed_precision(self.requested_precision, model, self.state.device)
+        status(f"precision: {choice.describe()}")
+        # From here on the settings (and so run.json and the model card) say what really runs.
+        settings.mixed_precision = choice.mixed_precision
+        self.ran = {
+            "mixed_precision": choice.mixed_precision,
+            "mixed_precision_requested": self.requested_precision,
+            "mixed_precision_reason": choice.reason,
+            "compile": settings.compile,
+        }
+        accelerator = Accelerator(
+            cpu=self.state.device.type == "cpu",
+            mixed_precision=choice.mixed_precision,
+            log_with="tensorboard",
+            project_dir=str(settings.output_dir),
+            # One global batch per step, split across processes: the data order and the
+            # examples per optimizer step do not depend on how many processes there are.
+            # Accumulation is the loop's own (see _optimizer_step): it needs the whole step's
+            # micro-batches before the first forward pass, to count their items.
+            dataloader_config=DataLoaderConfiguration(
+                split_batches=True, use_seedable_sampler=True
+            ),
+        )
+        self.ran = self._say_what_runs(accelerator) | self.ran
+        return accelerator
+
     def _checkpoint_to_resume(self) -> Path | None:
         """For ``--resume``: the checkpoint given, else the newest usable one in the output folder."""
         settings = self.settings
@@ -150,11 +165,11 @@ class Trainer:
             settings.output_dir, settings.resume_from, warn=self._print
         )
 
-    def _say_what_runs(self) -> dict[str, Any]:
+    def _say_what_runs(self, accelerator: Accelerator) -> dict[str, Any]:
         """Say how the run is distributed, and when that is not what the launch asked for:
         Accelerate runs an FSDP (or DeepSpeed) launch without a GPU as plain data parallel,
         without a word."""
-        state = self.accelerator.state
+        state = accelerator.state
         asked = _requested_engine()
         ran = state.distributed_type.value
         if asked and asked != ran:
@@ -166,19 +181,19 @@ class Trainer:
             "distributed_type": ran,
             "distributed_type_requested": asked or ran,
             "num_processes": state.num_processes,
-            "device": str(self.accelerator.device),
+            "device": str(state.device),
         }
 
     @property
     def is_main(self) -> bool:
-        return self.accelerator.is_main_process
+        return self.state.is_main_process
 
     def run(self) -> TrainingResult:
         started = time.perf_counter()
-        settings, accelerator = self.settings, self.accelerator
+        settings = self.settings
         set_seed(settings.seed)
         status(f"building the data ({self.recipe.name} recipe)")
-        with accelerator.main_process_first():
+        with self.state.main_process_first():
             data = self.recipe.build_data(settings)
         status(f"data: {data.description}")
         model = self.recipe.build_model(settings, data)
@@ -186,6 +201,12 @@ class Trainer:
             enable_gradient_checkpointing(model)
         parameters = sum(p.numel() for p in model.parameters())
         status(f"model: {type(model).__name__}, {parameters / 1e6:.2f}M parameters")
+        if settings.compile:
+            # In place (nn.Module.compile), not Accelerate's wrapper: the model keeps its
+            # parameter names, so checkpoints and the saved model are the same with or without.
+            model.compile()
+            status("compiling the model with torch.compile (inductor) at its first steps")
+        accelerator = self.accelerator = self._accelerator_for(model)
         optimizer = self.recipe.build_optimizer(model, settings)
         scheduler = get_scheduler(
             settings.schedule if settings.schedule != "constant" else "constant_with_warmup",
@@ -596,7 +617,7 @@ class Trainer:
         print("\n".join(lines))
 
     def _print(self, message: str) -> None:
-        self.accelerator.print(message)
+        self.state.print(message)
 
 
 class StopRequests:
@@ -645,19 +666,6 @@ class StopRequests:
             self.signal_number = self.signal_number or signal.SIGTERM
             return True
         return False
-
-
-def _effective_mixed_precision(requested: str, has_accelerator: bool) -> str:
-    """The mixed precision that will really run. fp16 autocast needs a GPU: on a CPU,
-    Accelerate accepts ``fp16`` and then computes in float32 anyway, so the run says so and
-    records ``no`` (bf16 autocast does run on CPUs)."""
-    if requested == "fp16" and not has_accelerator:
-        status(
-            "warning: --mixed-precision fp16 needs a GPU and would not take effect on this "
-            "CPU; training in float32 (--mixed-precision no). bf16 runs on CPUs."
-        )
-        return "no"
-    return requested
 
 
 def _requested_engine() -> str | None:

@@ -376,10 +376,21 @@ def _training_section(settings: dict[str, Any], summary: dict[str, Any]) -> list
         f"- **Learning rate**: peak {settings['lr']} after {settings['warmup_steps']} warmup "
         f"steps, {settings['schedule']} schedule; weight decay {settings['weight_decay']}, "
         f"gradient clipping at {settings['max_grad_norm']}",
-        f"- **Mixed precision**: `{settings['mixed_precision']}`; seed {settings['seed']}",
+        f"- **Precision**: {_precision(settings, summary.get('ran', {}))}; seed {settings['seed']}",
         "",
     ]
     return lines
+
+
+def _precision(settings: dict[str, Any], ran: dict[str, Any]) -> str:
+    """The card's line on the precision: what ran, why, and whether the model was compiled."""
+    names = {"no": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+    text = f"{names.get(settings['mixed_precision'], settings['mixed_precision'])}"
+    if ran.get("mixed_precision_reason"):
+        text += f" ({ran['mixed_precision_reason']})"
+    if settings.get("compile"):
+        text += "; compiled with torch.compile"
+    return text
 
 
 def _registering_import(recipe: str, model_type: str | None) -> list[str]:

@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .precision import AUTO, MIXED_PRECISION
 from .recipe import Recipe
 
 SCHEDULES = ("cosine", "linear", "constant")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 # The TrainingSettings fields that no loop flag sets: a recipe flag may use these names.
 NOT_FLAGS = frozenset({"recipe", "model", "recipe_options", "resume_from"})
 # The argparse dest of a model flag: "model:<option>", apart from loop and recipe flags.
@@ -39,7 +39,11 @@ class TrainingSettings:
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    mixed_precision: str = "no"
+    # "auto": bf16 autocast where it is fast for this model on this machine, else float32
+    # (precision.choose_mixed_precision); the loop replaces it with what really runs.
+    mixed_precision: str = AUTO
+    # torch.compile the model for training (Accelerate's dynamo_backend="inductor").
+    compile: bool = False
     # Recompute each layer's activations in the backward pass instead of keeping them: less
     # memory for a longer step, the same gradients.
     gradient_checkpointing: bool = False
@@ -98,6 +102,15 @@ class TrainingSettings:
             )
 
 
+def _launch_config_precision() -> str:
+    """The default of ``--mixed-precision``: an ``accelerate launch`` config's bf16 or fp16
+    (the launcher passes it as ``ACCELERATE_MIXED_PRECISION``), else auto. The launcher passes
+    ``no`` when its config says nothing, so ``no`` there is not taken as a choice: give
+    ``--mixed-precision no`` to force float32."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    return launched if launched in ("bf16", "fp16") else AUTO
+
+
 def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentParser:
     """The flags of ``scratchformers train <recipe>`` and ``python -m scratchformers.<pkg>.train``."""
     presets = ", ".join(
@@ -154,11 +167,18 @@ def build_parser(recipe: Recipe, prog: str | None = None) -> argparse.ArgumentPa
     add(
         "--mixed-precision",
         choices=MIXED_PRECISION,
-        # An `accelerate launch` config's choice, unless the flag is given: Accelerate lets an
-        # explicit value win, and the loop always passes one.
-        default=os.environ.get("ACCELERATE_MIXED_PRECISION", "no"),
-        help="autocast dtype: bf16 on recent CPUs and GPUs, fp16 on GPUs (default: the "
-        "accelerate launch config's, else no)",
+        default=_launch_config_precision(),
+        help="auto: bf16 autocast where the hardware computes bf16 natively (AMX or "
+        "AVX512-BF16 CPUs, bf16 GPUs) and the model is wide enough for it to pay, else "
+        "float32; no: float32; bf16; fp16 (GPUs only). The run prints what it picked and why "
+        "(default: an accelerate launch config's bf16 or fp16, else auto)",
+    )
+    add(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="compile the model with torch.compile (inductor) for training: the first steps "
+        "wait for the compiler, later ones may run faster (default: off)",
     )
     add(
         "--gradient-checkpointing",
