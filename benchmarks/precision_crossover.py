@@ -41,9 +41,7 @@ def main() -> None:
     torch.manual_seed(0)
     fp32_peak = matmul_peak_flops(device)
     bf16_peak = matmul_peak_flops(device, dtype=torch.bfloat16)
-    print(
-        f"matmul peaks: fp32 {fp32_peak / 1e9:,.0f} GFLOP/s, bf16 {bf16_peak / 1e9:,.0f} GFLOP/s"
-    )
+    print(f"matmul peaks: fp32 {fp32_peak / 1e9:,.0f} GFLOP/s, bf16 {bf16_peak / 1e9:,.0f} GFLOP/s")
     batch = max(1, args.tokens // args.length)
     print(f"training step of {batch} x {args.length} tokens, {args.layers} layers")
     print(f"{'width':>6} {'fp32 tok/s':>11} {'bf16 tok/s':>11} {'bf16/fp32':>10}")
@@ -60,13 +58,14 @@ def main() -> None:
         ids = torch.randint(0, config.vocab_size, (batch, args.length))
         inputs = {"input_ids": ids, "labels": ids}
 
-        def step(name: str) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                training_step(models[name], optimizers[name], inputs)
-
-        seconds = interleaved_medians(
-            {name: lambda n=name: step(n) for name in models}, args.repeats, device
-        )
+        dtypes = {"fp32": None, "bf16": torch.bfloat16}  # bf16: autocast around the forward
+        steps = {
+            name: lambda m=model, o=optimizers[name], d=dtypes[name], i=inputs: training_step(
+                m, o, i, autocast_dtype=d
+            )
+            for name, model in models.items()
+        }
+        seconds = interleaved_medians(steps, args.repeats, device)
         rates = {name: batch * args.length / s for name, s in seconds.items()}
         print(
             f"{width:6d} {rates['fp32']:11,.0f} {rates['bf16']:11,.0f} "
