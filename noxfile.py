@@ -320,10 +320,12 @@ def wheels(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Speed against transformers with the same weights; writes benchmarks/RESULTS.md.
+    """Speed against transformers with the same weights; writes benchmarks/RESULTS.md (another
+    shape or precision its own RESULTS-<size>-<precision>.md).
 
     Not part of the default run: timings belong in a report, not in a pass/fail test.
-    Extra arguments go to the runner, e.g. `uv run nox -s bench -- --size gpt2`.
+    Extra arguments go to the runner, e.g. `uv run nox -s bench -- --size gpt2 --precision bf16`.
+    The decode benchmark runs alone: `uv run python -m benchmarks.decode`.
     """
     _sync(session, "--all-packages", "--group=dev")
     session.run("python", "-m", "benchmarks", *session.posargs)

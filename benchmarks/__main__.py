@@ -1,7 +1,8 @@
 """Speed and memory of our models against transformers' with the same weights.
 
     uv run python -m benchmarks                       # small models, CPU, writes benchmarks/RESULTS.md
-    uv run python -m benchmarks --size gpt2           # GPT-2 (124M) shape
+    uv run python -m benchmarks --precision bf16      # the same under bf16 autocast: RESULTS-bf16.md
+    uv run python -m benchmarks --size gpt2           # GPT-2 (124M) shape: RESULTS-gpt2.md
     uv run python -m benchmarks --device cuda --size gpt2-medium
     uv run python -m benchmarks --rows gpt2 --no-compile   # quick: no torch.compile variants
     uv run python -m benchmarks --rows vit            # measure one row, keep the others' numbers
@@ -12,13 +13,26 @@ the two sides interleaved: forward throughput, a training step (forward + backwa
 side's fastest variant against the other's: dynamic cache, static cache, and static cache with
 ``torch.compile`` through transformers' ``compile_config``, which our models run through their
 lean decode loop, ``scratchformers.core_attention.decoding``), peak memory of a training step, model FLOPs
-utilisation against the machine's fp32 matmul peak measured in the same run, and the cost of
+utilisation against the machine's matmul peak measured in the same run, and the cost of
 one generated token as the context grows, with and without the cache.
 
-The numbers of every run are kept beside the report (``results.json``): a run of some rows
-replaces those rows and keeps the others as they were measured, so that a new package's row
-joins the report without measuring every other row again. The report says which rows come
-from an earlier run, with its date and matmul peak.
+``--precision bf16`` runs all of that under ``torch.autocast(device, dtype=torch.bfloat16)`` on
+both sides, with the same float32 weights (what mixed-precision training runs; the training
+step's backward runs outside autocast), and measures MFU against the bf16 matmul peak. Both
+peaks are measured in every run and reported.
+
+Each shape and precision has its own report, so that one run never overwrites another's: by
+default ``RESULTS.md`` (small, fp32), ``RESULTS-bf16.md``, ``RESULTS-gpt2.md``,
+``RESULTS-gpt2-bf16.md``... in ``benchmarks/``, each with its numbers (``results.json``,
+``results-bf16.json``...) and plots named after it. RESULTS.md begins with links to the other
+reports in its folder, ``DECODE.md`` (``python -m benchmarks.decode``) among them.
+
+The numbers of every run are kept beside the report: a run of some rows replaces those rows
+and keeps the others as they were measured (when they were measured with the same settings:
+shape, precision, batch...), so that a new package's row joins the report without measuring
+every other row again. The report says which rows come from an earlier run, with its date and
+matmul peak. ``--output`` is checked before anything is measured: a folder, a path that is not
+``.md`` or one that cannot be written stops the run at once.
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ import torch
 import transformers
 
 from .measure import (
+    PRECISIONS,
+    autocast,
     forward,
     forward_method,
     generate,
@@ -46,7 +62,7 @@ from .measure import (
     training_step,
 )
 from .memory import measure_in_subprocess
-from .report import write_report
+from .report import output_problem, plot_paths, results_json, write_report
 from .rows import ROWS, SIZES, Row
 
 HERE = Path(__file__).parent
@@ -58,7 +74,9 @@ class Results:
 
     settings: dict[str, object]
     machine: dict[str, str]
-    peak_flops: float
+    peak_flops: float  # the matmul peak of the run's precision, which MFU is measured against
+    # Every matmul peak measured in the run, by precision ("fp32", "bf16").
+    peaks: dict[str, float] = field(default_factory=dict)
     speed: list[dict[str, object]] = field(default_factory=list)
     mfu: list[dict[str, object]] = field(default_factory=list)
     growth: list[dict[str, object]] = field(default_factory=list)
@@ -72,6 +90,8 @@ class Results:
             return
         earlier = json.loads(path.read_text())
         compared = ("rows", "output")
+        # Runs from before --precision existed measured in float32.
+        earlier["settings"].setdefault("precision", "fp32")
         if {k: v for k, v in earlier["settings"].items() if k not in compared} != {
             k: v for k, v in self.settings.items() if k not in compared
         }:
@@ -95,7 +115,14 @@ class Results:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
 
-def parse_arguments() -> argparse.Namespace:
+def default_output(size: str, precision: str) -> Path:
+    """``benchmarks/RESULTS.md`` for the small shape in fp32; other shapes and precisions get
+    their own file (``RESULTS-gpt2.md``, ``RESULTS-bf16.md``, ``RESULTS-gpt2-bf16.md``...)."""
+    tags = [tag for tag, default in ((size, "small"), (precision, "fp32")) if tag != default]
+    return HERE / f"{'-'.join(['RESULTS', *tags])}.md"
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description=__doc__,
@@ -119,11 +146,32 @@ def parse_arguments() -> argparse.Namespace:
         action="store_false",
         help="leave out the torch.compile'd static-cache generate() variants (faster to run)",
     )
-    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
-    return parser.parse_args()
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="fp32",
+        help="fp32, or bf16 autocast on both sides over the same float32 weights (default: fp32)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="the Markdown report; its numbers and plots go beside it (default: "
+        "benchmarks/RESULTS.md, or RESULTS-<size>-<precision>.md for another shape or precision)",
+    )
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = default_output(args.size, args.precision)
+    # Checked now rather than when the report is written, after every row was measured.
+    problem = output_problem(
+        args.output, [results_json(args.output), *plot_paths(args.output).values()]
+    )
+    if problem:
+        parser.error(f"--output {args.output}: {problem}")
+    return args
 
 
 def machine_info(device: torch.device) -> dict[str, str]:
+    """The date, machine and versions a report's numbers were measured with."""
     info = {
         "date": datetime.date.today().isoformat(),
         "platform": platform.platform(),
@@ -142,6 +190,8 @@ def machine_info(device: torch.device) -> dict[str, str]:
 def speed_rows(
     row: Row, args: argparse.Namespace, device: torch.device, peak: float, results: Results
 ) -> None:
+    """Forward, encoders, training step, memory and ``generate()`` of both sides of ``row``,
+    all in ``args.precision`` (under bf16 autocast for bf16); MFU against ``peak``."""
     sides = {"ours": row.ours, "theirs": row.theirs}
     inputs = row.inputs(args.batch, args.length, device)
     items = row.items(args.batch, args.length)
@@ -150,9 +200,10 @@ def speed_rows(
     repeats = max(args.repeats, 15)
 
     forward_models = {side: row.forward_model(side) for side in sides}
-    seconds = interleaved_medians(
-        {s: lambda m=m: forward(m, inputs) for s, m in forward_models.items()}, repeats, device
-    )
+    with autocast(device, args.precision):
+        seconds = interleaved_medians(
+            {s: lambda m=m: forward(m, inputs) for s, m in forward_models.items()}, repeats, device
+        )
     add_speed(results, row, "forward", rate, {s: items / t for s, t in seconds.items()})
     flops = row.forward_flops(args.batch, args.length)
     results.mfu.append(
@@ -168,19 +219,21 @@ def speed_rows(
     for name, (method, keys) in row.encoders().items():
         arguments = {key: inputs[key] for key in keys}
         methods = {s: getattr(m, method) for s, m in sides.items()}
-        seconds = interleaved_medians(
-            {s: lambda f=f, a=arguments: forward_method(f, a) for s, f in methods.items()},
-            repeats,
-            device,
-        )
+        with autocast(device, args.precision):
+            seconds = interleaved_medians(
+                {s: lambda f=f, a=arguments: forward_method(f, a) for s, f in methods.items()},
+                repeats,
+                device,
+            )
         add_speed(results, row, name, rate, {s: items / t for s, t in seconds.items()})
 
     trainees = {s: copy.deepcopy(m).train() for s, m in sides.items()}
     optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in trainees.items()}
     training_inputs = row.training_inputs(inputs)
+    dtype = PRECISIONS[args.precision]  # autocast around the forward and loss only
     seconds = interleaved_medians(
         {
-            s: lambda s=s: training_step(trainees[s], optimizers[s], training_inputs)
+            s: lambda s=s: training_step(trainees[s], optimizers[s], training_inputs, dtype)
             for s in trainees
         },
         repeats,
@@ -197,6 +250,7 @@ def speed_rows(
             args.length,
             args.device,
             repeats=min(5, args.repeats),
+            precision=args.precision,
         )
         for side in sides
     }
@@ -216,7 +270,8 @@ def speed_rows(
             for variant, options in variants.items()
             for side, model in sides.items()
         }
-        seconds = interleaved_medians(workloads, args.repeats, device)
+        with autocast(device, args.precision):
+            seconds = interleaved_medians(workloads, args.repeats, device)
         rate = {key: new / t for key, t in seconds.items()}
         add_speed(
             results,
@@ -311,21 +366,27 @@ def add_speed(
 
 
 def growth_rows(row: Row, args: argparse.Namespace, device: torch.device, results: Results) -> None:
-    """Seconds per generated token at growing context, with and without the cache (ours)."""
+    """Seconds per generated token at growing context, with and without the cache (ours), in
+    ``args.precision``."""
     steps = 8
     limit = row.ours.config.max_position_embeddings - steps
     for context in sorted({min(c, limit) for c in (64, 128, 256, 512, 1024)}):
         prompt = torch.randint(1, row.vocab_size, (1, context), device=device)
         per_token = {}
         for label, use_cache in (("with cache", True), ("without cache", False)):
-            seconds = interleaved_medians(
-                {
-                    "long": lambda u=use_cache, p=prompt: generate(row.ours, p, steps, use_cache=u),
-                    "short": lambda u=use_cache, p=prompt: generate(row.ours, p, 1, use_cache=u),
-                },
-                max(3, args.repeats // 2),
-                device,
-            )
+            with autocast(device, args.precision):
+                seconds = interleaved_medians(
+                    {
+                        "long": lambda u=use_cache, p=prompt: generate(
+                            row.ours, p, steps, use_cache=u
+                        ),
+                        "short": lambda u=use_cache, p=prompt: generate(
+                            row.ours, p, 1, use_cache=u
+                        ),
+                    },
+                    max(3, args.repeats // 2),
+                    device,
+                )
             per_token[label] = max(seconds["long"] - seconds["short"], 0.0) / (steps - 1)
         results.growth.append({"row": row.name, "context": context, **per_token})
         print(
@@ -334,17 +395,27 @@ def growth_rows(row: Row, args: argparse.Namespace, device: torch.device, result
         )
 
 
-def main() -> None:
-    args = parse_arguments()
+def measure_peaks(device: torch.device) -> dict[str, float]:
+    """The fp32 and bf16 matmul peaks of ``device``, measured now, in FLOP/s."""
+    peaks = {}
+    for name in ("fp32", "bf16"):
+        print(f"measuring the {name} matmul peak on {device} ...")
+        peaks[name] = matmul_peak_flops(device, dtype=PRECISIONS[name] or torch.float32)
+        print(f"  {peaks[name] / 1e9:,.0f} GFLOP/s")
+    return peaks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"measuring the fp32 matmul peak on {device} ...")
-    peak = matmul_peak_flops(device)
-    print(f"  {peak / 1e9:,.0f} GFLOP/s")
+    peaks = measure_peaks(device)
+    peak = peaks[args.precision]
     results = Results(
         settings=vars(args) | {"output": str(args.output)},
         machine=machine_info(device),
         peak_flops=peak,
+        peaks=peaks,
     )
     for name in args.rows:
         row = ROWS[name](SIZES[args.size])
@@ -356,12 +427,12 @@ def main() -> None:
         speed_rows(row, args, device, peak, results)
         if row.generative:
             growth_rows(row, args, device, results)
-    saved = args.output.with_name("results.json")
+    saved = results_json(args.output)
     results.keep_earlier_rows(saved)
     write_report(results, args.output)
     results.save(saved)
     print(
-        f"wrote {args.output} and its plots; median ratio "
+        f"wrote {args.output}, {saved.name} and the plots; median ratio "
         f"{statistics.median(r['ratio'] for r in results.speed):.2f}"
     )
 

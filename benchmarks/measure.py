@@ -7,6 +7,7 @@ reported.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import statistics
@@ -16,6 +17,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+# The precisions a benchmark runs in: the autocast dtype of each (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """``torch.autocast`` to ``precision`` on ``device``, or nothing for fp32.
+
+    The weights stay float32 and autocast runs the matmuls in bf16, as mixed-precision training
+    does: the same weights on both sides of a row, whatever the precision.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def synchronize(device: torch.device) -> None:
@@ -118,9 +134,17 @@ def peak_memory_mb(run: Callable[[], object], device: torch.device) -> float | N
 
 
 def training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: dict[str, object]
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: dict[str, object],
+    autocast_dtype: torch.dtype | None = None,
 ) -> None:
-    loss = model(**inputs).loss
+    """One forward, backward and optimizer step. With ``autocast_dtype``, the forward and its
+    loss run under autocast and the backward outside it, as mixed-precision training does
+    (Accelerate's autocast wraps the forward alone)."""
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        loss = model(**inputs).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

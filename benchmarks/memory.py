@@ -2,7 +2,9 @@
 
 A fresh process matters on the CPU: freed memory stays in the process (the allocator keeps it),
 so after a first step the resident-set peak no longer moves. Run by the benchmark as
-``python -m benchmarks.memory <row> <size> <side> <batch> <length> <device>``; prints megabytes.
+``python -m benchmarks.memory <row> <size> <side> <batch> <length> <device> <precision>``;
+prints megabytes. With precision ``bf16`` the step's forward runs under bf16 autocast, as the
+timed training step does.
 """
 
 from __future__ import annotations
@@ -14,23 +16,32 @@ import sys
 
 import torch
 
-from .measure import peak_memory_mb, training_step
+from .measure import PRECISIONS, peak_memory_mb, training_step
 from .rows import ROWS, SIZES
 
 
 def measure_in_subprocess(
-    row: str, size: str, side: str, batch: int, length: int, device: str, repeats: int = 5
+    row: str,
+    size: str,
+    side: str,
+    batch: int,
+    length: int,
+    device: str,
+    repeats: int = 5,
+    precision: str = "fp32",
 ) -> float | None:
     """Median over ``repeats`` fresh processes: the resident-set peak moves by several MB from
     run to run on a CPU."""
-    runs = [_measure_once(row, size, side, batch, length, device) for _ in range(repeats)]
+    runs = [
+        _measure_once(row, size, side, batch, length, device, precision) for _ in range(repeats)
+    ]
     if any(run is None for run in runs):
         return None
     return statistics.median(runs)
 
 
 def _measure_once(
-    row: str, size: str, side: str, batch: int, length: int, device: str
+    row: str, size: str, side: str, batch: int, length: int, device: str, precision: str
 ) -> float | None:
     command = [
         sys.executable,
@@ -42,19 +53,22 @@ def _measure_once(
         str(batch),
         str(length),
         device,
+        precision,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    row_name, size, side, batch, length, device_name = sys.argv[1:]
+    row_name, size, side, batch, length, device_name, precision = sys.argv[1:]
     device = torch.device(device_name)
     row = ROWS[row_name](SIZES[size])
     model = (row.ours if side == "ours" else row.theirs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = row.training_inputs(row.inputs(int(batch), int(length), device))
-    print(json.dumps(peak_memory_mb(lambda: training_step(model, optimizer, inputs), device)))
+    dtype = PRECISIONS[precision]
+    step = lambda: training_step(model, optimizer, inputs, dtype)  # noqa: E731
+    print(json.dumps(peak_memory_mb(step, device)))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ is reported in benchmarks/RESULTS.md, never tested."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -132,3 +133,135 @@ def test_runner_writes_results_and_plots_and_keeps_earlier_rows(tmp_path: Path) 
     assert "MFU" in report and "matmul peak" in report
     for plot in ("ratios.png", "cost_growth.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path: Path) -> None:
+    """A folder given as --output (or a non-Markdown path) stops the run at its arguments,
+    naming --output, before the matmul peaks or any row are measured; a missing folder that
+    can be made is fine."""
+    from benchmarks import __main__ as runner
+    from benchmarks import decode
+
+    never = mock.Mock(side_effect=AssertionError("measured before refusing --output"))
+    for module, extra in ((runner, ["--rows", "gpt2"]), (decode, [])):
+        for output in (tmp_path, tmp_path / "report.txt"):
+            with (
+                mock.patch.object(runner, "matmul_peak_flops", never),
+                pytest.raises(SystemExit) as exit_info,
+            ):
+                module.main(["--output", str(output), *extra])
+            assert exit_info.value.code == 2
+    runner.parse_arguments(["--output", str(tmp_path / "new" / "RESULTS.md")])
+
+
+def test_each_shape_and_precision_has_its_own_report_and_companions() -> None:
+    from benchmarks.__main__ import default_output
+    from benchmarks.report import plot_paths, results_json
+
+    assert default_output("small", "fp32").name == "RESULTS.md"
+    assert default_output("small", "bf16").name == "RESULTS-bf16.md"
+    assert default_output("gpt2", "bf16").name == "RESULTS-gpt2-bf16.md"
+    main, bf16 = Path("RESULTS.md"), Path("RESULTS-gpt2-bf16.md")
+    assert results_json(main).name == "results.json"
+    assert {p.name for p in plot_paths(main).values()} == {"ratios.png", "cost_growth.png"}
+    assert results_json(bf16).name == "results-gpt2-bf16.json"
+    assert {p.name for p in plot_paths(bf16).values()} == {
+        "ratios-gpt2-bf16.png",
+        "cost_growth-gpt2-bf16.png",
+    }
+
+
+class _Int8Linear(torch.nn.Module):
+    """A stand-in for scratchformers' weight-only int8 layer: int8 weight, per-row scales."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        quantized = (weight / scales[:, None]).round().clamp(-128, 127).to(torch.int8)
+        self.register_buffer("weight_int8", quantized)
+        self.register_buffer("scales", scales)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales.to(x.dtype))
+        return out.reshape(*x.shape[:-1], -1) + self.bias
+
+
+def _quantize_layers(model: torch.nn.Module) -> None:
+    """In place, as quantize_int8 may be: every Linear of the decoder layers to int8."""
+    for block in model.transformer.h:
+        for parent in list(block.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, _Int8Linear(child))
+
+
+def _tiny_trained_gpt2(folder: Path) -> Path:
+    """A tiny GPT-2 folder with a word-level tokenizer, as ``scratchformers train`` leaves."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
+
+    words = [f"w{i}" for i in range(60)]
+    vocab = {"<unk>": 0} | {word: i + 1 for i, word in enumerate(words)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+    config = GPT2Config(
+        vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=32, eos_token_id=0
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = folder / "held-out.txt"
+    text.write_text(" ".join(words[i % 17] for i in range(100)))
+    return text
+
+
+def test_decode_benchmark_writes_its_report_and_joins_the_index(tmp_path: Path) -> None:
+    """The decode benchmark at the tiny shape, with an int8 quantizer standing in for
+    quantize_int8 and a tiny trained model's perplexity: every section is filled, the numbers
+    go beside the report, and the RESULTS.md of that folder links to it."""
+    from benchmarks import decode
+
+    (tmp_path / "RESULTS.md").write_text("# Main report\n\nbody\n")
+    text = _tiny_trained_gpt2(tmp_path / "model")
+    output = tmp_path / "DECODE.md"
+    arguments = ["--shape", "tiny", "--repeats", "1", "--no-compile", "--output", str(output)]
+    arguments += ["--prompt", "8", "--new-tokens", "8"]
+    arguments += ["--model-dir", str(tmp_path / "model"), "--text", str(text)]
+    peaks = {"fp32": 1e11, "bf16": 2e11}  # measured by the runner's test; seconds saved here
+    with (
+        mock.patch.object(decode, "int8_quantizer", return_value=_quantize_layers),
+        mock.patch.object(decode, "measure_peaks", return_value=peaks),
+    ):
+        decode.main(arguments)
+
+    results = json.loads((tmp_path / "decode.json").read_text())
+    assert set(results["floors"]) == set(results["fastest"]) == {"fp32", "bf16", "int8"}
+    for floor in results["floors"].values():
+        assert 0 < floor["lm_head_ms"] <= floor["model_ms"]
+    # int8 reads a quarter of the layers' bytes (plus scales); the tied head stays float32.
+    assert results["floors"]["int8"]["model_mb"] < results["floors"]["fp32"]["model_mb"]
+    assert set(results["ratios"]) == {"int8", "bf16"}
+    perplexity = results["perplexity"]["perplexity"]
+    assert set(perplexity) == {"fp32", "bf16", "int8"}
+    assert all(1 < value < 200 for value in perplexity.values())  # about the vocabulary's 61
+    report = output.read_text()
+    for section in ("Weight-read floor", "ms per generated token", "Against fp32", "perplexity"):
+        assert section in report
+    assert "](DECODE.md)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_the_int8_floor_multiplies_by_the_stored_int8_weight_and_its_scales() -> None:
+    """The floor finds a quantized layer's int8 weight and its scales (not its bias, which has
+    as many values) whatever their names, and its product is the layer's own."""
+    from benchmarks.decode import _int8_pair, _matvecs
+
+    layer = _Int8Linear(torch.nn.Linear(32, 48))
+    weight, scales = _int8_pair(layer)
+    assert weight is layer.weight_int8 and scales.data_ptr() == layer.scales.data_ptr()
+    ((product, nbytes),) = _matvecs(torch.nn.Sequential(layer))
+    assert product().shape == (1, 48) and nbytes == 48 * 32 + 48 * 4
