@@ -353,7 +353,8 @@ def test_bad_dtype_and_quantize_values_are_refused(
             scratchformers(capsys, *argv, "--dtype=float16"), "--dtype float16 needs a GPU"
         )
     # Without the package that quantizes, the flag names it.
-    monkeypatch.setitem(sys.modules, "scratchformers.core_attention", None)
+    for module in ("scratchformers.core_attention", "scratchformers.core_attention.quantize"):
+        monkeypatch.setitem(sys.modules, module, None)  # also when another test imported it
     assert_error(
         scratchformers(capsys, *argv, "--quantize=int8"),
         "--quantize int8 needs the scratchformers-core-attention package",
