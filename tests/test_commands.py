@@ -102,6 +102,39 @@ def test_generate_and_eval_of_a_gpt2_run(
     assert json.loads(out)["eval_loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-5)
 
 
+def test_generate_and_eval_of_a_gpt2_run_in_int8(
+    gpt2_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.core_attention import quantize_int8
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
+    prompt = tokenizer(PROMPT, return_tensors="pt")
+    greedy = {"max_new_tokens": 6, "do_sample": False}
+    with torch.no_grad():
+        full = GPT2LMHeadModel.from_pretrained(gpt2_run).eval().generate(**prompt, **greedy)
+    new = slice(prompt["input_ids"].shape[1], None)
+    for dtype in ("float32", "bfloat16"):
+        flags = ["--greedy", "--max-new-tokens", "6", "--quantize", "int8", "--dtype", dtype]
+        code, generated, err = scratchformers(capsys, "generate", gpt2_run, PROMPT, *flags)
+        assert code == 0, err
+        assert "quantized 7 linear layers to int8" in err  # q, k, v, o, the MLP's two, the head
+        # The command's text is the quantized model's, made here the same way.
+        model = quantize_int8(GPT2LMHeadModel.from_pretrained(gpt2_run).eval())
+        with torch.no_grad():
+            tokens = model.to(getattr(torch, dtype)).generate(**prompt, **greedy)
+        assert generated == tokenizer.decode(tokens[0], skip_special_tokens=True) + "\n"
+        assert float((tokens[:, new] == full[:, new]).float().mean()) >= 0.8
+
+    final = json.loads((gpt2_run / "run.json").read_text())["summary"]["final_eval_loss"]
+    for dtype in ("float32", "bfloat16"):
+        code, out, err = scratchformers(
+            capsys, "eval", gpt2_run, "--json", "--quantize", "int8", "--dtype", dtype
+        )
+        assert code == 0, err
+        assert json.loads(out)["eval_loss"] == pytest.approx(final, rel=1e-3)
+
+
 def test_export_of_a_model_that_mirrors_nothing_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

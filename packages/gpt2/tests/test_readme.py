@@ -39,3 +39,16 @@ def test_root_readme_lean_generate_gives_the_same_tokens(
     monkeypatch.chdir(tmp_path)
     namespace = run_python_blocks(ROOT_README)
     assert torch.equal(namespace["fast_tokens"], namespace["tokens"])
+
+
+def test_package_readme_int8_bfloat16_generate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scratchformers.core_attention import Int8WeightOnlyLinear
+
+    monkeypatch.chdir(tmp_path)
+    namespace = run_python_blocks(PACKAGE_README)
+    model, prompt, tokens = namespace["int8_model"], namespace["prompt"], namespace["int8_tokens"]
+    assert isinstance(model.lm_head, Int8WeightOnlyLinear)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert torch.equal(tokens[:, : prompt.shape[1]], prompt) and tokens.shape == (1, 11)

@@ -12,14 +12,22 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    TextStreamer,
+    set_seed,
+)
 
-from scratchformers.training import Recipe
+from scratchformers.training import Recipe, loop, precision
 from scratchformers.training import recipe as recipe_module
 from scratchformers.training.cli import main
+from scratchformers.training.commands import inference
 
 PROMPT = "the cat sat"
 
@@ -215,3 +223,139 @@ def test_export_refuses_what_it_cannot_do_and_changes_nothing(
     assert_error(export(toy_run, notes), "is not empty")
     assert_error(export(toy_run, notes / "todo.txt"), "is a file")
     assert (notes / "todo.txt").read_text() == "keep me"
+
+
+@pytest.fixture
+def generating_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The dtype of every model that ``generate()`` runs on, as it runs."""
+    seen: list[torch.dtype] = []
+    generate = GenerationMixin.generate
+
+    def recording(self: GenerationMixin, *args: object, **kwargs: object) -> object:
+        seen.append(self.dtype)
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", recording)
+    return seen
+
+
+def test_generate_in_bfloat16_is_the_model_in_bfloat16(
+    toy_run: Path, capsys: pytest.CaptureFixture[str], generating_dtypes: list[torch.dtype]
+) -> None:
+    argv = ("generate", toy_run, PROMPT, "--greedy", "--max-new-tokens=8", "--device=cpu")
+    code, out, err = scratchformers(capsys, *argv, "--dtype=bfloat16")
+    assert code == 0, err
+    assert "running the model in bfloat16 (--dtype)" in err
+    assert generating_dtypes == [torch.bfloat16]
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_run)
+    model = AutoModelForCausalLM.from_pretrained(toy_run).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        full = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+        half = model.to(torch.bfloat16).generate(**inputs, do_sample=False, max_new_tokens=8)
+    assert out == tokenizer.decode(half[0], skip_special_tokens=True) + "\n"
+    new = slice(inputs["input_ids"].shape[1], None)
+    assert float((half[:, new] == full[:, new]).float().mean()) >= 0.75
+
+
+def test_generate_picks_bfloat16_by_itself_where_training_would(
+    toy_run: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    generating_dtypes: list[torch.dtype],
+) -> None:
+    argv = ("generate", toy_run, PROMPT, "--greedy", "--max-new-tokens=4", "--device=cpu")
+    # A CPU with AMX, and the toy's 32-wide layers counted as wide enough.
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda device: "AMX")
+    monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 16)
+    code, _, err = scratchformers(capsys, *argv)
+    assert code == 0, err
+    assert "running the model in bfloat16 (this cpu has AMX; " in err
+    assert "--dtype float32 to change it)" in err
+    # The same machine with the rule's real threshold: the toy is too narrow.
+    monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 64)
+    code, _, err = scratchformers(capsys, *argv)
+    assert code == 0, err
+    assert "running the model in float32 (the model's layers are" in err
+    assert generating_dtypes == [torch.bfloat16, torch.float32]
+
+
+def test_default_inference_dtype_follows_the_bf16_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.Linear(96, 8))
+    monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 64)
+    monkeypatch.setattr(precision, "hidden_width", lambda model: 96)
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda device: None)
+    dtype, why = inference.default_inference_dtype(model)
+    assert dtype == torch.float32 and why == "bfloat16 is not fast on this cpu"
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda device: "AVX512-BF16")
+    assert inference.default_inference_dtype(model)[0] == torch.bfloat16
+    monkeypatch.setattr(precision, "hidden_width", lambda model: 32)
+    dtype, why = inference.default_inference_dtype(model)
+    assert dtype == torch.float32 and "32 wide" in why
+
+
+def test_eval_in_bfloat16_is_close_and_has_no_autocast_on_top(
+    toy_run: Path,
+    toy_installed: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[torch.dtype, str]] = []
+    evaluate = loop.evaluate
+
+    def recording(recipe: Recipe, model: torch.nn.Module, batches: Any, accelerator: Any) -> Any:
+        seen.append((next(model.parameters()).dtype, accelerator.mixed_precision))
+        return evaluate(recipe, model, batches, accelerator)
+
+    monkeypatch.setattr(loop, "evaluate", recording)
+    final = json.loads((toy_run / "run.json").read_text())["summary"]["final_metrics"]
+    code, out, err = scratchformers(capsys, "eval", toy_run, "--json", "--dtype", "bfloat16")
+    assert code == 0, err
+    assert "running the model in bfloat16 (--dtype)" in err
+    assert seen == [(torch.bfloat16, "no")]
+    metrics = json.loads(out)
+    assert metrics["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-2)
+    assert metrics["eval_loss"] != pytest.approx(final["eval_loss"], rel=1e-7)  # not float32
+
+
+def test_cast_floating_casts_float_inputs_only() -> None:
+    batch = {
+        "pixel_values": torch.rand(2, 3),
+        "input_ids": torch.ones(2, 3, dtype=torch.long),
+        "labels": [torch.rand(2), torch.tensor([1, 2])],
+        "names": "kept",
+    }
+    cast = inference.cast_floating(batch, torch.bfloat16)
+    assert cast["pixel_values"].dtype == torch.bfloat16
+    assert torch.equal(cast["pixel_values"], batch["pixel_values"].to(torch.bfloat16))
+    assert cast["input_ids"] is batch["input_ids"]
+    assert [t.dtype for t in cast["labels"]] == [torch.bfloat16, torch.long]
+    assert cast["names"] == "kept"
+
+
+@pytest.mark.parametrize("name", ["generate", "eval"])
+def test_bad_dtype_and_quantize_values_are_refused(
+    name: str,
+    toy_run: Path,
+    toy_installed: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = [name, toy_run] + ([PROMPT, "--device=cpu"] if name == "generate" else [])
+    for flag, value in [("--dtype", "float64"), ("--quantize", "int4")]:
+        with pytest.raises(SystemExit) as exit_info:
+            scratchformers(capsys, *argv, flag, value)
+        assert exit_info.value.code == 2
+        assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+    if not torch.accelerator.is_available():
+        assert_error(
+            scratchformers(capsys, *argv, "--dtype=float16"), "--dtype float16 needs a GPU"
+        )
+    # Without the package that quantizes, the flag names it.
+    for module in ("scratchformers.core_attention", "scratchformers.core_attention.quantize"):
+        monkeypatch.setitem(sys.modules, module, None)  # also when another test imported it
+    assert_error(
+        scratchformers(capsys, *argv, "--quantize=int8"),
+        "--quantize int8 needs the scratchformers-core-attention package",
+    )

@@ -39,11 +39,13 @@ from .positions import (
     rotate_half,
     sinusoidal_position_embedding,
 )
+from .quantize import Int8WeightOnlyLinear, quantize_int8
 
 __all__ = [
     "Attention",
     "CheckpointConverter",
     "ConvertsCheckpoints",
+    "Int8WeightOnlyLinear",
     "LeanGenerationMixin",
     "LearnedPositionalEmbedding",
     "RotaryEmbedding",
@@ -66,6 +68,7 @@ __all__ = [
     "lean_sample",
     "position_ids_from_padding_mask",
     "prepare_attention_inputs",
+    "quantize_int8",
     "repeat_kv",
     "rotate_half",
     "sdpa_attention_forward",

@@ -4,6 +4,9 @@ The run's settings come back from its run.json, the recipe rebuilds the data wit
 tokenizer saved in the folder (the held-out split is deterministic, so this is the run's
 held-out set), and the loop's own :func:`~scratchformers.training.loop.evaluate` scores the
 saved model: the numbers are the ones the run logged at its end.
+
+``--dtype`` runs the model in that dtype instead, without the run's autocast, its float inputs
+cast to match; ``--quantize int8`` quantizes its linear layers first (:mod:`.inference`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from . import inference
 from .modeldir import command, import_model_code, open_model_folder
 
 
@@ -37,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", help="print the metrics as one JSON object, and only that"
+    )
+    inference.add_arguments(
+        parser,
+        dtype_default="the run's: float32 weights under its --mixed-precision autocast, so "
+        "that the numbers are the ones it logged; with --dtype, that dtype and no autocast",
     )
 
 
@@ -80,15 +91,17 @@ def run(arguments: argparse.Namespace) -> int:
         transformers.logging.disable_progress_bar()
         import_model_code(folder)  # a missing package is said before the data is built
         has_accelerator = torch.accelerator.is_available()
-        # The run's autocast, so that the numbers are its numbers; fp16 has none on a CPU.
+        # The run's autocast, so that the numbers are its numbers; fp16 has none on a CPU. With
+        # --dtype the model's own dtype rules: autocast on top would compute in another one.
         precision = settings.mixed_precision
-        if precision == "fp16" and not has_accelerator:
+        if (precision == "fp16" and not has_accelerator) or arguments.dtype is not None:
             precision = "no"
         accelerator = Accelerator(
             cpu=not has_accelerator,
             mixed_precision=precision,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
         )
+        inference.requested_dtype(arguments, accelerator.device)  # before the data is built
         set_seed(settings.seed)  # as the loop does before build_data
         try:
             data = recipe.build_data(settings)
@@ -100,10 +113,15 @@ def run(arguments: argparse.Namespace) -> int:
                 "--dataset if it moved)"
             ) from error
         model = recipe.load_model(folder.path, settings)
+        dtype = inference.prepare_model(model, arguments, accelerator.device, default=False)
+        if dtype is None and arguments.quantize is not None:
+            autocast = "no autocast" if precision == "no" else f"the run's {precision} autocast"
+            print(f"running the model in float32 with {autocast}, as the run did", file=sys.stderr)
         loader = held_out_loader(data, settings.batch_size, accelerator.num_processes)
         examples = len(loader.dataset)
         model, loader = accelerator.prepare(model, loader)
-        metrics = evaluate(recipe, model, loader, accelerator).metrics
+        batches = loader if dtype is None else _cast_batches(loader, dtype)
+        metrics = evaluate(recipe, model, batches, accelerator).metrics
 
     if not accelerator.is_main_process:
         return 0
@@ -116,3 +134,9 @@ def run(arguments: argparse.Namespace) -> int:
     for name, value in metrics.items():
         print(f"  {name:<{width}}  {value:.4f}")
     return 0
+
+
+def _cast_batches(loader: Iterable[Any], dtype: Any) -> Iterator[Any]:
+    """The loader's batches with their float tensors in the model's ``dtype``."""
+    for batch in loader:
+        yield inference.cast_floating(batch, dtype)

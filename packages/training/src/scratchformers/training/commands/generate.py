@@ -4,7 +4,8 @@ printing the text as the tokens come.
 The options become a ``transformers.GenerationConfig`` over the folder's own
 generation_config.json, checked by transformers' ``validate``; ``model.generate`` samples, and
 ``transformers.TextStreamer`` prints. The generated text is all that goes to stdout; what the
-command says about its work goes to stderr.
+command says about its work goes to stderr. ``--dtype`` and ``--quantize`` (:mod:`.inference`)
+choose the precision: bfloat16 by default where training would pick it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import inference
 from .modeldir import command, import_model_code, load_pretrained, open_model_folder
 
 # The Auto class of a folder whose recipe is not known (no run.json, or not installed).
@@ -97,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DEVICE",
         help="cpu, cuda, cuda:1, ... (default: the GPU when there is one, else cpu)",
     )
+    inference.add_arguments(
+        parser,
+        dtype_default="bfloat16 where training's automatic mixed precision would use it, on "
+        "this device for this model, else float32",
+    )
 
 
 def generation_options(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +138,7 @@ def run(arguments: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()  # no bar for loading a few weights
     import_model_code(folder)  # a missing package is said before anything else loads
     device = _device(arguments.device)
+    inference.requested_dtype(arguments, device)  # a --dtype it cannot run, before any loading
     # Set one by one, as the constructor would warn about what validate() then refuses.
     config = GenerationConfig()
     for name, value in generation_options(arguments).items():
@@ -147,7 +155,8 @@ def run(arguments: argparse.Namespace) -> int:
         model = load_pretrained(folder.path, DEFAULT_AUTO_CLASS)
     if not model.can_generate():
         raise ValueError(f"the model in {folder.path} ({type(model).__name__}) does not generate")
-    model.to(device).eval()
+    inference.prepare_model(model, arguments, device)
+    model.eval()
 
     inputs = tokenizer(arguments.prompt, return_tensors="pt").to(device)
     prompt_tokens = inputs["input_ids"].shape[1]
