@@ -267,11 +267,11 @@ def test_generate_picks_bfloat16_by_itself_where_training_would(
 ) -> None:
     argv = ("generate", toy_run, PROMPT, "--greedy", "--max-new-tokens=4", "--device=cpu")
     # A CPU with AMX, and the toy's 32-wide layers counted as wide enough.
-    monkeypatch.setattr(precision, "fast_bf16_reason", lambda device: "AMX")
+    monkeypatch.setattr(precision, "fast_bf16_reason", lambda device: "this CPU has AMX")
     monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 16)
     code, _, err = scratchformers(capsys, *argv)
     assert code == 0, err
-    assert "running the model in bfloat16 (this cpu has AMX; " in err
+    assert "running the model in bfloat16 (this CPU has AMX; " in err
     assert "--dtype float32 to change it)" in err
     # The same machine with the rule's real threshold: the toy is too narrow.
     monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 64)

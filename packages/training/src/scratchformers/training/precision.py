@@ -52,8 +52,8 @@ class PrecisionChoice:
 
 
 def fast_bf16_reason(device: torch.device) -> str | None:
-    """What makes bf16 matmuls fast on ``device`` ("AMX", "AVX512-BF16", the GPU's name), or
-    None where bf16 would be emulated."""
+    """Why bf16 matmuls are fast on ``device``, in words ("this CPU has AMX", "NVIDIA H100
+    computes bf16"), or None where bf16 would be emulated."""
     import torch
 
     if device.type == "cuda":

@@ -63,7 +63,7 @@ def default_inference_dtype(model: torch.nn.Module) -> tuple[torch.dtype, str]:
     if width < BF16_MIN_HIDDEN_SIZE:
         why = f"the model's layers are {width} wide; bfloat16 pays from {BF16_MIN_HIDDEN_SIZE}"
         return torch.float32, why
-    return torch.bfloat16, f"this {device.type} has {reason}; the model's layers are {width} wide"
+    return torch.bfloat16, f"{reason}; the model's layers are {width} wide"
 
 
 def requested_dtype(arguments: argparse.Namespace, device: torch.device) -> torch.dtype | None:
