@@ -156,7 +156,10 @@ def int8_quantizer() -> Callable[[nn.Module], nn.Module | None] | None:
 def in_precisions(
     model: nn.Module, quantize: Callable[[nn.Module], nn.Module | None] | None
 ) -> dict[str, nn.Module]:
-    """``model`` (fp32) and copies of it in bf16 and, where ``quantize`` is given, int8.
+    """``model`` (fp32) and copies of it in bf16 and, where ``quantize`` is given, int8 with
+    float32 activations and int8 with bf16 activations (``int8+bf16``: the quantized copy cast
+    to bf16, which casts its scales and biases; torch's CPU int8 kernel is vectorised for bf16
+    activations).
 
     Copies are taken before anything runs: a model keeps its compiled decode step, and a copy
     of one would keep calling the original's.
@@ -165,6 +168,8 @@ def in_precisions(
     if quantize is not None:
         quantized = copy.deepcopy(model)
         models["int8"] = quantize(quantized) or quantized  # in place or returned
+        quantized = copy.deepcopy(model)
+        models["int8+bf16"] = (quantize(quantized) or quantized).to(torch.bfloat16)
     return models
 
 
@@ -411,9 +416,10 @@ def main(argv: list[str] | None = None) -> None:
     per_token = measure_decode(models, args, device, notes)
     best = fastest(per_token)
     ratios = {
-        precision: best[precision]["ms"] / best["fp32"]["ms"]
-        for precision in RATIO_GOALS
-        if precision in best and "fp32" in best
+        # A goal's precision races in every form it comes in: int8 is int8 or int8+bf16.
+        goal: min(best[p]["ms"] for p in best if p.split("+")[0] == goal) / best["fp32"]["ms"]
+        for goal in RATIO_GOALS
+        if goal in best and "fp32" in best
     }
     perplexity = None
     if args.model_dir is not None:

@@ -240,14 +240,15 @@ def test_decode_benchmark_writes_its_report_and_joins_the_index(tmp_path: Path) 
         decode.main(arguments)
 
     results = json.loads((tmp_path / "decode.json").read_text())
-    assert set(results["floors"]) == set(results["fastest"]) == {"fp32", "bf16", "int8"}
+    precisions = {"fp32", "bf16", "int8", "int8+bf16"}
+    assert set(results["floors"]) == set(results["fastest"]) == precisions
     for floor in results["floors"].values():
         assert 0 < floor["lm_head_ms"] <= floor["model_ms"]
     # int8 reads a quarter of the layers' bytes (plus scales); the tied head stays float32.
     assert results["floors"]["int8"]["model_mb"] < results["floors"]["fp32"]["model_mb"]
     assert set(results["ratios"]) == {"int8", "bf16"}
     perplexity = results["perplexity"]["perplexity"]
-    assert set(perplexity) == {"fp32", "bf16", "int8"}
+    assert set(perplexity) == precisions
     assert all(1 < value < 200 for value in perplexity.values())  # about the vocabulary's 61
     report = output.read_text()
     for section in ("Weight-read floor", "ms per generated token", "Against fp32", "perplexity"):
