@@ -11,9 +11,9 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
 from scratchformers.training import Recipe, parse_settings, precision, train
 from scratchformers.training.precision import (
     BF16_MIN_HIDDEN_SIZE,
