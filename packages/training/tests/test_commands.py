@@ -273,7 +273,7 @@ def test_generate_picks_bfloat16_by_itself_where_training_would(
     assert code == 0, err
     assert "running the model in bfloat16 (this CPU has AMX; " in err
     assert "--dtype float32 to change it)" in err
-    # The same machine with the rule's real threshold: the toy is too narrow.
+    # The same machine with a threshold over the toy's width: the toy is too narrow.
     monkeypatch.setattr(precision, "BF16_MIN_HIDDEN_SIZE", 64)
     code, _, err = scratchformers(capsys, *argv)
     assert code == 0, err
