@@ -50,7 +50,7 @@ from transformers import GenerationConfig
 from .__main__ import HERE, generate_variants, machine_info, measure_peaks
 from .measure import generate, interleaved_medians
 from .report import SIZE_TITLES, output_problem, refresh_index, results_json
-from .rows import SIZES
+from .rows import SIZES, gpt2_row
 
 # Goals of each precision's fastest ms/token against fp32's fastest.
 RATIO_GOALS = {"int8": 0.5, "bf16": 0.75}
@@ -125,21 +125,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(shape: str, device: torch.device) -> nn.Module:
-    """Our GPT-2 at ``shape`` with random weights (seed 0), float32, greedy generation."""
-    from scratchformers.gpt2 import GPT2Config, GPT2LMHeadModel
-
-    size = SIZES[shape]
-    special = size["vocab_size"] - 1  # GPT-2's <|endoftext|> is its last token
-    config = GPT2Config(
-        **size,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=special,
-        eos_token_id=special,
-    )
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).eval().to(device)
+    """Our GPT-2 at ``shape`` with the main benchmark's gpt2 row weights (seed 0), float32,
+    greedy generation."""
+    model = gpt2_row(SIZES[shape]).ours.to(device)
     model.generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
     return model
 
