@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> None:
         peaks=peaks,
     )
     for name in args.rows:
+        # transformers' models share one compiled wrapper (utils/generic.py): without a reset,
+        # each row's compiled generate() recompiles that one wrapper, and a few rows in, dynamo's
+        # recompile limit (8) fails the run (the bf16 run did at gpt2, the sixth row).
+        torch._dynamo.reset()
         row = ROWS[name](SIZES[args.size])
         row.ours.to(device)
         row.theirs.to(device)
