@@ -25,6 +25,7 @@ from scratchformers.basicformer import (
 from scratchformers.core_attention.testing import (
     assert_empty_inputs_raise,
     assert_input_errors,
+    assert_label_errors,
     assert_padding_changes_nothing,
 )
 
@@ -186,6 +187,36 @@ def test_bad_decoder_inputs_name_the_argument(
         assert_input_errors(model, inputs, "decoder_input_ids", "decoder_attention_mask")
     else:
         assert_empty_inputs_raise(model, inputs, "decoder_input_ids", empty_batch=False)
+
+
+@pytest.mark.parametrize("model_class", TASK_MODELS)
+def test_bad_labels_name_the_value_or_shape_and_the_limit(
+    make_model: Callable, padded_batch, model_class: type
+) -> None:
+    """Causal and masked LM: labels shaped like input_ids; seq2seq: like decoder_input_ids."""
+    input_ids, attention_mask, _ = padded_batch((5, 3))
+    inputs = task_inputs(model_class, input_ids, attention_mask)
+    tokens = inputs.get("decoder_input_ids", input_ids)
+    inputs["labels"] = tokens.masked_fill(tokens == 0, -100)
+    assert_label_errors(make_model(model_class), inputs)
+
+
+def test_seq2seq_labels_are_named_before_they_become_decoder_inputs(make_model: Callable) -> None:
+    """Without decoder_input_ids the decoder reads the labels shifted right: a bad id must be
+    blamed on labels, not on the decoder_input_ids made from them."""
+    model = make_model(BasicFormerForSeq2SeqLM)
+    with pytest.raises(
+        ValueError, match=r"^labels holds 101, outside 0 \.\. 100 \(vocab_size=101\)"
+    ):
+        model(torch.tensor([[5, 6, 7]]), labels=torch.tensor([[8, 101, 9]]))
+    with pytest.raises(
+        ValueError, match=r"the shape of decoder_inputs_embeds' \(batch, length\) \(1, 2\)"
+    ):
+        model(
+            torch.tensor([[5, 6, 7]]),
+            decoder_inputs_embeds=torch.zeros(1, 2, 48),
+            labels=torch.tensor([[8, 9, 10]]),
+        )
 
 
 def test_inputs_embeds_equal_input_ids(make_model: Callable, position_type: str) -> None:

@@ -28,6 +28,7 @@ from scratchformers.core_attention.testing import (
     assert_config_error,
     assert_empty_inputs_raise,
     assert_input_errors,
+    assert_label_errors,
     assert_save_load_round_trip,
     invalid_config_values,
 )
@@ -91,6 +92,40 @@ def test_auto_classes_load_our_masked_lm(
 def test_bad_inputs_name_the_argument(model: torch.nn.Module, padded_batch: Callable) -> None:
     input_ids, mask, _ = padded_batch()
     assert_input_errors(model, {"input_ids": input_ids, "attention_mask": mask})
+
+
+def test_bad_masked_lm_labels_name_the_value_or_shape_and_the_limit(
+    make_config: Callable, padded_batch: Callable
+) -> None:
+    model = BertForMaskedLM(make_config()).eval()
+    inputs = _inputs(padded_batch)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    labels[:, 1:8:3] = inputs["input_ids"][:, 1:8:3]
+    assert_label_errors(model, {**inputs, "labels": labels})
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "problem_type", "labels"),
+    [
+        (4, None, torch.tensor([0, 3, 1, 2])),
+        (4, "single_label_classification", torch.tensor([2, 0, 3, 1])),
+        (1, None, torch.tensor([0.5, -2.0, 3.0, 1.0])),  # regression: not range-checked
+        (3, "regression", torch.randn(4, 3)),
+        (4, None, torch.tensor([[0.0, 1.0, 1.0, 0.0]] * 4)),  # multi-label, inferred
+    ],
+    ids=["single-label", "single-label-set", "regression", "regression-3", "multi-label"],
+)
+def test_bad_classification_labels_name_the_value_or_shape_and_the_limit(
+    make_config: Callable,
+    padded_batch: Callable,
+    num_labels: int,
+    problem_type: str | None,
+    labels: torch.Tensor,
+) -> None:
+    config = make_config(num_labels=num_labels, problem_type=problem_type)
+    model = BertForSequenceClassification(config).eval()
+    inputs = {**_inputs(padded_batch), "labels": labels}
+    assert_label_errors(model, inputs, limit_name="num_labels")
 
 
 def test_empty_inputs_name_the_argument(model: torch.nn.Module, padded_batch: Callable) -> None:

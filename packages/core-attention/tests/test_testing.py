@@ -34,6 +34,7 @@ from scratchformers.core_attention import (
     LeanGenerationMixin,
     TokenEmbedding,
     check_config,
+    check_token_labels,
     prepare_attention_inputs,
 )
 from scratchformers.core_attention.testing import (
@@ -47,6 +48,7 @@ from scratchformers.core_attention.testing import (
     assert_config_error,
     assert_empty_inputs_raise,
     assert_input_errors,
+    assert_label_errors,
     assert_lean_compiled_step,
     assert_lean_decoding_matches,
     assert_lean_routing,
@@ -171,6 +173,23 @@ class CheckedInputs(LlamaForCausalLM):
         return super().forward(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
+class SoftMaskBlind(CheckedInputs):
+    """Checks the mask's shape, but reads a soft mask (0.5) as 1 without a word."""
+
+    def forward(self, input_ids: Any = None, attention_mask: Any = None, **kwargs: Any) -> Any:
+        blind = None if attention_mask is None else attention_mask.bool()
+        return super().forward(input_ids, blind, **kwargs)
+
+
+class CheckedLabels(CheckedInputs):
+    """Labels checked by the core's check_token_labels before Llama's loss."""
+
+    def forward(self, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        if labels is not None:
+            check_token_labels(labels, input_ids, None, self.config.vocab_size)
+        return super().forward(input_ids, labels=labels, **kwargs)
+
+
 @strict
 class CheckedLlamaConfig(LlamaConfig):
     """LlamaConfig that refuses what cannot work, through the core's check_config."""
@@ -290,6 +309,17 @@ def test_input_error_checks() -> None:
         assert_input_errors(plain, inputs)
     with pytest.raises(AssertionError, match="an empty sequence: "):
         assert_empty_inputs_raise(plain, inputs)
+    with pytest.raises(AssertionError, match=r"a mask holding 0\.5: no error"):
+        assert_input_errors(make(SoftMaskBlind)[0], inputs)
+
+
+def test_label_error_checks() -> None:
+    input_ids, mask, _ = batch()
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids}
+    assert_label_errors(make(CheckedLabels)[0], inputs)
+    # Llama's own loss: torch's "Target 32 is out of bounds", which names no argument.
+    with pytest.raises(AssertionError, match=r"a label of 32: \w+ instead of a ValueError"):
+        assert_label_errors(make()[1], inputs)
 
 
 @pytest.mark.parametrize(

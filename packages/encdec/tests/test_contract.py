@@ -13,6 +13,8 @@ from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
     assert_empty_inputs_raise,
+    assert_input_errors,
+    assert_label_errors,
     assert_save_load_round_trip,
     invalid_config_values,
 )
@@ -70,11 +72,44 @@ def test_empty_inputs_raise(tiny_config: Callable, batch: Callable) -> None:
     assert_empty_inputs_raise(model, inputs, "decoder_input_ids", empty_batch=False)
 
 
+def test_bad_inputs_name_the_argument(tiny_config: Callable, batch: Callable) -> None:
+    """Source and target ids and masks alike; a soft source mask is refused by the encoder, and
+    by the decoder's cross attention when the encoder's outputs are given."""
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    inputs = seq2seq_inputs(batch)
+    assert_input_errors(model, inputs)
+    assert_input_errors(model, inputs, "decoder_input_ids", "decoder_attention_mask")
+    with torch.no_grad():
+        encoded = model.get_encoder()(inputs["input_ids"], inputs["attention_mask"])
+        soft = inputs["attention_mask"] * 0.5
+        with pytest.raises(ValueError, match=r"^attention_mask holds 0\.5, but masks are 0/1"):
+            model(
+                attention_mask=soft,
+                encoder_outputs=encoded,
+                decoder_input_ids=inputs["decoder_input_ids"],
+            )
+
+
+def test_bad_labels_name_the_value_or_shape_and_the_limit(
+    tiny_config: Callable, batch: Callable
+) -> None:
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    inputs = batch(model.config.pad_token_id)
+    inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(inputs["labels"])
+    assert_label_errors(model, inputs)
+    # Without decoder_input_ids a bad id is named as the user passed it: labels.
+    del inputs["decoder_input_ids"]
+    inputs["labels"][0, 1] = 113
+    with pytest.raises(ValueError, match=r"^labels holds 113, outside 0 \.\. 112"):
+        model(**inputs)
+
+
 def test_labels_and_decoder_input_ids_of_other_shapes_are_refused(tiny_config: Callable) -> None:
     model = EncDecForConditionalGeneration(tiny_config()).eval()
     source = torch.full((2, 5), 7)
     with pytest.raises(
-        ValueError, match=r"labels has shape \(2, 4\) but decoder_input_ids has \(2, 6\)"
+        ValueError,
+        match=r"labels must have the shape of decoder_input_ids \(2, 6\), got \(2, 4\)",
     ):
         model(source, decoder_input_ids=torch.full((2, 6), 7), labels=torch.full((2, 4), 7))
     with pytest.raises(ValueError, match="decoder_input_ids"):

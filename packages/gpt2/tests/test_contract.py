@@ -16,6 +16,7 @@ from scratchformers.core_attention.testing import (
     assert_config_error,
     assert_empty_inputs_raise,
     assert_input_errors,
+    assert_label_errors,
     assert_matches_reference,
     assert_padding_changes_nothing,
     assert_save_load_round_trip,
@@ -69,6 +70,27 @@ def test_auto_classes_load_our_models(
 def test_bad_inputs_name_the_argument(model: GPT2LMHeadModel, padded_batch: Callable) -> None:
     input_ids, mask, _ = padded_batch()
     assert_input_errors(model, {"input_ids": input_ids, "attention_mask": mask})
+
+
+def test_bad_labels_name_the_value_or_shape_and_the_limit(
+    model: GPT2LMHeadModel, padded_batch: Callable
+) -> None:
+    input_ids, mask, _ = padded_batch()
+    labels = input_ids.masked_fill(mask == 0, -100)
+    assert_label_errors(model, {"input_ids": input_ids, "attention_mask": mask, "labels": labels})
+
+
+def test_a_compiled_forward_with_labels_keeps_one_graph(
+    model: GPT2LMHeadModel, padded_batch: Callable
+) -> None:
+    """The input and label checks run in the graph (shapes, dtypes) or not at all (values):
+    none breaks it, and the loss is the eager one."""
+    input_ids, mask, _ = padded_batch()
+    labels = input_ids.masked_fill(mask == 0, -100)
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "use_cache": False}
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(**inputs).loss, model(**inputs).loss)
 
 
 def test_empty_inputs_name_the_argument(model: GPT2LMHeadModel, padded_batch: Callable) -> None:

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
+    assert_label_errors,
     assert_save_load_round_trip,
     invalid_config_values,
 )
@@ -132,6 +133,34 @@ def test_bool_masked_pos_is_refused(make_config: Callable, images: Callable) -> 
     model = ViTModel(make_config()).eval()
     masked = torch.zeros(3, 25, dtype=torch.bool)
     assert "bool_masked_pos" in _error(model, images(), bool_masked_pos=masked)
+
+
+@pytest.mark.parametrize(
+    ("options", "labels"),
+    [
+        ({}, torch.tensor([4, 0, 2])),
+        ({"num_labels": 1}, torch.tensor([0.5, -3.0, 9.0])),  # regression: not range-checked
+        ({}, torch.tensor([[0.0, 1.0, 0.0, 0.0, 1.0]] * 3)),  # multi-label, inferred
+    ],
+    ids=["single-label", "regression", "multi-label"],
+)
+def test_bad_labels_name_the_value_or_shape_and_the_limit(
+    make_config: Callable, images: Callable, options: dict, labels: torch.Tensor
+) -> None:
+    model = ViTForImageClassification(make_config(**options)).eval()
+    assert_label_errors(
+        model, {"pixel_values": images(), "labels": labels}, limit_name="num_labels"
+    )
+
+
+def test_a_soft_attention_mask_is_refused(make_config: Callable, images: Callable) -> None:
+    model = ViTModel(make_config()).eval()
+    soft = torch.ones(3, 26)
+    soft[2, 7] = 0.5
+    message = _error(model, images(), attention_mask=soft)
+    assert "attention_mask holds 0.5" in message and "0/1" in message
+    with torch.no_grad():
+        assert model(images(), attention_mask=torch.ones(3, 26)).pooler_output.isfinite().all()
 
 
 def test_an_attention_mask_of_the_wrong_length_is_named(

@@ -45,6 +45,7 @@ from scratchformers.core_attention import (
     SinusoidalPositionalEmbedding,
     TokenEmbedding,
     activation,
+    check_token_labels,
     create_masks_for_generate,
     cross_attention_mask,
     prepare_attention_inputs,
@@ -234,7 +235,11 @@ class BasicFormerStack(BasicFormerPreTrainedModel):
             causal=self.causal,
             argument_prefix=self.argument_prefix,
         )
-        cross_mask = cross_attention_mask(self.config, inputs_embeds, encoder_attention_mask)
+        # In an encoder-decoder the source's mask is the user's attention_mask.
+        source_mask = "attention_mask" if self.argument_prefix else "encoder_attention_mask"
+        cross_mask = cross_attention_mask(
+            self.config, inputs_embeds, encoder_attention_mask, argument=source_mask
+        )
 
         hidden_states = inputs_embeds
         if self.embed_positions is not None:
@@ -448,6 +453,8 @@ class BasicFormerForMaskedLM(BasicFormerLMHeadModel):
         **kwargs: object,
     ) -> MaskedLMOutput:
         """``labels``: the token to predict at each position, -100 where nothing is predicted."""
+        if labels is not None:
+            check_token_labels(labels, input_ids, inputs_embeds, self.config.vocab_size)
         outputs = self.model(
             input_ids, attention_mask, position_ids, inputs_embeds, return_dict=True, **kwargs
         )
@@ -475,6 +482,8 @@ class BasicFormerForCausalLM(BasicFormerLMHeadModel, LeanGenerationMixin):
     ) -> CausalLMOutputWithCrossAttentions:
         """``labels`` are the input ids themselves (-100 to ignore a position); the shift that
         makes position ``t`` predict token ``t + 1`` happens inside."""
+        if labels is not None:
+            check_token_labels(labels, input_ids, inputs_embeds, self.config.vocab_size)
         outputs = self.model(
             input_ids,
             attention_mask,
@@ -519,6 +528,16 @@ class BasicFormerForSeq2SeqLM(BasicFormerLMHeadModel, GenerationMixin):
     ) -> Seq2SeqLMOutput:
         """``labels`` are the target ids (-100 to ignore); without ``decoder_input_ids`` the
         decoder reads them shifted right (teacher forcing)."""
+        if labels is not None:
+            # Checked before the shift puts them in the decoder's inputs, where a bad id would
+            # be blamed on decoder_input_ids.
+            check_token_labels(
+                labels,
+                decoder_input_ids,
+                decoder_inputs_embeds,
+                self.config.vocab_size,
+                argument_prefix="decoder_",
+            )
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             # BART's helper: labels shifted right behind the start token, -100 as padding.
             decoder_input_ids = shift_tokens_right(

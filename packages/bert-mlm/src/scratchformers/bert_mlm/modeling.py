@@ -31,6 +31,8 @@ from scratchformers.core_attention import (
     LearnedPositionalEmbedding,
     TokenEmbedding,
     activation,
+    check_classification_labels,
+    check_token_labels,
     prepare_attention_inputs,
 )
 
@@ -292,6 +294,8 @@ class BertForMaskedLM(BertPreTrainedModel):
         **kwargs: object,
     ) -> MaskedLMOutput:
         """``labels`` hold the original ids at masked positions and -100 elsewhere."""
+        if labels is not None:
+            check_token_labels(labels, input_ids, inputs_embeds, self.config.vocab_size)
         outputs = self.bert(
             input_ids,
             attention_mask,
@@ -357,6 +361,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = None
         if labels is not None:
+            check_classification_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return SequenceClassifierOutput(
             loss=loss,

@@ -12,7 +12,11 @@ from .functional import (
 )
 from .inputs import (
     TokenEmbedding,
+    check_classification_labels,
     check_config,
+    check_labels,
+    check_token_labels,
+    classification_problem_type,
     cross_attention_mask,
     prepare_attention_inputs,
 )
@@ -27,6 +31,7 @@ from .masks import (
     build_attention_mask,
     cache_lengths,
     causal_mask,
+    check_mask_values,
     create_masks_for_generate,
     to_additive_mask,
 )
@@ -57,7 +62,12 @@ __all__ = [
     "build_attention_mask",
     "cache_lengths",
     "causal_mask",
+    "check_classification_labels",
     "check_config",
+    "check_labels",
+    "check_mask_values",
+    "check_token_labels",
+    "classification_problem_type",
     "compile_options",
     "conversion_key",
     "create_masks_for_generate",

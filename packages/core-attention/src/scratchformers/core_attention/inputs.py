@@ -13,6 +13,19 @@ normalise. Everything around that is the same for every model and lives here:
   position_ids)`` into the position ids and the attention mask that every layer shares, for
   causal or bidirectional attention, after checking that the mask fits the inputs.
 * :func:`cross_attention_mask` does the same for attention over an encoder's output.
+* :func:`check_labels` refuses labels a loss cannot use (an id at or above ``vocab_size`` or
+  ``num_labels``, labels of another shape than the inputs), naming ``labels``, the value or
+  shape and the limit, where torch would say "Target 97 is out of bounds" (a device-side
+  assert on a GPU) or "Expected input batch_size (14) to match target batch_size (10)".
+  :func:`check_token_labels` and :func:`check_classification_labels` call it for a
+  language-modelling head and a classifier.
+
+Masks are 0/1 (bool, int or float): a "soft" float mask such as 0.5 would be read as 1 without
+a word, so it is refused by every check that reads a 2D mask.
+
+Checks that read values (ids, masks, labels) cost one reduction and a device sync, and are
+skipped while ``torch.compile`` traces (they would break the graph); shape and dtype checks
+always run.
 
 How default position ids are made is the model's choice (``positions=``):
 
@@ -33,7 +46,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
 
-from .masks import build_attention_mask, cache_lengths
+from .masks import build_attention_mask, cache_lengths, check_mask_values
 from .positions import position_ids_from_padding_mask
 
 PositionRule = Literal["padding", "count"]
@@ -142,7 +155,8 @@ def _check_padding_mask(
     past_length: int | torch.Tensor,
     argument: str,
 ) -> None:
-    """The 2D mask must have the inputs' batch and cover the cached tokens plus the new ones.
+    """The 2D mask must have the inputs' batch, hold 0/1 only and cover the cached tokens plus
+    the new ones.
 
     A static cache's decode loop may pass a mask over the whole buffer (longer), never a
     shorter one: that would leave tokens the mask says nothing about.
@@ -154,6 +168,7 @@ def _check_padding_mask(
         )
     if torch.compiler.is_compiling():
         return
+    check_mask_values(padding_mask, argument)
     covered = int(past_length) + length
     mask_length = padding_mask.shape[1]
     if mask_length < covered or (int(past_length) == 0 and mask_length != length):
@@ -227,11 +242,15 @@ def cross_attention_mask(
     config: PreTrainedConfig,
     inputs_embeds: torch.Tensor,
     encoder_attention_mask: torch.Tensor | None,
+    *,
+    argument: str = "encoder_attention_mask",
 ) -> torch.Tensor | None:
     """The mask for attention from ``inputs_embeds`` (the decoder's new tokens) over an
-    encoder's output: the encoder's padding, with no causal rule."""
+    encoder's output: the encoder's padding, with no causal rule. ``argument`` is how the
+    user passed the mask (``attention_mask``, the source's, in an encoder-decoder)."""
     if encoder_attention_mask is None or encoder_attention_mask.dim() == 4:
         return encoder_attention_mask
+    check_mask_values(encoder_attention_mask, argument)
     batch, length = inputs_embeds.shape[:2]
     return build_attention_mask(
         encoder_attention_mask,
@@ -243,3 +262,130 @@ def cross_attention_mask(
         attn_implementation=config._attn_implementation,
         dtype=inputs_embeds.dtype,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+def check_labels(
+    labels: torch.Tensor,
+    *,
+    shape: tuple[int, ...] | torch.Size | None,
+    shape_of: str,
+    limit: int | None = None,
+    limit_name: str = "vocab_size",
+    ignore_index: int = -100,
+    argument: str = "labels",
+) -> None:
+    """Raise a ``ValueError`` naming ``labels`` when a loss cannot be computed from them.
+
+    Args:
+        labels: what the user passed.
+        shape: the shape they must have; ``None`` when there is nothing to compare with.
+        shape_of: what that shape is, for the message (``"input_ids"``, ``"the logits"``).
+        limit: ids must lie in ``[0, limit)`` (``ignore_index`` aside) and be integers;
+            ``None`` for float targets (regression, multi-label), whose values are not checked.
+        limit_name: the config field that sets ``limit`` (``vocab_size``, ``num_labels``).
+        ignore_index: the id the loss skips (-100, transformers' default).
+        argument: the name the user gave the labels.
+
+    The value check is one reduction (``aminmax``) and is skipped while ``torch.compile``
+    traces, as the token-id check is.
+    """
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise ValueError(
+            f"{argument} must have the shape of {shape_of} {tuple(shape)}, "
+            f"got {tuple(labels.shape)}"
+        )
+    if limit is None:
+        return
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"{argument} must hold integer ids in 0 .. {limit - 1} ({limit_name}={limit}), "
+            f"got dtype {labels.dtype}"
+        )
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    # Ignored positions count as 0, so that the one reduction finds every other bad id.
+    kept = torch.where(labels == ignore_index, 0, labels)
+    lowest, highest = (int(v) for v in torch.aminmax(kept))
+    if lowest < 0 or highest >= limit:
+        bad = lowest if lowest < 0 else highest
+        raise ValueError(
+            f"{argument} holds {bad}, outside 0 .. {limit - 1} ({limit_name}={limit}); "
+            f"{ignore_index} marks what the loss ignores"
+        )
+
+
+def check_token_labels(
+    labels: torch.Tensor,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    vocab_size: int,
+    *,
+    argument_prefix: str = "",
+) -> None:
+    """:func:`check_labels` for a language-modelling head, before its forward: a token id (or
+    -100) for each position of ``input_ids`` (or of ``inputs_embeds``), below ``vocab_size``.
+
+    A seq2seq head passes its decoder inputs with ``argument_prefix="decoder_"``; when it has
+    none (its decoder reads the labels shifted right) only the ids are checked.
+    """
+    if input_ids is not None:
+        shape, shape_of = input_ids.shape, f"{argument_prefix}input_ids"
+    elif inputs_embeds is not None:
+        shape, shape_of = (
+            inputs_embeds.shape[:2],
+            f"{argument_prefix}inputs_embeds' (batch, length)",
+        )
+    else:
+        shape, shape_of = None, ""
+    check_labels(labels, shape=shape, shape_of=shape_of, limit=vocab_size)
+
+
+def classification_problem_type(config: PreTrainedConfig, labels: torch.Tensor) -> str:
+    """The loss a classifier computes for ``labels``, as transformers decides it:
+    ``config.problem_type`` when set, else regression for one label, single-label
+    classification for integer labels and multi-label classification for the rest."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if config.num_labels > 1 and labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def check_classification_labels(
+    labels: torch.Tensor, logits: torch.Tensor, config: PreTrainedConfig
+) -> None:
+    """:func:`check_labels` for a sequence or image classifier with ``logits`` ``(batch,
+    num_labels)``, by the problem type the loss will use (see
+    :func:`classification_problem_type`):
+
+    * single-label: a class id in ``0 .. num_labels - 1`` (or -100) per example, ``(batch,)``;
+    * regression: any floats, ``(batch,)`` for one label, else the logits' shape;
+    * multi-label: floats (0/1 targets, not range-checked) of the logits' shape.
+
+    ``(batch, 1)`` is taken where ``(batch,)`` is, as transformers' loss flattens it.
+    """
+    problem_type = classification_problem_type(config, labels)
+    batch = logits.shape[0]
+    if problem_type == "single_label_classification" or (
+        problem_type == "regression" and config.num_labels == 1
+    ):
+        shape, shape_of = (batch,), "the logits' batch"
+        if tuple(labels.shape) == (batch, 1):
+            shape = (batch, 1)
+    else:
+        shape, shape_of = logits.shape, "the logits"
+    if problem_type == "multi_label_classification" and not labels.is_floating_point():
+        raise ValueError(
+            f"labels must be float 0/1 targets for multi-label classification, got dtype "
+            f"{labels.dtype}: call .float() on them, or set problem_type="
+            '"single_label_classification" for one class id per example'
+        )
+    single_label = problem_type == "single_label_classification"
+    limit = config.num_labels if single_label else None
+    check_labels(labels, shape=shape, shape_of=shape_of, limit=limit, limit_name="num_labels")

@@ -17,6 +17,9 @@ by the padding mask, which is padded with zeros up to the key length.
 
 A query whose keys are all hidden (a left-padding position in a causal model) is legal: both
 backends return zeros for it, never NaN.
+
+A padding mask is 0/1, as bool, int or float. Anything else (a "soft" 0.5, a 2) would be read
+as 1 without a word, so :func:`check_mask_values` refuses it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,26 @@ _ADDITIVE_MASK_IMPLEMENTATIONS = ("flex_attention",)
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def check_mask_values(padding_mask: torch.Tensor, argument: str = "attention_mask") -> None:
+    """Raise a ``ValueError`` naming ``argument`` and the value when a 2D padding mask holds
+    anything but 0 and 1.
+
+    Masks are read as ``mask.bool()``, so a soft mask (0.5 for "half attend") or a 2 would
+    silently count as 1. Two comparisons and one reduction; nothing to do for a bool mask,
+    and skipped while ``torch.compile`` traces (the device sync would break the graph).
+    """
+    if padding_mask.dtype == torch.bool or _is_compiling():
+        return
+    other = (padding_mask != 0) & (padding_mask != 1)  # NaN is neither
+    if bool(other.any()):
+        bad = padding_mask[other][0].item()
+        shown = f"{bad:g}" if isinstance(bad, float) else str(bad)  # 0.3, not 0.30000001...
+        raise ValueError(
+            f"{argument} holds {shown}, but masks are 0/1 (bool, int or float): 1 for a token "
+            "to attend to, 0 for padding; soft (fractional) masks are not supported"
+        )
 
 
 def causal_mask(
@@ -187,6 +210,8 @@ def create_masks_for_generate(
     """
     batch_size, query_length = inputs_embeds.shape[:2]
     past_length, key_length = cache_lengths(cache, query_length)
+    if attention_mask is not None and attention_mask.dim() == 2:
+        check_mask_values(attention_mask)
     return build_attention_mask(
         attention_mask,
         batch_size=batch_size,

@@ -42,6 +42,7 @@ from scratchformers.core_attention import (
     SinusoidalPositionalEmbedding,
     TokenEmbedding,
     activation,
+    check_token_labels,
     cross_attention_mask,
     prepare_attention_inputs,
 )
@@ -322,7 +323,9 @@ class EncDecDecoder(EncDecStack):
             positions="count",
             argument_prefix="decoder_",
         )
-        cross_mask = cross_attention_mask(self.config, inputs_embeds, encoder_attention_mask)
+        cross_mask = cross_attention_mask(
+            self.config, inputs_embeds, encoder_attention_mask, argument="attention_mask"
+        )
         hidden_states = self._embed_positions(inputs_embeds, position_ids)
         for layer in self.layers:
             hidden_states = layer(
@@ -469,21 +472,18 @@ class EncDecForConditionalGeneration(EncDecPreTrainedModel, GenerationMixin):
         ``decoder_start_token_id`` (teacher forcing), and the loss is their cross entropy."""
         if labels is not None:
             use_cache = False  # a training forward: nothing will be decoded after it
+            # Each decoder position predicts the label at the same position. Checked before
+            # the shift below, which would blame a bad id on decoder_input_ids.
+            check_token_labels(
+                labels,
+                decoder_input_ids,
+                decoder_inputs_embeds,
+                self.config.vocab_size,
+                argument_prefix="decoder_",
+            )
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = shift_tokens_right(
                     labels, self.config.pad_token_id, self.config.decoder_start_token_id
-                )
-            targets = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
-            if targets.shape[:2] != labels.shape:
-                name = (
-                    "decoder_input_ids"
-                    if decoder_input_ids is not None
-                    else "decoder_inputs_embeds"
-                )
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)} but {name} has "
-                    f"{tuple(targets.shape[:2])}: each decoder position predicts the label at "
-                    "the same position, so they must be (batch, length) alike"
                 )
         outputs = self.model(
             input_ids,

@@ -28,6 +28,7 @@ from scratchformers.core_attention import (
     LearnedPositionalEmbedding,
     TokenEmbedding,
     activation,
+    check_token_labels,
     create_masks_for_generate,
     prepare_attention_inputs,
 )
@@ -189,6 +190,8 @@ class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
         **kwargs: object,
     ) -> CausalLMOutputWithPast:
         """``labels`` are the input ids (-100 to ignore); the shift happens inside."""
+        if labels is not None:
+            check_token_labels(labels, input_ids, inputs_embeds, self.config.vocab_size)
         outputs = self.transformer(
             input_ids,
             attention_mask,

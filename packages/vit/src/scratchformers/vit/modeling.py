@@ -31,6 +31,7 @@ from scratchformers.core_attention import (
     Attention,
     ConvertsCheckpoints,
     activation,
+    check_classification_labels,
     prepare_attention_inputs,
 )
 
@@ -432,6 +433,7 @@ class ViTForImageClassification(ViTPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
+            check_classification_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return ImageClassifierOutput(
             loss=loss,

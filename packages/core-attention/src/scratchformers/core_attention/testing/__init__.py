@@ -21,9 +21,10 @@ each contract is written once and every model, present and future, is held to th
 * checkpoints: a bit-exact, safetensors-only save/load round trip
   (:func:`assert_save_load_round_trip`), the Auto classes (:func:`assert_auto_classes_load`),
   and a hub cache laid out offline for loading by hub id (:func:`lay_out_hub_cache`);
-* errors: bad inputs and config values raise a ``ValueError`` naming the argument or field and
-  the value (:func:`assert_input_errors`, :func:`assert_empty_inputs_raise`,
-  :func:`assert_config_error` with :func:`invalid_config_values`);
+* errors: bad inputs, labels and config values raise a ``ValueError`` naming the argument or
+  field and the value (:func:`assert_input_errors`, :func:`assert_empty_inputs_raise`,
+  :func:`assert_label_errors`, :func:`assert_config_error` with
+  :func:`invalid_config_values`);
 * the test environment (in :mod:`.environment`): offline (:func:`go_offline`), and a
   hypothesis profile for two CPU cores (:func:`use_hypothesis_profile`);
 * reference pairs (in :mod:`.reference`): a reference model with every parameter re-drawn
@@ -52,6 +53,7 @@ from .contracts import (
     assert_config_error,
     assert_empty_inputs_raise,
     assert_input_errors,
+    assert_label_errors,
     assert_matches_reference,
     assert_padding_changes_nothing,
     assert_save_load_round_trip,
@@ -102,6 +104,7 @@ __all__ = [
     "assert_config_error",
     "assert_empty_inputs_raise",
     "assert_input_errors",
+    "assert_label_errors",
     "assert_lean_compiled_step",
     "assert_lean_decoding_matches",
     "assert_lean_routing",

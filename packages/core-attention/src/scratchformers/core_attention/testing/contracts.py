@@ -474,7 +474,9 @@ def assert_input_errors(
 
     ``inputs`` is a valid batch (at least one row); one thing at a time is changed in
     ``inputs[argument]``: a token id of ``vocab_size`` (and more, and -1), float ids, 1-D ids;
-    and in ``inputs[mask_argument]`` (ones when absent): a key too many, a row too many.
+    and in ``inputs[mask_argument]`` (ones when absent): a key too many, a row too many, a
+    soft 0.5 and a 2 (masks are 0/1). The same 0/1 mask as bool and as float gives the same
+    outputs as the given one.
     """
     ids = inputs[argument]
     vocab_size = model.get_input_embeddings().num_embeddings
@@ -510,6 +512,68 @@ def assert_input_errors(
             mask_argument,
             str(tuple(taller.shape)),
             str(batch),
+        )
+        for bad_value, dtype in ((0.5, torch.float32), (2, torch.long)):
+            bad = mask.to(dtype, copy=True)  # never the caller's mask
+            bad[0, -1] = bad_value
+            what = f"a mask holding {bad_value}"
+            _assert_value_error(run(**{mask_argument: bad}), what, mask_argument, str(bad_value))
+        expected = _first_output(model, {**inputs, mask_argument: mask})
+        for dtype in (torch.bool, torch.float32):
+            same = _first_output(model, {**inputs, mask_argument: mask.to(dtype)})
+            assert torch.equal(same, expected), f"a {dtype} 0/1 mask changed the outputs"
+
+
+def _with_last(tensor: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of ``tensor`` whose last element is ``value``."""
+    changed = tensor.flatten().clone()
+    changed[-1] = value
+    return changed.view(tensor.shape)
+
+
+def assert_label_errors(
+    model: Any, inputs: Inputs, *, limit_name: str = "vocab_size", argument: str = "labels"
+) -> None:
+    """Labels the loss cannot use raise a ``ValueError`` naming ``argument``, the value or the
+    shape and the limit, not torch's "Target 97 is out of bounds" (a device-side assert on a
+    GPU) or "Expected input batch_size (14) to match target batch_size (10)".
+
+    ``inputs`` is a valid batch with its labels: integer ids (token ids ``(batch, length)``,
+    or class ids ``(batch,)``), below ``model.config.<limit_name>`` (``vocab_size``,
+    ``num_labels``), or float targets (regression, multi-label). The valid labels give a
+    finite loss, with one of them -100 (ignored) too. Then one thing at a time is changed:
+    integer labels get an id of the limit (and more), -1, float dtype; float targets get values
+    far outside ``[0, 1]``, which must be taken (they are not ids). Both get labels one
+    position (or one row) short: a seq2seq model's ``inputs`` need ``decoder_input_ids`` for
+    that, since without them the labels set the decoder's length.
+    """
+    labels = inputs[argument]
+
+    def run(changed: torch.Tensor) -> Callable[[], Any]:
+        return lambda: model(**{**inputs, argument: changed})
+
+    with torch.no_grad():
+        assert torch.isfinite(run(labels)().loss), "valid labels give a non-finite loss"
+        if labels.is_floating_point():
+            far = labels * 50 - 20
+            assert torch.isfinite(run(far)().loss), "float targets outside [0, 1] are refused"
+        else:
+            ignored = _with_last(labels, -100)
+            assert torch.isfinite(run(ignored)().loss), "a label of -100 is not ignored"
+            limit = getattr(model.config, limit_name)
+            for bad_id in (limit, limit + 5, -1):
+                bad = _with_last(labels, bad_id)
+                what = f"a label of {bad_id}"
+                _assert_value_error(run(bad), what, argument, str(bad_id), limit_name)
+            # Named by dtype or, where float labels mean multi-label targets, by shape.
+            _assert_value_error(run(labels.float()), "float labels", argument)
+        short = labels[..., :-1] if labels.dim() > 1 else labels[:-1]
+        _assert_value_error(
+            run(short),
+            "labels of another shape",
+            argument,
+            str(tuple(short.shape)),
+            str(tuple(labels.shape)),
         )
 
 
