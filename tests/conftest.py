@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -59,3 +60,56 @@ def two_processes(tmp_path: Path) -> Callable[[str], Path]:
         return tmp_path
 
     return run
+
+
+CPU_2_PROCESSES = (
+    Path(__file__).parents[1]
+    / "packages/training/src/scratchformers/training/accelerate_configs/cpu_2_processes.yaml"
+)
+
+
+class RankOutput(NamedTuple):
+    """What one process of a launch printed, from its own files."""
+
+    stdout: str
+    stderr: str
+
+
+class Launched(NamedTuple):
+    """An ``accelerate launch`` that has ended: the launcher's exit code and its own output
+    (with every rank's lines mixed into it), and each rank's output by rank."""
+
+    returncode: int
+    stderr: str
+    ranks: dict[int, RankOutput]
+
+
+@pytest.fixture
+def launch_two_processes(tmp_path: Path) -> Callable[..., Launched]:
+    """``launch_two_processes("-m", module, *flags, cwd=folder)``: ``accelerate launch`` with
+    ``accelerate_configs/cpu_2_processes.yaml`` (two gloo processes on the CPU). Each rank's
+    stdout and stderr are teed to files of their own (torchrun's ``--log_dir``), which the
+    tests read: two processes' lines on one pipe can interleave."""
+    counter = iter(range(1_000))
+
+    def launch(*args: str, cwd: Path | None = None, timeout: int = 600) -> Launched:
+        logs = tmp_path / f"launch-logs-{next(counter)}"
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(CPU_2_PROCESSES), "--tee", "3", "--log_dir", str(logs), *args,
+        ]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        env["OMP_NUM_THREADS"] = "1"
+        result = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        ranks = {
+            int(folder.name): RankOutput(
+                (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
+            )
+            for folder in logs.glob("*/attempt_*/*")
+            if folder.is_dir() and folder.name.isdigit()
+        }
+        return Launched(result.returncode, result.stderr, ranks)
+
+    return launch

@@ -1,5 +1,6 @@
 """End to end for bert-mlm: pretrain the recipe briefly in-process, fill masks with the result
-through ``pipeline("fill-mask")``, and hand it to transformers' BertForMaskedLM.
+through ``pipeline("fill-mask")``, hand it to transformers' BertForMaskedLM, and evaluate it
+with ``scratchformers eval`` on one process and on two.
 
 Marked ``slow``: it runs in the ``distributed`` nox session (part of the default run).
 """
@@ -7,12 +8,17 @@ Marked ``slow``: it runs in the ``distributed`` nox session (part of the default
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 import transformers
+
+if TYPE_CHECKING:
+    from conftest import Launched
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +29,7 @@ SENTENCE = "A list is a mutable [MASK] of items."
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The output directory of 300 steps of the bert-mlm recipe (tiny preset, the shared
     offline corpus), run in this process; accelerate's process-wide state is reset afterwards
-    so later tests start clean."""
+    so the tests start clean (a command they run builds its own)."""
     from accelerate.state import AcceleratorState
 
     from scratchformers.bert_mlm.train import main
@@ -31,9 +37,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     output_dir = tmp_path_factory.mktemp("bert") / "run"
     try:
         assert main(["--output-dir", str(output_dir), "--max-steps", "300"]) == 0
-        yield output_dir
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+    yield output_dir
 
 
 def test_pretraining_beats_the_most_frequent_token(trained: Path) -> None:
@@ -80,3 +86,33 @@ def test_the_trained_model_fills_masks_the_same_in_transformers(
     ours_fill = transformers.pipeline("fill-mask", model=ours, tokenizer=tokenizer)
     theirs_fill = transformers.pipeline("fill-mask", model=theirs, tokenizer=tokenizer)
     assert [p["token"] for p in ours_fill(SENTENCE)] == [p["token"] for p in theirs_fill(SENTENCE)]
+
+
+def test_eval_on_two_processes_gives_the_one_process_figures(
+    trained: Path,
+    capsys: pytest.CaptureFixture[str],
+    launch_two_processes: Callable[..., Launched],
+) -> None:
+    """``scratchformers eval`` under ``accelerate launch`` with two CPU processes gives the
+    figures of one process, on a held-out set that does not split into whole batches of both
+    processes. Each process's loss is its mean over its half of a batch, whose masked tokens
+    are not half of the batch's: the halves weigh as many tokens as they hold. In float32
+    (``--dtype``): the run's bf16 autocast rounds a half-batch's matmuls otherwise."""
+    from scratchformers.training.cli import main
+
+    card = (trained / "README.md").read_text()
+    held_out = int(re.search(r"([\d,]+) held-out blocks", card).group(1).replace(",", ""))
+    batch = next(size for size in (6, 10, 14, 22) if held_out % (2 * size) and held_out >= 2 * size)
+    flags = ["eval", str(trained), "--json", "--batch-size", str(batch), "--dtype", "float32"]
+    assert main(flags) == 0
+    one = json.loads(capsys.readouterr().out)
+
+    launched = launch_two_processes("-m", "scratchformers.training.cli", *flags)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    # The metrics are gathered on every process and printed by the main one alone.
+    two = json.loads(launched.ranks[0].stdout.strip().splitlines()[-1])
+    assert "eval_loss" not in launched.ranks[1].stdout
+    assert two.keys() == one.keys() == {"eval_loss", "masked_accuracy", "baseline_accuracy"}
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5, abs=0)
+    for name in ("masked_accuracy", "baseline_accuracy"):
+        assert two[name] == pytest.approx(one[name], abs=1e-9), name

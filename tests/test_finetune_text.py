@@ -11,10 +11,9 @@ recipes exported to transformers' format. The runs that train are marked ``slow`
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -22,9 +21,9 @@ import transformers
 
 from scratchformers.training import python_docs_corpus, train_byte_level_bpe, train_wordpiece
 
-CONFIGS = (
-    Path(__file__).parents[1] / "packages/training/src/scratchformers/training/accelerate_configs"
-)
+if TYPE_CHECKING:
+    from conftest import Launched
+
 # The ids of the checkpoints' tokenizers: byte-level BPE (<pad> 0, <s> 1, </s> 2), WordPiece.
 SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
@@ -261,25 +260,25 @@ def test_bad_data_or_checkpoint_stops_before_any_work_naming_it(
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_shards_into_one_model(
-    notes: Path, checkpoints: dict[str, Path], tmp_path: Path
+    notes: Path,
+    checkpoints: dict[str, Path],
+    tmp_path: Path,
+    launch_two_processes: Callable[..., Launched],
 ) -> None:
     """accelerate launch --multi_gpu --num_processes 2 (CPU processes) of a streamed
     fine-tuning: both processes end with the same weights, and one model is written."""
     output_dir = tmp_path / "two-processes"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(CONFIGS / "cpu_2_processes.yaml"), "-m", "scratchformers.gpt2.train",
-        "--init-from", str(checkpoints["gpt2"]), "--dataset", str(notes), "--text-column",
-        "body", "--streaming", "--max-steps", "3", "--batch-size", "8", "--eval-every", "3",
-        "--output-dir", str(output_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launched = launch_two_processes(
+        "-m", "scratchformers.gpt2.train", "--init-from", str(checkpoints["gpt2"]),
+        "--dataset", str(notes), "--text-column", "body", "--streaming", "--max-steps", "3",
+        "--batch-size", "8", "--eval-every", "3", "--output-dir", str(output_dir),
+        timeout=300,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
     run = summary(output_dir)
-    assert run["num_processes"] == 2
+    assert run["num_processes"] == 2 and run["ran"]["processes"] == "2 processes, MULTI_CPU"
     first, second = run["weight_fingerprints"]
     assert first == second
     assert sorted(p.name for p in output_dir.glob("*.safetensors")) == ["model.safetensors"]
-    assert "process 0 streams shard 0 of 2" in result.stderr
-    assert "process 1 streams shard 1 of 2" in result.stderr
+    for rank in (0, 1):  # each process says which shard it reads, on its own stderr
+        assert f"process {rank} streams shard {rank} of 2" in launched.ranks[rank].stderr

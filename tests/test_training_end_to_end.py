@@ -11,11 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+if TYPE_CHECKING:
+    from conftest import Launched
 
 pytestmark = pytest.mark.slow
 
@@ -114,20 +119,21 @@ def test_two_processes_match_one(small_corpus: Path, tmp_path: Path) -> None:
 
 
 def test_a_batch_that_does_not_split_across_processes_fails_fast(
-    small_corpus: Path, tmp_path: Path
+    small_corpus: Path, tmp_path: Path, launch_two_processes: Callable[..., Launched]
 ) -> None:
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(CONFIGS / "cpu_2_processes.yaml"),
-    ]
-    result = run(
-        [*launch, *train_command(small_corpus, tmp_path / "odd", "--batch-size", "7")], cwd=tmp_path
+    launched = launch_two_processes(
+        *train_command(small_corpus, tmp_path / "odd", "--batch-size", "7"), cwd=tmp_path
     )
-    assert result.returncode != 0
-    assert "--batch-size 7 does not divide across 2 processes" in result.stderr
+    assert launched.returncode != 0
+    assert sorted(launched.ranks) == [0, 1], launched.stderr[-3000:]
+    # Each process stops with it, on its own stderr; the launcher may stop the second one
+    # before it says it, once the first has failed.
+    said = [
+        rank
+        for rank, output in launched.ranks.items()
+        if "error: --batch-size 7 does not divide across 2 processes" in output.stderr
+    ]
+    assert said, launched.stderr[-3000:]
     assert not (tmp_path / "odd" / "checkpoints").exists()
 
 

@@ -22,6 +22,8 @@ from scratchformers.training import (
     train,
 )
 from scratchformers.training import checkpoints as checkpoint_module
+from scratchformers.training.loop import describe_processes, process_count_warning
+from scratchformers.training.rundir import LOCK_FILE
 
 FAST = ("--max-steps", "4", "--save-every", "2", "--eval-every", "4")
 
@@ -162,6 +164,7 @@ def test_a_signal_saves_a_checkpoint_at_the_step_and_resumes_exactly(
         train(recipe, settings_for(recipe, corpus, output_dir, *flags))
     assert stop.value.exit_code == exit_code
     assert "at step 3 of 8" in str(stop.value) and "--resume" in str(stop.value)
+    assert not (output_dir / LOCK_FILE).exists(), "the stopped run gave its folder's lock up"
     assert checkpoint_module.latest_checkpoint(output_dir).name == "checkpoint-0000003"
     assert signal.getsignal(number) is not None and signal.getsignal(signal.SIGINT) is (
         signal.default_int_handler
@@ -183,6 +186,7 @@ def test_a_second_ctrl_c_stops_at_once(
     with pytest.raises(KeyboardInterrupt):
         train(recipe, settings_for(recipe, corpus, output_dir, "--save-every", "100"))
     assert checkpoint_module.latest_checkpoint(output_dir) is None
+    assert not (output_dir / LOCK_FILE).exists()
 
 
 def test_the_command_exits_with_the_signal_code_and_how_to_continue(
@@ -261,6 +265,8 @@ def test_a_run_says_each_stage_as_it_starts(
         "cutting the text into blocks of 16 tokens",
         "data: ",
         "model: GPT2LMHeadModel, ",
+        "precision: ",
+        "processes: 1 process, CPU",
         "first evaluation, on 8 held-out examples",
         "finished 4 steps",
     )
@@ -271,3 +277,53 @@ def test_a_run_says_each_stage_as_it_starts(
     assert run_recipe_with(recipe, argv) == 0
     out = capsys.readouterr().out
     assert "tokenizer of 300 tokens: the one cached in" in out and "training a byte" not in out
+
+
+def test_the_processes_are_said_in_a_few_words() -> None:
+    assert describe_processes(1, "NO", "cpu") == "1 process, CPU"
+    assert describe_processes(2, "MULTI_CPU", "cpu") == "2 processes, MULTI_CPU"
+    assert describe_processes(8, "FSDP", "cuda") == "8 processes, FSDP on 8 GPUs"
+    assert describe_processes(1, "NO", "cuda") == "1 process, 1 GPU"
+
+
+def test_a_launch_that_asked_for_other_processes_is_named() -> None:
+    # torchrun (accelerate launch --multi_gpu) says the world size it started.
+    assert process_count_warning(2, {"WORLD_SIZE": "2"}) is None
+    said = process_count_warning(1, {"WORLD_SIZE": "4"})
+    assert said is not None and "asked for 4 processes (WORLD_SIZE=4), but the run has 1" in said
+    # accelerate launch --cpu --num_processes 2 starts one process: what its launcher exports.
+    cpu_launch = {
+        "ACCELERATE_USE_CPU": "True",
+        "ACCELERATE_MIXED_PRECISION": "no",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
+    said = process_count_warning(1, cpu_launch)
+    assert said is not None and "accelerate launch --cpu starts one process" in said
+    assert "accelerate launch --multi_gpu --num_processes N --num_machines 1" in said
+    # A --cpu launch of one process sets no MASTER_PORT; a plain run sets nothing.
+    one = {key: value for key, value in cpu_launch.items() if not key.startswith("MASTER")}
+    assert process_count_warning(1, one) is None and process_count_warning(1, {}) is None
+
+
+def test_a_cpu_launch_of_several_processes_says_the_run_has_one(
+    recipe: Recipe,
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for variable, value in (
+        ("ACCELERATE_USE_CPU", "True"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29500"),
+    ):
+        monkeypatch.setenv(variable, value)  # what `accelerate launch --cpu --num_processes 2` sets
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    output_dir = tmp_path / "cpu"
+    train(recipe, settings_for(recipe, corpus, output_dir, *FAST))
+    out = capsys.readouterr().out
+    assert "processes: 1 process, CPU\nwarning: accelerate launch --cpu starts one process" in out
+    ran = json.loads((output_dir / "run.json").read_text())["summary"]["ran"]
+    assert ran["processes"] == "1 process, CPU" and ran["num_processes"] == 1
+    assert "--multi_gpu --num_processes N" in ran["processes_warning"]

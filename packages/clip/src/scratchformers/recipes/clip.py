@@ -32,7 +32,6 @@ torch and the model package come in inside the hooks.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -45,6 +44,7 @@ from scratchformers.training.recipe import (
     RecipeData,
     example_counts,
 )
+from scratchformers.training.rundir import write_json
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -652,7 +652,7 @@ class CLIPRecipe(Recipe):
                 "template": self.zero_shot_template,
                 "chance": 1 / len(self.zero_shot_classes),
             }
-        (output_dir / ZERO_SHOT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(output_dir / ZERO_SHOT_FILE, summary)
         return {"similarity matrix": output_dir / SIMILARITY_PLOT}
 
     def export_to_transformers(self, model: PreTrainedModel, out_dir: Path) -> Path:

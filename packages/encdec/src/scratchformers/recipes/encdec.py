@@ -45,6 +45,7 @@ from scratchformers.training.recipe import (
     RecipeData,
     example_counts,
 )
+from scratchformers.training.rundir import write_json
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -628,9 +629,7 @@ class EncDecRecipe(Recipe):
             "eval_pairs": len(translations),
             "translations": translations,
         }
-        (output_dir / TRANSLATIONS_FILE).write_text(
-            json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-        )
+        write_json(output_dir / TRANSLATIONS_FILE, report, ensure_ascii=False)
         plot_bleu(
             MetricsLog(output_dir).read(),
             output_dir / BLEU_PLOT,

@@ -18,6 +18,7 @@ from typing import Any
 
 from scratchformers.training.console import status
 from scratchformers.training.errors import TrainingError
+from scratchformers.training.rundir import write_json
 
 BASE_RECIPE = "bert-mlm"
 # What a base folder's config.json may say: our BERT, or transformers' (converted on load).
@@ -218,7 +219,7 @@ def check_comparable(other: dict[str, Any], folder: Path, mode: str, data: dict[
 def write_report(output_dir: Path, report: dict[str, Any]) -> Path:
     """Write ``report`` as ``output_dir/finetune.json``; returns the file."""
     file = output_dir / REPORT_FILE
-    file.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(file, report)
     return file
 
 

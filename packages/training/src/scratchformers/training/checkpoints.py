@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from .rundir import CHECKPOINT_PREFIX as PREFIX
-from .rundir import CHECKPOINTS
+from .rundir import CHECKPOINTS, write_json
 
 STATE_FILE = "trainer_state.json"
 # What accelerator.save_state(..., safe_serialization=True) writes (accelerate's
@@ -258,9 +258,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         # The files accelerate wrote, so that a resume can tell when one has gone missing.
         files = sorted(p.name for p in partial.iterdir())
-        (partial / STATE_FILE).write_text(
-            json.dumps({**state, "step": step, "files": files}, indent=2)
-        )
+        write_json(partial / STATE_FILE, {**state, "step": step, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         for old in complete_checkpoints(output_dir)[:-keep]:

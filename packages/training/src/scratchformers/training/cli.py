@@ -18,7 +18,7 @@ import sys
 from .console import is_main_process, status
 from .errors import TrainingError, TrainingInterrupted
 from .recipe import installed_recipes, load_recipe
-from .rundir import check_output_dir
+from .rundir import RunLock, check_output_dir
 from .settings import parse_settings
 
 # The commands besides `train`: name -> (module of this package, one-line help). Each module
@@ -35,19 +35,21 @@ def run_recipe(name: str, argv: list[str] | None = None, prog: str | None = None
 
     Bad settings and bad data end with one clear line (exit code 2) instead of a traceback; a
     run stopped by Ctrl-C or SIGTERM saves a checkpoint, says how to continue, and exits with
-    130 or 143; a second Ctrl-C stops at once (130).
+    130 or 143; a second Ctrl-C stops at once (130). The output folder's lock is taken before
+    its checks and given up on every way out (:class:`~.rundir.RunLock`).
     """
     try:
         recipe = load_recipe(name)
         settings = parse_settings(recipe, argv, prog=prog)
-        check_output_dir(settings)
-        status(
-            f"{prog or 'scratchformers train ' + name}: preset {settings.preset}, "
-            f"{settings.max_steps} steps, into {settings.output_dir}; loading PyTorch"
-        )
-        from .loop import train
+        with RunLock(settings.output_dir):
+            check_output_dir(settings)
+            status(
+                f"{prog or 'scratchformers train ' + name}: preset {settings.preset}, "
+                f"{settings.max_steps} steps, into {settings.output_dir}; loading PyTorch"
+            )
+            from .loop import train
 
-        train(recipe, settings)
+            train(recipe, settings)
     except TrainingInterrupted as stop:
         if is_main_process():  # every process stops at the same step, with the same message
             print(str(stop), file=sys.stderr)

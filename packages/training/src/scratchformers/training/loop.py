@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from .reporting import (
     segments_at_start,
     write_model_card,
 )
-from .rundir import RUN_FILE, check_output_dir, clear_previous_run
+from .rundir import RUN_FILE, RunLock, check_output_dir, clear_previous_run, write_json
 from .settings import TrainingSettings
 
 __all__ = [
@@ -67,8 +66,10 @@ __all__ = [
     "TrainingInterrupted",
     "TrainingResult",
     "accumulate_gradients",
+    "describe_processes",
     "evaluate",
     "held_out_loader",
+    "process_count_warning",
     "train",
 ]
 
@@ -166,21 +167,29 @@ class Trainer:
         )
 
     def _say_what_runs(self, accelerator: Accelerator) -> dict[str, Any]:
-        """Say how the run is distributed, and when that is not what the launch asked for:
-        Accelerate runs an FSDP (or DeepSpeed) launch without a GPU as plain data parallel,
-        without a word."""
+        """Say how many processes the run has and how they are distributed, and when that is
+        not what the launch asked for: Accelerate runs an FSDP (or DeepSpeed) launch without a
+        GPU as plain data parallel, and ``accelerate launch --cpu`` starts one process whatever
+        its ``--num_processes``, both without a word."""
         state = accelerator.state
         asked = _requested_engine()
         ran = state.distributed_type.value
+        processes = describe_processes(state.num_processes, ran, state.device.type)
+        status(f"processes: {processes}")
         if asked and asked != ran:
             status(
                 f"warning: the launch asked for {asked}, which needs a GPU; Accelerate runs it as "
                 f"{ran} on {state.num_processes} CPU process(es) instead"
             )
+        mismatch = process_count_warning(state.num_processes)
+        if mismatch:
+            status(f"warning: {mismatch}")
         return {
             "distributed_type": ran,
             "distributed_type_requested": asked or ran,
             "num_processes": state.num_processes,
+            "processes": processes,
+            "processes_warning": mismatch,
             "device": str(state.device),
         }
 
@@ -290,8 +299,7 @@ class Trainer:
                 # A resume with nothing to resume from: the earlier run's log would mislead.
                 self.metrics.path.unlink(missing_ok=True)
             # With the segments so far, so that a segment killed before its end is still known.
-            run = {**settings.to_dict(), "segments": self.segments}
-            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+            write_json(output_dir / RUN_FILE, {**settings.to_dict(), "segments": self.segments})
         accelerator.wait_for_everyone()
         accelerator.init_trackers("tensorboard", config=_flat_hparams(settings))
         if checkpoint is None:
@@ -545,7 +553,7 @@ class Trainer:
                 **finish_segments(self.segments, settings.max_steps, wall_time_s),
             }
             run = {**settings.to_dict(), "summary": summary, "samples": samples}
-            (output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+            write_json(output_dir / RUN_FILE, run)
             plot_losses(
                 self.metrics.read(),
                 output_dir / PLOT_FILE,
@@ -681,6 +689,60 @@ def _requested_engine() -> str | None:
     return None
 
 
+def describe_processes(num_processes: int, distributed_type: str, device_type: str) -> str:
+    """A run's processes in a few words, from Accelerate's state: ``1 process, CPU``,
+    ``2 processes, MULTI_CPU``, ``8 processes, FSDP on 8 GPUs``.
+
+    ``distributed_type`` is the value of Accelerate's ``DistributedType`` (``NO`` for one
+    process), ``device_type`` the type of the process's device (``cpu``, ``cuda``, ...).
+    """
+    count = f"{num_processes} process{'' if num_processes == 1 else 'es'}"
+    alone = distributed_type == DistributedType.NO.value
+    if device_type == "cpu":
+        return f"{count}, {'CPU' if alone else distributed_type}"
+    unit = "GPU" if device_type == "cuda" else device_type.upper()
+    devices = f"{num_processes} {unit}{'' if num_processes == 1 else 's'}"
+    where = devices if alone else f"{distributed_type} on {devices}"
+    return f"{count}, {where}"
+
+
+# The launch that gives several CPU processes: accelerate's torchrun launcher, which runs every
+# process on the CPU when the machine has no GPU (the loop's PartialState picks the device).
+SEVERAL_CPU_PROCESSES = "accelerate launch --multi_gpu --num_processes N --num_machines 1 -m ..."
+
+
+def process_count_warning(
+    num_processes: int, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """What to tell the user when the launch asked for another number of processes than the
+    run got (``num_processes``); ``None`` when nothing says it did.
+
+    The launcher's environment says it: torchrun (``accelerate launch --multi_gpu``, FSDP)
+    and mpirun set the world size (``WORLD_SIZE``, ``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE``).
+    ``accelerate launch --cpu`` exports no process count: it starts one process whatever its
+    ``--num_processes`` says, and sets ``MASTER_ADDR`` / ``MASTER_PORT`` only when that (or
+    ``--num_machines``) is above 1, which is what gives it away.
+    """
+    environ = os.environ if environ is None else environ
+    for variable in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if environ.get(variable, "").isdigit():
+            asked = int(environ[variable])
+            if asked != num_processes:
+                return (
+                    f"the launch asked for {asked} processes ({variable}={asked}), but the run "
+                    f"has {num_processes}"
+                )
+            return None
+    cpu_launch = str_to_bool(environ.get("ACCELERATE_USE_CPU", "false"))
+    if cpu_launch and "MASTER_PORT" in environ and num_processes == 1:
+        return (
+            "accelerate launch --cpu starts one process, whatever its --num_processes says: "
+            "this run has 1, alone (with --num_machines above 1, one such run per machine). "
+            f"For several CPU processes on a machine without a GPU: {SEVERAL_CPU_PROCESSES}"
+        )
+    return None
+
+
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Turn on transformers' gradient checkpointing (``--gradient-checkpointing``), or raise a
     ``ValueError`` naming the flag when the model's layers do not support it."""
@@ -727,11 +789,16 @@ def own_shard(dataset: Any, rank: int, world_size: int) -> Any:
 def held_out_loader(data: RecipeData, batch_size: int, processes: int) -> DataLoader:
     """The held-out set in batches of at most ``batch_size`` for ``processes`` processes.
 
-    Full batches only, each split evenly across the processes, so that the mean of the
-    per-process losses is the mean over the whole held-out set, and the examples evaluated
-    are the same, for any process count. Any map-style dataset with a length works. The loop
-    and ``scratchformers eval`` both evaluate on it, so they evaluate the same examples.
+    Full batches only, each split evenly across the processes, so that no process pads its
+    share with repeated examples and the examples evaluated are the same for any process
+    count. Any map-style dataset with a length works. The loop and ``scratchformers eval``
+    both evaluate on it, so they evaluate the same examples.
     """
+    if batch_size % processes:
+        raise ValueError(
+            f"--batch-size {batch_size} does not divide across {processes} processes; use a "
+            f"multiple of {processes}"
+        )
     batch_size = min(batch_size, len(data.eval) // processes * processes)
     if batch_size == 0:
         raise ValueError(
@@ -750,8 +817,11 @@ def evaluate(
     ``eval_metrics`` of that.
 
     ``model`` and ``eval_loader`` are prepared by ``accelerator``; every process calls this
-    and gets the same evaluation. The training loop and ``scratchformers eval`` both use it,
-    so a saved model evaluates to the numbers its run logged.
+    and gets the same evaluation, the one a single process gets: a batch's 0-dim values are
+    each process's mean over its share, so they are weighted by the share's loss-bearing
+    items (``Recipe.count_loss_items``: a masked LM's halves hold different numbers of masked
+    tokens) before the batches are averaged. The training loop and ``scratchformers eval``
+    both use it, so a saved model evaluates to the numbers its run logged.
     """
     model.eval()
     # The recipe sees the model itself (generate() is not on a DDP wrapper); a forward pass
@@ -761,13 +831,11 @@ def evaluate(
     counts: dict[str, int] = {}
     parts: dict[str, list[Any]] = {}
     for batch in eval_loader:
+        items = recipe.count_loss_items(batch)
         for key, value in recipe.eval_step(unwrapped, batch).items():
             if isinstance(value, torch.Tensor) and value.dim() == 0:
-                # One batch mean from each process; the batches are full and split evenly,
-                # so the plain mean of all of them is the mean over the held-out set.
-                values = accelerator.gather(value.detach().reshape(1))
-                totals[key] = totals.get(key, 0.0) + float(values.sum())
-                counts[key] = counts.get(key, 0) + values.numel()
+                totals[key] = totals.get(key, 0.0) + _batch_mean(accelerator, value, items)
+                counts[key] = counts.get(key, 0) + 1
             else:
                 parts.setdefault(key, []).append(_gather_examples(accelerator, value))
     results = EvalResults(
@@ -825,6 +893,21 @@ def _steps(
                 return
 
 
+def _batch_mean(accelerator: Accelerator, value: torch.Tensor, items: int) -> float:
+    """The whole batch's mean of a 0-dim ``value``, this process's mean over its ``items``
+    loss-bearing items: every process's mean weighted by its items (in float64, so that one
+    process gets its own value back exactly). A share without items has no mean (a NaN
+    loss) and weighs nothing; a batch without any keeps the plain mean of the values."""
+    # float32 holds the item count exactly (the value's own dtype, bf16, would not above 256).
+    pair = torch.tensor([[float(value.detach()), float(items)]], device=value.device)
+    gathered = accelerator.gather(pair).double().cpu()
+    means, weights = gathered[:, 0], gathered[:, 1]
+    if float(weights.sum()) == 0:
+        return float(means.mean())
+    present = weights > 0
+    return float((means[present] * weights[present]).sum() / weights[present].sum())
+
+
 def _gather_examples(
     accelerator: Accelerator, value: torch.Tensor | list[Any]
 ) -> torch.Tensor | list[Any]:
@@ -860,5 +943,7 @@ def _flat_hparams(settings: TrainingSettings) -> dict[str, Any]:
 
 
 def train(recipe: Recipe, settings: TrainingSettings) -> TrainingResult:
-    """Run one training of ``recipe`` with ``settings``; see :class:`Trainer`."""
-    return Trainer(recipe, settings).run()
+    """Run one training of ``recipe`` with ``settings``; see :class:`Trainer`. The launch's
+    main process holds the output folder's lock throughout (:class:`~.rundir.RunLock`)."""
+    with RunLock(settings.output_dir):
+        return Trainer(recipe, settings).run()

@@ -94,7 +94,9 @@ class EvalResults:
     """What ``Recipe.eval_step`` returned over the whole held-out set, from every process.
 
     ``means`` holds each scalar output (a batch mean such as ``"loss"``) averaged over the
-    batches and processes. ``gathered`` holds each per-example output (a tensor whose first
+    batches; within a batch, each process's mean weighs as many as its loss-bearing items
+    (``count_loss_items``), so the figure is the one-process figure for any number of
+    processes. ``gathered`` holds each per-example output (a tensor whose first
     dimension is the batch, or a list such as decoded strings) gathered across the processes
     with ``accelerator.gather_for_metrics`` and joined over the batches, in held-out order.
     """
@@ -213,9 +215,10 @@ class Recipe:
         return len(next(iter(batch.values())))
 
     def eval_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        """What to keep from one held-out batch: 0-dim tensors (batch means, averaged into
-        ``EvalResults.means``) and per-example tensors or lists (predictions, labels, decoded
-        text, gathered into ``EvalResults.gathered``). Per-example tensors must have the same
+        """What to keep from one held-out batch: 0-dim tensors (means over this process's
+        ``count_loss_items`` items of the batch, averaged into ``EvalResults.means``) and
+        per-example tensors or lists (predictions, labels, decoded text, gathered into
+        ``EvalResults.gathered``). Per-example tensors must have the same
         shape on every process (pad them). ``model`` is the unwrapped model (``generate`` is
         there); this runs under ``torch.no_grad()``. By default only the recipe's loss, as the
         mean over this batch's items."""

@@ -21,6 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoints import STATE_FILE
 from .data import hub_dataset_id
+from .rundir import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
@@ -35,7 +36,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """On resume, drop what the interrupted run logged after its last checkpoint."""
         kept = [record for record in self.read() if record["step"] <= step]
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        write_text_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as file:

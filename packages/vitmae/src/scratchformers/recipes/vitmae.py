@@ -14,10 +14,10 @@ is what ``--help`` imports, so torch and the model package come in inside the ho
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scratchformers.training.recipe import Evaluation, ModelFlag, Preset, RecipeData
+from scratchformers.training.rundir import write_json
 from scratchformers.training.vision import ImageRecipe
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class ViTMAERecipe(ImageRecipe):
             return files
         status("probing the frozen encoder with a linear classifier (and a random one)")
         probe = self.probe(model, data)
-        (output_dir / PROBE_FILE).write_text(json.dumps(probe, indent=2) + "\n")
+        write_json(output_dir / PROBE_FILE, probe)
         plot_probe(probe, output_dir / PROBE_PLOT, f"{self.name}: linear probe on the labels")
         status(
             f"linear probe: {probe['pretrained']:.1%} held-out accuracy on the pretrained "
