@@ -103,7 +103,9 @@ def test_each_damage_is_named_with_the_file(
     with pytest.raises(OSError) as raised:
         check_safetensors(file)
     assert str(raised.value).startswith(expected)
-    with pytest.raises(OSError, match="is not a safetensors file|is truncated|is empty|header"):
+    with pytest.raises(
+        OSError, match=r"^.* (is not a safetensors|is truncated|is empty|is longer|has an)"
+    ):
         check_weight_files(tmp_path)
     with pytest.raises(SafetensorError):  # the check refuses only what safetensors refuses
         load_file(file)
@@ -131,11 +133,15 @@ def test_every_shard_the_index_lists_is_checked(tmp_path: Path) -> None:
     shards = sharded(tmp_path / "sharded")
     assert check_weight_files(tmp_path / "sharded") == shards
     shards[1].write_bytes(shards[1].read_bytes()[:-1])
-    with pytest.raises(OSError, match=rf"^{re.escape(str(shards[1]))} is truncated: its header says"):
+    with pytest.raises(
+        OSError, match=rf"^{re.escape(str(shards[1]))} is truncated: its header says"
+    ):
         check_weight_files(tmp_path / "sharded")
     shards[1].unlink()
     index = tmp_path / "sharded" / "model.safetensors.index.json"
-    with pytest.raises(OSError, match=re.escape(f"{shards[1]} is missing (it is listed in {index})")):
+    with pytest.raises(
+        OSError, match=re.escape(f"{shards[1]} is missing (it is listed in {index})")
+    ):
         check_weight_files(tmp_path / "sharded")
 
 
@@ -143,10 +149,14 @@ def test_an_index_that_is_not_one_is_named(tmp_path: Path) -> None:
     sharded(tmp_path / "sharded")
     index = tmp_path / "sharded" / "model.safetensors.index.json"
     index.write_text('{"weight_map": {"a": ')
-    with pytest.raises(OSError, match=rf"^{re.escape(str(index))} is not valid JSON \(.* at line 1 column \d+\)"):
+    with pytest.raises(
+        OSError, match=rf"^{re.escape(str(index))} is not valid JSON \(.* at line 1 column \d+\)"
+    ):
         check_weight_files(tmp_path / "sharded")
     index.write_text('{"metadata": {}}')
-    with pytest.raises(OSError, match=rf"^{re.escape(str(index))} is not a sharded checkpoint's index"):
+    with pytest.raises(
+        OSError, match=rf"^{re.escape(str(index))} is not a sharded checkpoint's index"
+    ):
         check_weight_files(tmp_path / "sharded")
 
 

@@ -317,5 +317,7 @@ def test_a_damaged_file_in_the_hub_cache_names_the_checkpoint(tmp_path: Path) ->
     weights.write_bytes(weights.read_bytes()[:-4])
     commit = "0" * 40
     lay_out_hub_cache(tmp_path / "cache", "someone/toy", {commit: tmp_path / "saved"}, commit)
-    with pytest.raises(OSError, match=r"^the checkpoint someone/toy has a weights file that is not"):
+    with pytest.raises(
+        OSError, match=r"^the checkpoint someone/toy has a weights file that is not"
+    ):
         OurModel.from_pretrained("someone/toy", cache_dir=tmp_path / "cache")

@@ -135,6 +135,5 @@ def _shard_names(index: Path) -> list[str]:
         ) from error
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise OSError(
-            f"{index} is not a sharded checkpoint's index (no weight_map of tensor names to "
-            "files)"
+            f"{index} is not a sharded checkpoint's index (no weight_map of tensor names to files)"
         ) from error

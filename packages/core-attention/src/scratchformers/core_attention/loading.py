@@ -37,6 +37,7 @@ from .files import SAFE_WEIGHTS_INDEX_NAME, check_safetensors, check_weight_file
 
 # How many mismatched weights a message describes in full (the rest are counted).
 _SHOWN = 3
+_LISTED = 8  # and how many more it names
 # Config fields that hold integers but no size (label2id maps names to class indices).
 _NOT_SIZES = ("id2label", "label2id", "task_specific_params")
 
@@ -122,9 +123,7 @@ def load_checked(
     mismatched = sorted(info.get("mismatched_keys") or (), key=lambda entry: entry[0])
     if mismatched and not ignore_mismatched:
         defaulted = _defaulted_fields(cls, model.config, pretrained_model_name_or_path, kwargs)
-        raise ValueError(
-            _mismatch_message(where, cls, model.config, mismatched, files, *defaulted)
-        )
+        raise ValueError(_mismatch_message(where, cls, model.config, mismatched, files, *defaulted))
     return (model, info) if wants_info else model
 
 
@@ -155,8 +154,9 @@ def _size_fields(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[
         if isinstance(value, Mapping):
             yield from _size_fields(value, f"{prefix}{name}.")
         elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            if not name.endswith("_id"):
-                yield f"{prefix}{name}", value
+            if name.endswith("_id"):  # token ids
+                continue
+            yield f"{prefix}{name}", value
 
 
 def _is_absent(name: str, given: Mapping[str, Any]) -> bool:
@@ -225,7 +225,11 @@ def _mismatch_message(
                 continue
             fields = [
                 f"{field}={value}"
-                + (f" (not in {config_json}: the class default)" if field in dict(defaulted) else "")
+                + (
+                    f" (not in {config_json}: the class default)"
+                    if field in dict(defaulted)
+                    else ""
+                )
                 for field, value in sizes
                 if value == model_size
             ]
@@ -235,16 +239,22 @@ def _mismatch_message(
         if len(theirs) != len(ours):
             reasons.append(f"{len(theirs)} dimensions in the checkpoint, {len(ours)} in the model")
         file = _file_holding(name, files) or where
-        parts.append(f"{name} has shape {theirs} in {file}, the model's is {ours} ({'; '.join(reasons)})")
+        parts.append(
+            f"{name} has shape {theirs} in {file}, the model's is {ours} ({'; '.join(reasons)})"
+        )
     if len(mismatched) > _SHOWN:
         rest = [entry[0] for entry in mismatched[_SHOWN:]]
-        parts.append(f"and {len(rest)} more: {', '.join(rest)}")
+        listed = ", ".join(rest[:_LISTED]) + (", ..." if len(rest) > _LISTED else "")
+        parts.append(f"and {len(rest)} more: {listed}")
+    count = "1 weight does" if len(mismatched) == 1 else f"{len(mismatched)} weights do"
     message = (
-        f"{where} does not fit this {cls.__name__}: {len(mismatched)} weights have other shapes "
-        f"than its config gives them: {'; '.join(parts)}"
+        f"{where} does not fit this {cls.__name__}: {count} not have the shape its config "
+        f"gives: {'; '.join(parts)}"
     )
     if unexplained and defaulted:
-        unset = ", ".join(f"{field} (the class default {value} was used)" for field, value in defaulted)
+        unset = ", ".join(
+            f"{field} (the class default {value} was used)" for field, value in defaulted
+        )
         message += f". {config_json} does not set {unset}"
     return (
         f"{message}. Make the config match the checkpoint, or pass "

@@ -66,7 +66,9 @@ def read_config(path: str | os.PathLike) -> LoraConfig:
             f"{file} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from error
     except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not JSON text ({error.reason} at byte {error.start})") from error
+        raise ValueError(
+            f"{file} is not JSON text ({error.reason} at byte {error.start})"
+        ) from error
     if not isinstance(settings, dict):
         raise ValueError(
             f"{file} holds a JSON {type(settings).__name__}, not an object of adapter settings"

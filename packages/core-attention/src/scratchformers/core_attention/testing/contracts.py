@@ -573,7 +573,9 @@ def assert_damaged_checkpoints_raise(
     config = json.loads(config_file.read_text())
     del config[size_field]
     config_file.write_text(json.dumps(config))
-    message = _raised(functools.partial(load, folder), ValueError, f"config.json without {size_field}")
+    message = _raised(
+        functools.partial(load, folder), ValueError, f"config.json without {size_field}"
+    )
     _assert_names(
         message,
         f"config.json without {size_field}",
@@ -581,7 +583,6 @@ def assert_damaged_checkpoints_raise(
         "class default",
         str(config_file),
     )
-
 
 
 # --- errors ---------------------------------------------------------------------------------------
