@@ -26,7 +26,9 @@ import pytest
 import torch
 import transformers
 
+from scratchformers.bert_mlm import BertForSequenceClassification
 from scratchformers.lora.classification_data import read_labelled_texts
+from scratchformers.lora.finetune import has_pooler
 from scratchformers.training import train_wordpiece
 from scratchformers.training.cli import main
 from scratchformers.training.data import DataError
@@ -196,6 +198,21 @@ def test_bad_data_or_checkpoint_stops_in_one_line_before_any_work(
         assert "pretraining" not in out and "first evaluation" not in out, out
         assert contents(output) == before, message
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_damaged_base_weights_file_is_left_for_the_load_to_name(tmp_path: Path) -> None:
+    """The pooler check reads the weights' headers: a damaged file counts as having a pooler,
+    so that the load that follows raises its error naming the file and the fault."""
+    transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2
+        )
+    ).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert has_pooler(tmp_path)
+    with pytest.raises(OSError, match=rf"^{re.escape(str(weights))} is truncated"):
+        BertForSequenceClassification.from_pretrained(tmp_path)
 
 
 # -- end to end --------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from scratchformers.basicformer import (
 )
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
+    assert_damaged_checkpoints_raise,
     assert_save_load_round_trip,
 )
 
@@ -197,3 +198,12 @@ def test_resized_tied_embeddings_stay_tied(make_model: Callable, tmp_path: Path)
     assert loaded.lm_head.weight.shape == (107, 48)
     ids = torch.tensor([[11, 27, 105]])
     assert torch.equal(first_output_of_ids(loaded, ids), first_output_of_ids(model.eval(), ids))
+
+
+@pytest.mark.parametrize("model_class", TASK_MODELS)
+def test_damaged_checkpoints_name_the_file_tensor_and_field(
+    make_model: Callable, tmp_path: Path, model_class: type
+) -> None:
+    """Empty, truncated and foreign weight files, a tensor of another shape and a config.json
+    without vocab_size raise errors that name the file, the tensor and the field."""
+    assert_damaged_checkpoints_raise(make_model(model_class), tmp_path)

@@ -26,6 +26,7 @@ from scratchformers.bert_mlm import (
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_empty_inputs_raise,
     assert_input_errors,
     assert_label_errors,
@@ -57,6 +58,16 @@ def test_round_trip_is_bit_exact(
     model: torch.nn.Module, padded_batch: Callable, tmp_path: Path
 ) -> None:
     assert_save_load_round_trip(model, tmp_path, _inputs(padded_batch))
+
+
+def test_damaged_checkpoints_name_the_file_tensor_and_field(
+    model: torch.nn.Module, make_pair: Callable, tmp_path: Path
+) -> None:
+    """Ours and transformers' folders alike: empty, truncated and foreign weight files, a
+    tensor of another shape and a config.json without vocab_size name their cause."""
+    assert_damaged_checkpoints_raise(model, tmp_path / "ours")
+    pair = make_pair("mlm" if isinstance(model, BertForMaskedLM) else "cls")
+    assert_damaged_checkpoints_raise(pair.ours, tmp_path / "theirs", checkpoint=pair.directory)
 
 
 def test_auto_classes_load_our_classifier(

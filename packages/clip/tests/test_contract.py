@@ -20,6 +20,7 @@ from scratchformers.clip import (
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_empty_inputs_raise,
     assert_input_errors,
     assert_save_load_round_trip,
@@ -39,6 +40,16 @@ def inputs(texts, images) -> dict[str, torch.Tensor]:
 
 def test_round_trip_is_bit_exact(model, inputs, tmp_path):
     assert_save_load_round_trip(model, tmp_path, inputs)
+
+
+def test_damaged_checkpoints_name_the_file_tensor_and_field(model, make_pair, tmp_path):
+    """Ours and transformers' folders alike: empty, truncated and foreign weight files, a
+    tensor of another shape and a config.json without projection_dim name their cause."""
+    assert_damaged_checkpoints_raise(model, tmp_path / "ours", "projection_dim")
+    pair = make_pair()
+    assert_damaged_checkpoints_raise(
+        pair.ours, tmp_path / "theirs", "projection_dim", checkpoint=pair.directory
+    )
 
 
 def test_auto_classes_load_ours(model, inputs, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from scratchformers.core_attention import (
     conversion_key,
     export_to_transformers,
 )
+from scratchformers.core_attention.testing import lay_out_hub_cache
 
 WIDTH = 5
 
@@ -237,3 +239,85 @@ def test_state_dicts_convert_both_ways() -> None:
 
 def test_conversions_are_registered_under_a_key_of_their_own() -> None:
     assert conversion_key(OurModel, CONVERTER) == "toy-ours<-toy-theirs"
+
+
+# --- errors that name their cause (ChecksCheckpoints, which ConvertsCheckpoints builds on) --
+
+
+def set_config_field(folder: Path, name: str, value: object = None) -> Path:
+    """Change (or, with ``None``, remove) one field of ``folder``'s config.json."""
+    file = folder / "config.json"
+    config = json.loads(file.read_text())
+    if value is None:
+        del config[name]
+    else:
+        config[name] = value
+    file.write_text(json.dumps(config))
+    return file
+
+
+def test_a_weight_of_another_shape_names_the_file_tensor_shapes_and_field(tmp_path: Path) -> None:
+    OurModel(OurConfig(hidden_size=3)).save_pretrained(tmp_path)
+    set_config_field(tmp_path, "hidden_size", 4)
+    with pytest.raises(ValueError) as raised:
+        OurModel.from_pretrained(tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"the checkpoint {tmp_path} does not fit this OurModel: 2 weights")
+    assert (
+        f"gain has shape (3,) in {tmp_path / 'model.safetensors'}, the model's is (4,) "
+        "(dimension 0 is 4 from hidden_size=4)"
+    ) in message
+    assert "up.weight has shape (3, 3)" in message and "the model's is (4, 4)" in message
+    assert "class default" not in message and "ignore_mismatched_sizes=True" in message
+
+
+def test_ignore_mismatched_sizes_and_output_loading_info_work_as_in_transformers(
+    tmp_path: Path,
+) -> None:
+    OurModel(OurConfig(hidden_size=3)).save_pretrained(tmp_path)
+    set_config_field(tmp_path, "hidden_size", 4)
+    model, info = OurModel.from_pretrained(
+        tmp_path, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert model.up.weight.shape == (4, 4)
+    assert {key for key, _, _ in info["mismatched_keys"]} == {"up.weight", "gain"}
+    assert isinstance(OurModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True), OurModel)
+
+
+def test_a_size_field_missing_from_their_config_names_the_default(tmp_path: Path) -> None:
+    TheirModel(TheirConfig(width=3)).save_pretrained(tmp_path)
+    config_file = set_config_field(tmp_path, "width")  # renamed to our hidden_size on load
+    with pytest.raises(ValueError) as raised:
+        OurModel.from_pretrained(tmp_path)
+    message = str(raised.value)
+    assert f"from hidden_size={WIDTH} (not in {config_file}: the class default)" in message
+    assert "up.weight has shape (3, 3)" in message and f"({WIDTH}, {WIDTH})" in message
+
+
+def test_a_config_given_as_an_object_is_not_blamed_on_config_json(tmp_path: Path) -> None:
+    OurModel(OurConfig(hidden_size=3)).save_pretrained(tmp_path)
+    set_config_field(tmp_path, "hidden_size")
+    with pytest.raises(ValueError, match=r"from hidden_size=4\)") as raised:
+        OurModel.from_pretrained(tmp_path, config=OurConfig(hidden_size=4))
+    assert "config.json" not in str(raised.value)
+
+
+def test_a_damaged_weights_file_is_named_before_loading(tmp_path: Path) -> None:
+    for name, model in {"ours": OurModel(OurConfig()), "theirs": TheirModel(TheirConfig())}.items():
+        weights = tmp_path / name / "model.safetensors"
+        model.save_pretrained(weights.parent)
+        weights.write_bytes(weights.read_bytes()[:-4])
+        with pytest.raises(OSError, match=rf"^{re.escape(str(weights))} is truncated"):
+            OurModel.from_pretrained(weights.parent)
+
+
+def test_a_damaged_file_in_the_hub_cache_names_the_checkpoint(tmp_path: Path) -> None:
+    OurModel(OurConfig()).save_pretrained(tmp_path / "saved")
+    weights = tmp_path / "saved" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4])
+    commit = "0" * 40
+    lay_out_hub_cache(tmp_path / "cache", "someone/toy", {commit: tmp_path / "saved"}, commit)
+    with pytest.raises(
+        OSError, match=r"^the checkpoint someone/toy has a weights file that is not"
+    ):
+        OurModel.from_pretrained("someone/toy", cache_dir=tmp_path / "cache")

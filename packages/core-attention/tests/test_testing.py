@@ -31,6 +31,7 @@ from transformers import (
 from transformers.cache_utils import Cache
 
 from scratchformers.core_attention import (
+    ChecksCheckpoints,
     LeanGenerationMixin,
     TokenEmbedding,
     check_config,
@@ -46,6 +47,7 @@ from scratchformers.core_attention.testing import (
     assert_cached_logits_match_full_forward,
     assert_close_on_real_tokens,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_empty_inputs_raise,
     assert_input_errors,
     assert_label_errors,
@@ -86,6 +88,10 @@ GREEDY = {"max_new_tokens": 7, "min_new_tokens": 7, "do_sample": False, "pad_tok
 
 class LeanLlama(LeanGenerationMixin, LlamaForCausalLM):
     """transformers' Llama with the lean static-cache decode loop: keeps every contract."""
+
+
+class FileCheckingLlama(ChecksCheckpoints, LlamaForCausalLM):
+    """transformers' Llama whose `from_pretrained` names the cause of a damaged checkpoint."""
 
 
 class WrongWithCache(LeanLlama):
@@ -283,6 +289,13 @@ def test_lean_compiled_step_check_fails_without_a_compile() -> None:
     input_ids, mask, _ = batch()
     with pytest.raises(AssertionError, match="the step was not compiled once"):
         assert_lean_compiled_step(*make(NeverCompiled), input_ids, mask)
+
+
+def test_damaged_checkpoint_check(tmp_path: Path) -> None:
+    assert_damaged_checkpoints_raise(make(FileCheckingLlama)[0], tmp_path / "checked")
+    # transformers' own loader answers with safetensors' and its own messages.
+    with pytest.raises(AssertionError, match=r"^model.safetensors empty: "):
+        assert_damaged_checkpoints_raise(make()[1], tmp_path / "plain")
 
 
 def test_checkpoint_checks(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import AutoModelForSeq2SeqLM
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_empty_inputs_raise,
     assert_input_errors,
     assert_label_errors,
@@ -44,6 +46,23 @@ def test_save_load_round_trip_and_auto_classes(
     inputs = seq2seq_inputs(batch)
     assert_save_load_round_trip(model, tmp_path / "saved", inputs)
     assert_auto_classes_load(model, tmp_path / "auto", AutoModelForSeq2SeqLM, inputs)
+
+
+def test_damaged_checkpoints_name_the_file_tensor_and_field(
+    tiny_config: Callable, tmp_path: Path
+) -> None:
+    """Empty, truncated and foreign weight files, a tensor of another shape and a config.json
+    without encoder_ffn_dim name their cause."""
+    model = EncDecForConditionalGeneration(tiny_config()).eval()
+    assert_damaged_checkpoints_raise(model, tmp_path, "encoder_ffn_dim")
+
+
+def test_damaged_transformers_checkpoints_name_their_cause(reference: Any, tmp_path: Path) -> None:
+    """The same for BART's and Marian's folders, converted on load. (Not vocab_size: without
+    it, Marian's decoder_vocab_size differs, which the conversion refuses first.)"""
+    assert_damaged_checkpoints_raise(
+        reference.pair.ours, tmp_path / "damaged", "encoder_ffn_dim", checkpoint=reference.directory
+    )
 
 
 def test_a_source_longer_than_the_position_table_is_refused(tiny_config: Callable) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,50 @@ def test_adapter_files_that_do_not_load(tmp_path: Path) -> None:
         lora.load_adapter(stack(), tmp_path)
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         lora.load_adapter(stack(), tmp_path / "nowhere")
+
+
+def test_an_adapter_config_that_is_not_json_names_the_file_line_and_column(tmp_path: Path) -> None:
+    lora.save_adapter(lora.inject(stack(), lora.LoraConfig(r=3, target_modules=["0"])), tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    config_file.write_text('{\n  "r": 3,\n  "target_modules": ')
+    model = stack()
+    with pytest.raises(ValueError) as raised:
+        lora.load_adapter(model, tmp_path)
+    assert str(raised.value) == (
+        f"{config_file} is not valid JSON: Expecting value at line 3 column 21"
+    )
+    config_file.write_text("[3]")
+    with pytest.raises(ValueError, match=re.escape(f"{config_file} holds a JSON list, not")):
+        lora.read_config(tmp_path)
+    config_file.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=re.escape(str(config_file))):
+        lora.read_config(tmp_path)
+    assert lora.adapter_names(model) == [] and not isinstance(model[0], lora.LoraLinear)
+
+
+DAMAGED_WEIGHTS = {
+    "empty": (lambda data: b"", "is empty"),
+    "truncated": (lambda data: data[: len(data) // 2], "is truncated: its header says"),
+    "not safetensors": (lambda data: b"PK\x03\x04 a zip archive", "is not a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_WEIGHTS.values(), ids=DAMAGED_WEIGHTS.keys())
+def test_a_damaged_weights_file_names_the_file_and_the_fault(
+    tmp_path: Path, damage: tuple[Callable[[bytes], bytes], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spoil, fault = damage
+    lora.save_adapter(lora.inject(stack(), lora.LoraConfig(r=3, target_modules=["0"])), tmp_path)
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(spoil(weights.read_bytes()))
+    model = stack()
+    with pytest.raises(OSError, match=f"^{re.escape(f'{weights} {fault}')}"):
+        lora.load_adapter(model, tmp_path)
+    assert lora.adapter_names(model) == [] and not isinstance(model[0], lora.LoraLinear)
+    # Without core-attention (lora needs only torch and safetensors): safetensors' reason.
+    monkeypatch.setitem(sys.modules, "scratchformers.core_attention.files", None)
+    with pytest.raises(OSError, match=f"^{re.escape(str(weights))} is not a readable safetensors"):
+        lora.load_adapter(model, tmp_path)
 
 
 def test_inject_refuses_a_merged_model() -> None:

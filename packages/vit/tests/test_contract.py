@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from scratchformers.core_attention.testing import (
     assert_auto_classes_load,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_label_errors,
     assert_save_load_round_trip,
     invalid_config_values,
@@ -46,6 +47,18 @@ def model(request: pytest.FixtureRequest, make_config: Callable) -> torch.nn.Mod
 
 def test_round_trip_is_bit_exact(model: torch.nn.Module, images: Callable, tmp_path: Path) -> None:
     assert_save_load_round_trip(model, tmp_path, {"pixel_values": images()})
+
+
+def test_damaged_checkpoints_name_the_file_tensor_and_field(
+    model: torch.nn.Module, make_pair: Callable, tmp_path: Path
+) -> None:
+    """Ours and transformers' folders alike: empty, truncated and foreign weight files, a
+    tensor of another shape and a config.json without intermediate_size name their cause."""
+    assert_damaged_checkpoints_raise(model, tmp_path / "ours", "intermediate_size")
+    pair = make_pair("cls")
+    assert_damaged_checkpoints_raise(
+        pair.ours, tmp_path / "theirs", "intermediate_size", checkpoint=pair.directory
+    )
 
 
 def test_auto_classes_load_our_classifier(

@@ -39,6 +39,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from scratchformers.core_attention import (
     Attention,
+    ChecksCheckpoints,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -152,8 +153,14 @@ class BasicFormerLayer(GradientCheckpointingLayer):
         return self.residual(x, self.mlp, self.mlp_norm)
 
 
-class BasicFormerPreTrainedModel(PreTrainedModel):
-    """What every BasicFormer model shares: the config class, weight init, backend support."""
+class BasicFormerPreTrainedModel(ChecksCheckpoints, PreTrainedModel):
+    """What every BasicFormer model shares: the config class, weight init, backend support,
+    and a ``from_pretrained`` that names a damaged weights file or a weight of another shape.
+
+    BasicFormer mirrors no transformers architecture, so it takes the checks alone
+    (``ChecksCheckpoints``), not ``ConvertsCheckpoints``: with no converter, that would only
+    add a read of every config.json and an ``export_to_transformers`` that cannot work.
+    """
 
     config_class = BasicFormerConfig
     base_model_prefix = "model"

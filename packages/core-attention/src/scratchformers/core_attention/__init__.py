@@ -4,6 +4,7 @@ every scratchformers model."""
 from .activations import activation
 from .attention import Attention
 from .decoding import LeanGenerationMixin, compile_options, lean_sample
+from .files import check_safetensors, check_weight_files, safetensors_problem
 from .functional import (
     attention_function,
     eager_attention_forward,
@@ -27,6 +28,7 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
+from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
     cache_lengths,
@@ -49,6 +51,7 @@ from .quantize import Int8WeightOnlyLinear, quantize_int8
 __all__ = [
     "Attention",
     "CheckpointConverter",
+    "ChecksCheckpoints",
     "ConvertsCheckpoints",
     "Int8WeightOnlyLinear",
     "LeanGenerationMixin",
@@ -66,7 +69,9 @@ __all__ = [
     "check_config",
     "check_labels",
     "check_mask_values",
+    "check_safetensors",
     "check_token_labels",
+    "check_weight_files",
     "classification_problem_type",
     "compile_options",
     "conversion_key",
@@ -76,11 +81,13 @@ __all__ = [
     "export_to_transformers",
     "from_pretrained_or_convert",
     "lean_sample",
+    "load_checked",
     "position_ids_from_padding_mask",
     "prepare_attention_inputs",
     "quantize_int8",
     "repeat_kv",
     "rotate_half",
+    "safetensors_problem",
     "sdpa_attention_forward",
     "sinusoidal_position_embedding",
     "to_additive_mask",

@@ -21,7 +21,10 @@ Why the rest is built the way it is:
   one of its arguments (``dtype``, ``device_map``, ``subfolder``, ``revision``, sharded files,
   ``output_loading_info``, ...) behaves as it does for transformers' classes. For their
   checkpoints, transformers' loader applies the package's conversions while it reads the
-  tensors; nothing here opens a weight file.
+  tensors; nothing here opens a weight file. Before it does, ``ConvertsCheckpoints``'s base,
+  :class:`~.loading.ChecksCheckpoints`, checks the weight files' headers and turns a weight of
+  another shape into an error that names the tensor and the config field (for every model,
+  basicformer's too).
 * The conversions apply to loads of *their* checkpoints only. transformers looks conversions up
   by ``config.model_type`` and reverts them in ``save_pretrained``: registered under our model
   type they would write every save of ours in their layout, and transpose the (possibly square)
@@ -56,7 +59,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightTransform, revert_weight_conversion
 from transformers.utils import logging
-from transformers.utils.hub import DownloadKwargs
+
+from .loading import ChecksCheckpoints, download_kwargs
 
 logger = logging.get_logger(__name__)
 
@@ -212,10 +216,12 @@ def _without_bookkeeping(config: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in config.items() if name not in _BOOKKEEPING}
 
 
-class ConvertsCheckpoints:
+class ConvertsCheckpoints(ChecksCheckpoints):
     """Mixed into a mirrored model class, before ``PreTrainedModel``: its ``from_pretrained``
     loads our checkpoints, and transformers' ones in the layout of any of
-    ``checkpoint_converters``, converted on load (:func:`from_pretrained_or_convert`)."""
+    ``checkpoint_converters``, converted on load (:func:`from_pretrained_or_convert`). Both go
+    through :class:`~.loading.ChecksCheckpoints`: damaged weight files and weights of other
+    shapes raise errors that name the file, the tensor and the config field."""
 
     checkpoint_converters: ClassVar[Sequence[CheckpointConverter]] = ()
 
@@ -236,6 +242,25 @@ class ConvertsCheckpoints:
             *model_args,
             **kwargs,
         )
+
+    @classmethod
+    def checkpoint_config_fields(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str], kwargs: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """The config fields that the checkpoint's config.json gives; for transformers'
+        layout, their fields as the converter maps them to ours (renamed, fixed fields
+        added), since a converted load builds our config from exactly those."""
+        # A converted load always passes the config it built: look past it to config.json.
+        without_config = {name: value for name, value in kwargs.items() if name != "config"}
+        converter, checkpoint = _converter_for(
+            cls,  # type: ignore[arg-type]
+            pretrained_model_name_or_path,
+            cls.checkpoint_converters,
+            without_config,
+        )
+        if converter is None:
+            return super().checkpoint_config_fields(pretrained_model_name_or_path, kwargs)
+        return converter.fields_from_transformers(checkpoint)
 
 
 def export_to_transformers(model: PreTrainedModel, out_dir: str | os.PathLike[str]) -> Path:
@@ -285,10 +310,11 @@ def from_pretrained_or_convert(
     """The ``from_pretrained`` of a mirrored model class ``cls``.
 
     ``base_class`` is the class whose ``from_pretrained`` calls this (``super()`` of it is
-    transformers'). Our own checkpoints go to transformers' loader untouched; a checkpoint
-    whose config.json has the ``model_type`` of one of ``converters`` goes there too, with
-    that converter's conversions, our config built from theirs, and keywords naming config
-    fields applied to it (unknown keywords still fail, as in transformers).
+    :class:`~.loading.ChecksCheckpoints`, which checks the files and calls transformers').
+    Our own checkpoints go to that loader untouched; a checkpoint whose config.json has the
+    ``model_type`` of one of ``converters`` goes there too, with that converter's
+    conversions, our config built from theirs, and keywords naming config fields applied to it
+    (unknown keywords still fail, as in transformers).
     """
     load = super(base_class, cls).from_pretrained
     converter, checkpoint = _converter_for(cls, pretrained_model_name_or_path, converters, kwargs)
@@ -301,7 +327,7 @@ def from_pretrained_or_convert(
     config = kwargs.pop("config", None)
     if not isinstance(config, PreTrainedConfig):
         if config is not None:
-            checkpoint, _ = cls.config_class.get_config_dict(config, **_download_kwargs(kwargs))
+            checkpoint, _ = cls.config_class.get_config_dict(config, **download_kwargs(kwargs))
         config = _config_from_transformers(converter, checkpoint, kwargs)
     config = copy.deepcopy(config)  # the caller's config object stays as it was given
     config.model_type = conversion_key(cls, converter)
@@ -350,10 +376,6 @@ def _fresh_head_weights(missing: Sequence[str], fresh_heads: Sequence[str]) -> l
     return sorted(key for key in missing if pattern.search(key))
 
 
-def _download_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: kwargs[name] for name in DownloadKwargs.__annotations__ if name in kwargs}
-
-
 def _converter_for(
     cls: type[PreTrainedModel],
     pretrained_model_name_or_path: str | os.PathLike[str] | None,
@@ -367,7 +389,7 @@ def _converter_for(
         return None, {}
     try:
         checkpoint, _ = cls.config_class.get_config_dict(
-            pretrained_model_name_or_path, **_download_kwargs(kwargs)
+            pretrained_model_name_or_path, **download_kwargs(kwargs)
         )
     except OSError:
         if not isinstance(kwargs.get("config"), PreTrainedConfig):

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -53,11 +54,51 @@ def save_adapter(
 
 
 def read_config(path: str | os.PathLike) -> LoraConfig:
-    """The ``LoraConfig`` of the adapter saved in directory ``path``."""
+    """The ``LoraConfig`` of the adapter saved in directory ``path``. A config file that is not
+    JSON, or not a LoRA adapter's settings, raises a ``ValueError`` that names the file."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {path}: not a saved adapter directory")
-    return LoraConfig.from_peft_dict(json.loads(file.read_text()))
+    try:
+        settings = json.loads(file.read_bytes())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{file} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{file} is not JSON text ({error.reason} at byte {error.start})"
+        ) from error
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"{file} holds a JSON {type(settings).__name__}, not an object of adapter settings"
+        )
+    try:
+        return LoraConfig.from_peft_dict(settings)
+    except ValueError as error:
+        raise ValueError(f"{file}: {error}") from error
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter's weights file, or an ``OSError`` naming the file and what is
+    wrong with it (empty, truncated, not safetensors) instead of safetensors' header error."""
+    try:
+        return load_file(file)
+    except SafetensorError as error:
+        raise OSError(_weights_problem(file, error)) from error
+
+
+def _weights_problem(file: Path, error: SafetensorError) -> str:
+    # The header check is core-attention's, beside every scratchformers model; this package
+    # itself needs only torch and safetensors, so without core-attention safetensors' own
+    # reason is given.
+    try:
+        from scratchformers.core_attention.files import safetensors_problem
+    except ImportError:
+        problem = None
+    else:
+        problem = safetensors_problem(file)
+    return problem or f"{file} is not a readable safetensors file ({error})"
 
 
 def _shown(keys: list[str]) -> str:
@@ -75,7 +116,9 @@ def load_adapter(
     peft does, a ``modules_to_save`` entry that names no module of this model is passed over,
     and a ``target_modules`` list may hold names this model lacks as long as some match. A
     weight the file lacks or has in excess, or of a shape the layer does not take, raises and
-    leaves the model unchanged.
+    leaves the model unchanged; so do an ``adapter_config.json`` that is not JSON (a
+    ``ValueError`` naming the file, line and column) and a damaged
+    ``adapter_model.safetensors`` (an ``OSError`` naming the file and what is wrong with it).
     """
     config = read_config(path)
     weights = Path(path) / WEIGHTS_NAME
@@ -83,7 +126,7 @@ def load_adapter(
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {path} (only safetensors adapters load)")
     _check_new_name(model, adapter_name)
     plan = _plan(model, config, strict=False)
-    saved = {key.removeprefix(PREFIX): tensor for key, tensor in load_file(weights).items()}
+    saved = {key.removeprefix(PREFIX): tensor for key, tensor in _read_weights(weights).items()}
 
     expected: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> (module, shape)
     for name in plan.targets:

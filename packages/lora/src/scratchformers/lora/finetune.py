@@ -85,16 +85,19 @@ def has_pooler(folder: Path) -> bool:
     and its task models do; a masked LM does not), read from its safetensors files' headers
     without loading a weight. A folder whose weights cannot be listed counts as having one:
     loading it then names the pooler if it is missing."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return True
     for file in files:
-        with safe_open(file, framework="pt") as weights:
-            names = weights.keys()  # a safe_open handle is not a dict: it lists its names
-            if any(name.endswith("pooler.dense.weight") for name in names):
-                return True
+        try:
+            with safe_open(file, framework="pt") as weights:
+                names = weights.keys()  # a safe_open handle is not a dict: it lists its names
+        except SafetensorError:
+            return True  # damaged: loading it names the file and what is wrong with it
+        if any(name.endswith("pooler.dense.weight") for name in names):
+            return True
     return False
 
 

@@ -29,6 +29,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from scratchformers.core_attention.files import safetensors_problem
+
 from .rundir import CHECKPOINT_PREFIX as PREFIX
 from .rundir import CHECKPOINTS, write_json
 
@@ -160,39 +162,13 @@ def _file_problem(path: Path) -> str | None:
     if path.is_dir():  # an FSDP sharded state: accelerate's (torch.distributed.checkpoint) part
         return None
     if path.suffix == ".safetensors":
-        return _safetensors_problem(path)
+        return safetensors_problem(path)
     if path.suffix in TORCH_SAVE_SUFFIXES:
         try:
             with zipfile.ZipFile(path) as archive:
                 archive.infolist()
         except (OSError, ValueError, zipfile.BadZipFile):
             return f"{path} is not a readable torch.save archive"
-    return None
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """A safetensors file is an 8-byte little-endian header length, a JSON header giving each
-    tensor's byte range in the data that follows, then the data: truncation shows as a file
-    shorter than the header's largest end offset."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            return f"{path} is truncated"
-        header_size = int.from_bytes(prefix, "little")
-        if 8 + header_size > size:
-            return f"{path} is truncated"
-        try:
-            header = json.loads(file.read(header_size))
-            ends = [
-                int(entry["data_offsets"][1])
-                for key, entry in header.items()
-                if key != "__metadata__"
-            ]
-        except (ValueError, AttributeError, IndexError, KeyError, TypeError):
-            return f"{path} has an unreadable header"
-    if 8 + header_size + max(ends, default=0) > size:
-        return f"{path} is truncated"
     return None
 
 

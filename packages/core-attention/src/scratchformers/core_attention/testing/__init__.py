@@ -20,7 +20,10 @@ each contract is written once and every model, present and future, is held to th
   model and reused (:func:`assert_lean_compiled_step`), counted by :func:`spy_decoding`;
 * checkpoints: a bit-exact, safetensors-only save/load round trip
   (:func:`assert_save_load_round_trip`), the Auto classes (:func:`assert_auto_classes_load`),
-  and a hub cache laid out offline for loading by hub id (:func:`lay_out_hub_cache`);
+  damaged copies (empty, truncated, foreign weight files, a tensor of another shape, a size
+  field missing from config.json) refused with errors naming the file, tensor and field
+  (:func:`assert_damaged_checkpoints_raise`), and a hub cache laid out offline for loading by
+  hub id (:func:`lay_out_hub_cache`);
 * errors: bad inputs, labels and config values raise a ``ValueError`` naming the argument or
   field and the value (:func:`assert_input_errors`, :func:`assert_empty_inputs_raise`,
   :func:`assert_label_errors`, :func:`assert_config_error` with
@@ -51,6 +54,7 @@ from .contracts import (
     assert_cached_logits_match_full_forward,
     assert_close_on_real_tokens,
     assert_config_error,
+    assert_damaged_checkpoints_raise,
     assert_empty_inputs_raise,
     assert_input_errors,
     assert_label_errors,
@@ -102,6 +106,7 @@ __all__ = [
     "assert_cached_logits_match_full_forward",
     "assert_close_on_real_tokens",
     "assert_config_error",
+    "assert_damaged_checkpoints_raise",
     "assert_empty_inputs_raise",
     "assert_input_errors",
     "assert_label_errors",

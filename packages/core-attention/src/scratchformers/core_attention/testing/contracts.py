@@ -5,13 +5,16 @@ right-padded source, per-row decoder inputs, rows that stop early)."""
 from __future__ import annotations
 
 import functools
+import json
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, StaticCache
 from transformers.cache_utils import EncoderDecoderCache
 
@@ -441,6 +444,145 @@ def lay_out_hub_cache(
             (snapshot / file.name).write_bytes(file.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(main)
+
+
+def _copy(source: Path, directory: Path, name: str) -> Path:
+    """A copy of the checkpoint folder ``source``, as ``directory / name``."""
+    copy = directory / name
+    shutil.copytree(source, copy)
+    return copy
+
+
+def _save_like(tensors: Mapping[str, torch.Tensor], file: Path, source: Path) -> None:
+    """Write ``tensors`` to ``file`` with the metadata of the safetensors file ``source``
+    (transformers refuses a file without ``format: pt``)."""
+    with safe_open(source, framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(dict(tensors), file, metadata=metadata)
+
+
+def _shard(folder: Path) -> Path:
+    """Split ``folder``'s ``model.safetensors`` into two shards with an index, as a sharded
+    ``save_pretrained`` writes them; returns the second shard."""
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2]}
+    halves["model-00002-of-00002.safetensors"] = names[len(names) // 2 :]
+    for shard, keys in halves.items():
+        _save_like({key: tensors[key] for key in keys}, folder / shard, weights)
+    weight_map = {key: shard for shard, keys in halves.items() for key in keys}
+    total = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    weights.unlink()
+    return folder / "model-00002-of-00002.safetensors"
+
+
+def _raised(load: Callable[[], object], expected: type[Exception], what: str) -> str:
+    """The message of the ``expected`` error that ``load()`` raises."""
+    try:
+        load()
+    except expected as error:
+        return str(error)
+    except Exception as error:
+        raise AssertionError(
+            f"{what}: {type(error).__name__} instead of an {expected.__name__}: {error}"
+        ) from error
+    raise AssertionError(f"{what}: loaded without an error")
+
+
+def _assert_names(message: str, what: str, *names: str) -> None:
+    missing = [name for name in names if name not in message]
+    assert not missing, f"{what}: the error does not name {missing}: {message!r}"
+
+
+def assert_damaged_checkpoints_raise(
+    model: Any,
+    directory: str | Path,
+    size_field: str = "vocab_size",
+    *,
+    checkpoint: str | Path | None = None,
+) -> None:
+    """Damaged copies of a checkpoint raise, on ``type(model).from_pretrained``, an error that
+    names the cause, instead of safetensors' "incomplete metadata" or transformers'
+    "ignore_mismatched_sizes" report:
+
+    * ``model.safetensors`` empty, cut in half, or not safetensors at all, and one shard of a
+      sharded checkpoint cut in half: an ``OSError`` naming the file's full path and the fault
+      ("empty", "truncated", "not a safetensors file");
+    * the first tensor whose first dimension is ``size_field``'s value (in the checkpoint's
+      config.json) made one row shorter: a ``ValueError`` naming the file, the tensor (a name
+      of the model's, with that shape), both shapes and ``size_field=value``;
+    * ``size_field`` removed from config.json, so that the class default is used and the
+      weights do not fit: a ``ValueError`` naming ``size_field=default``, "class default"
+      and the config.json.
+
+    ``checkpoint`` is a folder that another writer wrote for ``type(model)`` to load (the
+    transformers class it mirrors, ``export_to_transformers``); by default the model's own
+    ``save_pretrained`` writes one. ``size_field`` is a top-level config field, spelled alike
+    in that folder's config.json and in ``model.config``, whose value is not the class
+    default. The copies are made under ``directory``.
+    """
+    directory = Path(directory)
+    load = type(model).from_pretrained
+    if checkpoint is None:
+        checkpoint = directory / "saved"
+        model.save_pretrained(checkpoint)
+    checkpoint = Path(checkpoint)
+
+    damages: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+        "empty": (lambda data: b"", "is empty"),
+        "cut in half": (lambda data: data[: len(data) // 2], "is truncated"),
+        "not safetensors": (lambda data: b"<html>not a model</html>\n" * 8, "not a safetensors"),
+    }
+    for name, (damage, fault) in damages.items():
+        weights = _copy(checkpoint, directory, name.replace(" ", "-")) / "model.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+        message = _raised(
+            functools.partial(load, weights.parent), OSError, f"model.safetensors {name}"
+        )
+        _assert_names(message, f"model.safetensors {name}", str(weights), fault)
+    shard = _shard(_copy(checkpoint, directory, "sharded"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    message = _raised(functools.partial(load, shard.parent), OSError, "a shard cut in half")
+    _assert_names(message, "a shard cut in half", str(shard), "is truncated")
+
+    value = json.loads((checkpoint / "config.json").read_text())[size_field]
+    default = getattr(type(model.config)(), size_field)
+    assert default != value, f"{size_field}={value} is the class default: choose another value"
+
+    weights = _copy(checkpoint, directory, "reshaped") / "model.safetensors"
+    tensors = load_file(weights)
+    key = next((k for k in sorted(tensors) if tensors[k].shape[:1] == (value,)), None)
+    assert key is not None, f"no tensor in {weights} has {size_field}={value} rows"
+    stored = tuple(tensors[key].shape)
+    tensors[key] = tensors[key][:-1].clone()
+    _save_like(tensors, weights, checkpoint / "model.safetensors")
+    shorter = (value - 1, *stored[1:])
+    message = _raised(functools.partial(load, weights.parent), ValueError, f"{key} one row shorter")
+    # The model may name the tensor otherwise (a converted layout), transposed too.
+    shapes = {stored, stored[::-1]}
+    ours = [k for k, t in model.state_dict().items() if tuple(t.shape) in shapes and k in message]
+    assert ours, f"{key} one row shorter: the error names no weight of shape {stored}: {message!r}"
+    assert str(shorter) in message or str(shorter[::-1]) in message, (shorter, message)
+    _assert_names(message, f"{key} one row shorter", str(weights), f"{size_field}={value}")
+
+    folder = _copy(checkpoint, directory, f"no-{size_field}")
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    del config[size_field]
+    config_file.write_text(json.dumps(config))
+    message = _raised(
+        functools.partial(load, folder), ValueError, f"config.json without {size_field}"
+    )
+    _assert_names(
+        message,
+        f"config.json without {size_field}",
+        f"{size_field}={default}",
+        "class default",
+        str(config_file),
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------------
