@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("int8",)
-_CORE_ATTENTION_MODULES = (
-    "scratchformers.core_attention",
-    "scratchformers.core_attention.quantize",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, dtype_default: str) -> None:
@@ -43,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, dtype_default: str) -> Non
         "--quantize",
         choices=QUANTIZATIONS,
         help="int8: store the linear layers' weights in int8 with a scale per output channel "
-        "(weight-only; computes in --dtype); needs scratchformers-core-attention",
+        "(weight-only; computes in --dtype)",
     )
 
 
@@ -132,17 +128,8 @@ def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
 
 def _quantize_int8(model: torch.nn.Module) -> int:
     """Quantize ``model`` in place; how many layers became int8."""
-    try:
-        from scratchformers.core_attention.quantize import Int8WeightOnlyLinear, quantize_int8
-    except ModuleNotFoundError as error:
-        # Only the package itself missing is the user's to fix; a missing dependency inside
-        # an installed package is a broken install and keeps its traceback.
-        if error.name not in ("scratchformers", *_CORE_ATTENTION_MODULES):
-            raise
-        raise ValueError(
-            "--quantize int8 needs the scratchformers-core-attention package: "
-            "pip install scratchformers-core-attention"
-        ) from error
+    from scratchformers.core_attention.quantize import Int8WeightOnlyLinear, quantize_int8
+
     quantize_int8(model)
     return len({id(m) for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)})
 
