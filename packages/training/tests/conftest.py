@@ -14,7 +14,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from scratchformers.training import CausalLMRecipe, Preset, RecipeData, TrainingSettings
+from scratchformers.training import CausalLMRecipe, Preset, Recipe, RecipeData, TrainingSettings
 
 WORDS = [
     "the",
@@ -120,6 +120,23 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     yield
     # Accelerate keeps one state per process; each test is a fresh run with its own settings.
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def run_train() -> Callable[[Recipe, list[str]], int]:
+    """``run_train(recipe, argv)``: ``scratchformers train`` of ``recipe`` in this process, with
+    the CLI's recipe lookup answering ``recipe``; the command's exit code."""
+    import scratchformers.training.cli as cli
+
+    def run(recipe: Recipe, argv: list[str]) -> int:
+        real = cli.load_recipe
+        cli.load_recipe = lambda name: recipe
+        try:
+            return cli.run_recipe(recipe.name, argv)
+        finally:
+            cli.load_recipe = real
+
+    return run
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from scratchformers.training import Recipe, parse_settings, run_recipe, rundir, train
+from scratchformers.training import Recipe, parse_settings, rundir, train
 from scratchformers.training.rundir import LOCK_FILE, OutputDirInUse, RunLock, write_json
 
 FAST = ("--max-steps", "4", "--save-every", "2", "--eval-every", "4")
@@ -28,18 +29,6 @@ HOLD = (
     "print('held', flush=True)\n"
     "time.sleep(300)\n"
 )
-
-
-def run_command(recipe: Recipe, argv: list[str]) -> int:
-    """``scratchformers train`` of the toy recipe, in this process; its exit code."""
-    import scratchformers.training.cli as cli
-
-    real = cli.load_recipe
-    cli.load_recipe = lambda name: recipe
-    try:
-        return run_recipe(recipe.name, argv)
-    finally:
-        cli.load_recipe = real
 
 
 def dead_pid() -> int:
@@ -61,7 +50,11 @@ def lock_record(pid: int, host: str | None = None) -> str:
 
 
 def test_a_second_start_is_refused_naming_the_folder_and_the_process_holding_it(
-    recipe: Recipe, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_train: Callable[..., int],
+    recipe: Recipe,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     output_dir = tmp_path / "run"
     output_dir.mkdir()
@@ -72,7 +65,7 @@ def test_a_second_start_is_refused_naming_the_folder_and_the_process_holding_it(
     try:
         assert holder.stdout.readline() == "held\n"
         argv = ["--dataset", str(corpus), "--output-dir", str(output_dir), *FAST]
-        assert run_command(recipe, argv) == 2
+        assert run_train(recipe, argv) == 2
         err = capsys.readouterr().err
         assert (
             f"error: --output-dir {output_dir} is in use by another run: process {holder.pid} "
@@ -87,7 +80,7 @@ def test_a_second_start_is_refused_naming_the_folder_and_the_process_holding_it(
         holder.wait()
     # Killed, its process cannot remove the file: the next run takes the lock over, says so,
     # and leaves no lock behind.
-    assert run_command(recipe, argv) == 0
+    assert run_train(recipe, argv) == 0
     out = capsys.readouterr().out
     assert f"{LOCK_FILE} was left by process {holder.pid} on " in out
     assert "which no longer runs; taking it over" in out
@@ -135,7 +128,11 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_given_up_after_use(tmp_pa
 
 
 def test_the_lock_is_given_up_on_an_error_or_ctrl_c_and_an_empty_new_folder_goes_too(
-    recipe: Recipe, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run_train: Callable[..., int],
+    recipe: Recipe,
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     output_dir = tmp_path / "new" / "run"
     with pytest.raises(KeyboardInterrupt), RunLock(output_dir):
@@ -154,7 +151,7 @@ def test_the_lock_is_given_up_on_an_error_or_ctrl_c_and_an_empty_new_folder_goes
 
     monkeypatch.setattr(type(recipe), "build_data", bad_data)
     argv = ["--dataset", str(corpus), "--output-dir", str(output_dir)]
-    assert run_command(recipe, argv) == 2
+    assert run_train(recipe, argv) == 2
     assert locked_while_running == [True]
     assert [p.name for p in output_dir.iterdir()] == ["notes.txt"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from scratchformers.training import (
     TrainingInterrupted,
     TrainingSettings,
     parse_settings,
-    run_recipe,
     train,
 )
 from scratchformers.training import checkpoints as checkpoint_module
@@ -57,7 +57,11 @@ def data_built(recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_an_earlier_run_is_left_untouched_without_resume_or_overwrite(
-    recipe: Recipe, corpus: Path, tmp_path: Path, data_built: list[int]
+    run_train: Callable[..., int],
+    recipe: Recipe,
+    corpus: Path,
+    tmp_path: Path,
+    data_built: list[int],
 ) -> None:
     output_dir = tmp_path / "run"
     train(recipe, settings_for(recipe, corpus, output_dir, *FAST))
@@ -71,19 +75,8 @@ def test_an_earlier_run_is_left_untouched_without_resume_or_overwrite(
     assert snapshot(output_dir) == before and not data_built
 
     # The command says it in one line, with exit code 2.
-    code = run_recipe_with(recipe, ["--dataset", str(corpus), "--output-dir", str(output_dir)])
+    code = run_train(recipe, ["--dataset", str(corpus), "--output-dir", str(output_dir)])
     assert code == 2 and snapshot(output_dir) == before
-
-
-def run_recipe_with(recipe: Recipe, argv: list[str]) -> int:
-    import scratchformers.training.cli as cli
-
-    real = cli.load_recipe
-    cli.load_recipe = lambda name: recipe
-    try:
-        return run_recipe(recipe.name, argv)
-    finally:
-        cli.load_recipe = real
 
 
 def test_overwrite_starts_over_and_removes_only_the_old_runs_logs(
@@ -190,6 +183,7 @@ def test_a_second_ctrl_c_stops_at_once(
 
 
 def test_the_command_exits_with_the_signal_code_and_how_to_continue(
+    run_train: Callable[..., int],
     recipe: Recipe,
     corpus: Path,
     tmp_path: Path,
@@ -198,7 +192,7 @@ def test_the_command_exits_with_the_signal_code_and_how_to_continue(
 ) -> None:
     interrupt_at_forward(recipe, monkeypatch, 2, signal.SIGINT)
     argv = ["--dataset", str(corpus), "--output-dir", str(tmp_path / "run")]
-    assert run_recipe_with(recipe, argv) == 130
+    assert run_train(recipe, argv) == 130
     err = capsys.readouterr().err
     assert "stopped by SIGINT at step 2" in err and "continue with:" in err and "--resume" in err
     assert "Traceback" not in err
@@ -252,10 +246,14 @@ def test_the_launch_configs_mixed_precision_is_the_default(
 
 
 def test_a_run_says_each_stage_as_it_starts(
-    recipe: Recipe, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_train: Callable[..., int],
+    recipe: Recipe,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--dataset", str(corpus), "--output-dir", str(tmp_path / "run"), *FAST]
-    assert run_recipe_with(recipe, argv) == 0
+    assert run_train(recipe, argv) == 0
     lines = capsys.readouterr().out.splitlines()
     stages = (
         "toy: preset tiny, 4 steps, into",  # before torch and the loop are imported
@@ -274,7 +272,7 @@ def test_a_run_says_each_stage_as_it_starts(
     assert where == sorted(where) and where[0] == 0, lines
     # A second run on the same text says that it reuses the tokenizer, not that it trains one.
     argv = ["--dataset", str(corpus), "--output-dir", str(tmp_path / "again"), *FAST]
-    assert run_recipe_with(recipe, argv) == 0
+    assert run_train(recipe, argv) == 0
     out = capsys.readouterr().out
     assert "tokenizer of 300 tokens: the one cached in" in out and "training a byte" not in out
 
