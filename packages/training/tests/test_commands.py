@@ -207,6 +207,13 @@ def test_export_refuses_what_it_cannot_do_and_changes_nothing(
     # The toy recipe trains transformers' own GPT-2: nothing to export to.
     assert_error(export(toy_run, out), "the toy recipe's models mirror no transformers class")
     assert not out.parent.exists() or not list(out.parent.iterdir())  # nor a half-written OUT
+    # A format the recipe does not offer is named, with the ones it does.
+    assert_error(
+        scratchformers(capsys, "export", toy_run, out, "--format", "onnx"),
+        "--format onnx",
+        "the toy recipe's models export as transformers",
+    )
+    assert not out.exists()
 
     without_run = copy_of(toy_run, tmp_path / "without_run", "run.json")
     assert_error(export(without_run, out), "has no run.json", "the recipe")

@@ -17,6 +17,7 @@ where the work starts. This module follows the same rule.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -114,6 +115,31 @@ class Evaluation:
 
     results: EvalResults
     metrics: dict[str, float]
+
+
+# The pipeline task of each Auto class, for the line that says how to use an export.
+PIPELINE_TASKS = {
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForImageClassification": "image-classification",
+}
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One way ``scratchformers export --format NAME`` writes a trained model.
+
+    ``write(model, out_dir)`` fills the new folder ``out_dir`` (the command makes it in a
+    hidden place and renames it once ``write`` returns, so a failure leaves nothing).
+    ``usage(out)`` gives the lines that tell the user how to load the finished folder ``out``.
+    ``copies_processor`` adds the trained folder's tokenizer or image processor beside it,
+    saved as transformers' Auto classes load it.
+    """
+
+    write: Callable[[PreTrainedModel, Path], Any]
+    usage: Callable[[Path], list[str]]
+    help: str
+    copies_processor: bool = False
 
 
 class Recipe:
@@ -278,6 +304,33 @@ class Recipe:
             f"the {self.name} recipe's models mirror no transformers class, so there is "
             "nothing to export them to; load the folder itself with from_pretrained"
         )
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """What ``scratchformers export --format`` offers for this recipe's models, by format
+        name. Every recipe has "transformers" (``export_to_transformers``); a recipe adds the
+        others its models can be written as (ViT's "timm", say) by extending this dict."""
+        return {
+            "transformers": ExportFormat(
+                write=self.export_to_transformers,
+                usage=self.transformers_usage,
+                help="the transformers class the model mirrors, with its processor",
+                copies_processor=True,
+            )
+        }
+
+    def transformers_usage(self, out: Path) -> list[str]:
+        """How to load a folder written by ``export_to_transformers``: its Auto class, and
+        the pipeline of the recipe's task when transformers has one."""
+        config = json.loads((out / "config.json").read_text())
+        architecture = config.get("architectures", ["?"])[0]
+        lines = [
+            f"exported to {out} for transformers' {architecture}; load it with",
+            f'  transformers.{self.auto_class}.from_pretrained("{out}")',
+        ]
+        task = PIPELINE_TASKS.get(self.auto_class)
+        if task is not None:
+            lines.append(f'  transformers.pipeline("{task}", model="{out}")')
+        return lines
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,28 +1,22 @@
-"""``scratchformers export MODEL_DIR OUT``: a trained model as the transformers class it
-mirrors (GPT-2's ``GPT2LMHeadModel``, say), with its tokenizer, so that transformers alone
-loads it and ``pipeline(...)`` runs it.
+"""``scratchformers export MODEL_DIR OUT [--format NAME]``: a trained model written for
+another tool. The default format, ``transformers``, is the transformers class the model
+mirrors (GPT-2's ``GPT2LMHeadModel``, say) with its tokenizer, so that transformers alone
+loads it and ``pipeline(...)`` runs it; a recipe offers others (ViT's ``timm``, say).
 
-The recipe says how (:meth:`~scratchformers.training.Recipe.export_to_transformers`). OUT is
-written in a hidden folder beside it and renamed when complete, so a failed export leaves
-nothing behind; an OUT that holds anything already is refused, never overwritten.
+The recipe says which formats there are and how each is written
+(:meth:`~scratchformers.training.Recipe.export_formats`). OUT is written in a hidden folder
+beside it and renamed when complete, so a failed export leaves nothing behind; an OUT that
+holds anything already is refused, never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import uuid
 from pathlib import Path
 
 from .modeldir import CONFIG_FILE, command, open_model_folder
-
-# The pipeline task of each Auto class, for the line that says how to use the export.
-PIPELINE_TASKS = {
-    "AutoModelForCausalLM": "text-generation",
-    "AutoModelForMaskedLM": "fill-mask",
-    "AutoModelForImageClassification": "image-classification",
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model_dir", type=Path, metavar="MODEL_DIR", help="a trained model's folder"
     )
     parser.add_argument("out", type=Path, metavar="OUT", help="the folder to write, new or empty")
+    parser.add_argument(
+        "--format",
+        default="transformers",
+        metavar="NAME",
+        help="what to write: transformers (the default: the transformers class the model "
+        "mirrors); a recipe may offer others, and an unknown NAME lists them",
+    )
 
 
 def check_target(out: Path) -> None:
@@ -57,6 +58,13 @@ def run(arguments: argparse.Namespace) -> int:
     folder = open_model_folder(arguments.model_dir)
     folder.require_run("export needs the recipe, which says how its models map to transformers")
     recipe = folder.recipe()
+    formats = recipe.export_formats()
+    if arguments.format not in formats:
+        offered = "; ".join(f"{name} ({spec.help})" for name, spec in formats.items())
+        raise ValueError(
+            f"--format {arguments.format}: the {recipe.name} recipe's models export as {offered}"
+        )
+    export_format = formats[arguments.format]
     out: Path = arguments.out
     check_target(out)
 
@@ -69,8 +77,9 @@ def run(arguments: argparse.Namespace) -> int:
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        recipe.export_to_transformers(model, staging)
-        _copy_processor(folder.path, staging)
+        export_format.write(model, staging)
+        if export_format.copies_processor:
+            _copy_processor(folder.path, staging)
         # rename() replaces an empty folder, and only an empty one: a folder that filled up
         # meanwhile is refused by the system, not overwritten.
         staging.rename(out)
@@ -78,15 +87,8 @@ def run(arguments: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    architecture = json.loads((out / CONFIG_FILE).read_text()).get("architectures", ["?"])[0]
-    lines = [
-        f"exported {folder.path} to {out} for transformers' {architecture}; load it with",
-        f'  transformers.{recipe.auto_class}.from_pretrained("{out}")',
-    ]
-    task = PIPELINE_TASKS.get(recipe.auto_class)
-    if task is not None:
-        lines.append(f'  transformers.pipeline("{task}", model="{out}")')
-    print("\n".join(lines))
+    print(f"exported {folder.path} as {arguments.format}")
+    print("\n".join(export_format.usage(out)))
     return 0
 
 
