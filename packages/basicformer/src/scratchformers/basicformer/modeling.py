@@ -40,6 +40,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from scratchformers.core_attention import (
     Attention,
     ChecksCheckpoints,
+    InputMajorLinears,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -468,7 +469,7 @@ class BasicFormerForMaskedLM(BasicFormerLMHeadModel):
         return self._lm_output(MaskedLMOutput, outputs, labels, **kwargs)
 
 
-class BasicFormerForCausalLM(BasicFormerLMHeadModel, LeanGenerationMixin):
+class BasicFormerForCausalLM(InputMajorLinears, BasicFormerLMHeadModel, LeanGenerationMixin):
     """A causal decoder with a language-modelling head: next-token prediction and ``generate()``."""
 
     mode = {"is_decoder": True, "is_encoder_decoder": False}

@@ -28,6 +28,7 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
+from .layout import InputMajorLinears, is_input_major, store_linears_input_major
 from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
@@ -53,6 +54,7 @@ __all__ = [
     "CheckpointConverter",
     "ChecksCheckpoints",
     "ConvertsCheckpoints",
+    "InputMajorLinears",
     "Int8WeightOnlyLinear",
     "LeanGenerationMixin",
     "LearnedPositionalEmbedding",
@@ -80,6 +82,7 @@ __all__ = [
     "eager_attention_forward",
     "export_to_transformers",
     "from_pretrained_or_convert",
+    "is_input_major",
     "lean_sample",
     "load_checked",
     "position_ids_from_padding_mask",
@@ -90,5 +93,6 @@ __all__ = [
     "safetensors_problem",
     "sdpa_attention_forward",
     "sinusoidal_position_embedding",
+    "store_linears_input_major",
     "to_additive_mask",
 ]

@@ -38,6 +38,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 from scratchformers.core_attention import (
     Attention,
     ConvertsCheckpoints,
+    InputMajorLinears,
     LearnedPositionalEmbedding,
     SinusoidalPositionalEmbedding,
     TokenEmbedding,
@@ -410,7 +411,7 @@ class EncDecModel(EncDecPreTrainedModel):
         )
 
 
-class EncDecForConditionalGeneration(EncDecPreTrainedModel, GenerationMixin):
+class EncDecForConditionalGeneration(InputMajorLinears, EncDecPreTrainedModel, GenerationMixin):
     """The encoder-decoder with its output layer: training on (source, target) pairs and
     ``generate()`` (greedy, beam search, sampling) with an ``EncoderDecoderCache``.
 

@@ -24,6 +24,7 @@ from transformers.utils.output_capturing import capture_outputs
 from scratchformers.core_attention import (
     Attention,
     ConvertsCheckpoints,
+    InputMajorLinears,
     LeanGenerationMixin,
     LearnedPositionalEmbedding,
     TokenEmbedding,
@@ -164,7 +165,7 @@ class GPT2Model(GPT2PreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
-class GPT2LMHeadModel(GPT2PreTrainedModel, LeanGenerationMixin):
+class GPT2LMHeadModel(InputMajorLinears, GPT2PreTrainedModel, LeanGenerationMixin):
     """GPT-2 with its language-model head (tied to the token embedding)."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}

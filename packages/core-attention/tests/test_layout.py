@@ -1,0 +1,131 @@
+"""Input-major linear weights: the first ``generate()`` on a CPU stores them in the other
+memory order, with the same values, shapes, results and parameter objects; the order is kept
+through training and saving; tied weights and distributed processes are left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from huggingface_hub.dataclasses import strict
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+
+from scratchformers.core_attention import (
+    ChecksCheckpoints,
+    InputMajorLinears,
+    is_input_major,
+    store_linears_input_major,
+)
+
+
+@strict
+class ToyConfig(PreTrainedConfig):
+    model_type = "toy-input-major"
+    vocab_size: int = 11
+    hidden_size: int = 6
+    tie_word_embeddings: bool = True
+
+
+class Generates:
+    """Stands in for transformers' GenerationMixin: records the layouts generate() saw."""
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.seen = layouts(self)  # type: ignore[arg-type]
+        return self(input_ids).argmax(-1)  # type: ignore[operator]
+
+
+class ToyModel(InputMajorLinears, ChecksCheckpoints, PreTrainedModel, Generates):
+    config_class = ToyConfig
+    _tied_weights_keys = {"head.weight": "embed.weight"}
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.up = nn.Linear(config.hidden_size, 2 * config.hidden_size + 1)
+        self.down = nn.Linear(2 * config.hidden_size + 1, config.hidden_size, bias=False)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids)
+        return self.head(hidden + self.down(torch.relu(self.up(hidden))))
+
+
+def layouts(model: nn.Module) -> dict[str, bool]:
+    return {name: is_input_major(p) for name, p in model.named_parameters() if p.dim() == 2}
+
+
+CONTIGUOUS = {"embed.weight": False, "up.weight": False, "down.weight": False}
+INPUT_MAJOR = {"embed.weight": False, "up.weight": True, "down.weight": True}
+IDS = torch.tensor([[1, 4, 9], [10, 0, 3]])
+
+
+def test_generate_lays_out_every_linear_but_the_tied_head_and_changes_nothing_else() -> None:
+    model = ToyModel(ToyConfig())
+    assert model.head.weight is model.embed.weight  # tied: an embedding's rows stay rows
+    assert layouts(model) == CONTIGUOUS  # construction leaves nn.Linear's order
+    parameters = dict(model.named_parameters())
+    before = {name: p.detach().clone() for name, p in parameters.items()}
+    expected = model(IDS)
+
+    model.generate(IDS)
+    assert model.seen == INPUT_MAJOR  # already for the decode itself
+    assert model.up.weight.shape == (13, 6)  # the shape (the contract) is nn.Linear's
+    assert dict(model.named_parameters()) == parameters  # the same objects, for optimizers
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, before[name]), name
+    torch.testing.assert_close(model(IDS), expected, rtol=1e-6, atol=1e-6)
+    assert store_linears_input_major(model) == 0  # already input-major: nothing to do
+
+
+def test_an_untied_head_is_laid_out_too() -> None:
+    model = ToyModel(ToyConfig(tie_word_embeddings=False))
+    assert store_linears_input_major(model) == 3
+
+
+def test_after_a_decode_in_inference_mode_the_model_trains_and_saves(tmp_path: Path) -> None:
+    model = ToyModel(ToyConfig()).to(torch.float64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    with torch.inference_mode():
+        model.generate(IDS)
+    assert layouts(model) == INPUT_MAJOR
+    model.to(torch.float32)
+    assert layouts(model) == INPUT_MAJOR  # .to() preserves strides
+
+    model(IDS).logsumexp(-1).sum().backward()  # no "inference tensors" error
+    assert is_input_major(model.up.weight.grad)  # no copy to match the parameter
+    optimizer.step()
+    assert layouts(model) == INPUT_MAJOR
+
+    model.save_pretrained(tmp_path)
+    assert torch.equal(load_file(tmp_path / "model.safetensors")["up.weight"], model.up.weight)
+    loaded = ToyModel.from_pretrained(tmp_path)
+    assert layouts(loaded) == CONTIGUOUS
+    torch.testing.assert_close(loaded(IDS), model(IDS))  # rounding differs by kernel
+
+
+def test_a_process_in_a_distributed_group_keeps_the_contiguous_order(tmp_path: Path) -> None:
+    # FSDP refuses parameters that are not contiguous; DDP has made its buckets already.
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        model = ToyModel(ToyConfig())
+        model.generate(IDS)
+        assert model.seen == CONTIGUOUS
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_product_is_the_same_in_either_order(dtype: torch.dtype) -> None:
+    linear = nn.Linear(24, 40).to(dtype)
+    rows = torch.randn(3, 24, dtype=dtype)
+    expected = linear(rows)
+    store_linears_input_major(linear)
+    assert is_input_major(linear.weight)
+    torch.testing.assert_close(linear(rows), expected)
