@@ -1,6 +1,7 @@
-"""Input-major linear weights: the first ``generate()`` on a CPU stores them in the other
-memory order, with the same values, shapes, results and parameter objects; the order is kept
-through training and saving; tied weights and distributed processes are left alone."""
+"""Input-major linear weights: a float32 ``generate()`` on a CPU stores them in the other
+memory order, with the same values, shapes, results and parameter objects, and a bf16 one
+puts them back; the order is kept through training and saving; tied weights and distributed
+processes are left alone."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from scratchformers.core_attention import (
     ChecksCheckpoints,
     InputMajorLinears,
     is_input_major,
-    store_linears_input_major,
+    lay_out_linears,
 )
 
 
@@ -79,12 +80,12 @@ def test_generate_lays_out_every_linear_but_the_tied_head_and_changes_nothing_el
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, before[name]), name
     torch.testing.assert_close(model(IDS), expected, rtol=1e-6, atol=1e-6)
-    assert store_linears_input_major(model) == 0  # already input-major: nothing to do
+    assert lay_out_linears(model, input_major=True) == 0  # already input-major: nothing to do
 
 
 def test_an_untied_head_is_laid_out_too() -> None:
     model = ToyModel(ToyConfig(tie_word_embeddings=False))
-    assert store_linears_input_major(model) == 3
+    assert lay_out_linears(model, input_major=True) == 3
 
 
 def test_after_a_decode_in_inference_mode_the_model_trains_and_saves(tmp_path: Path) -> None:
@@ -121,11 +122,25 @@ def test_a_process_in_a_distributed_group_keeps_the_contiguous_order(tmp_path: P
         torch.distributed.destroy_process_group()
 
 
+def test_a_bf16_decode_finds_the_contiguous_order() -> None:
+    model = ToyModel(ToyConfig())
+    model.generate(IDS)
+    assert model.seen == INPUT_MAJOR
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.generate(IDS)
+    assert model.seen == CONTIGUOUS
+    model.generate(IDS)
+    assert model.seen == INPUT_MAJOR
+    model.to(torch.bfloat16)  # keeps the strides; the next decode puts them back
+    model.generate(IDS)
+    assert model.seen == CONTIGUOUS
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_product_is_the_same_in_either_order(dtype: torch.dtype) -> None:
     linear = nn.Linear(24, 40).to(dtype)
     rows = torch.randn(3, 24, dtype=dtype)
     expected = linear(rows)
-    store_linears_input_major(linear)
+    lay_out_linears(linear, input_major=True)
     assert is_input_major(linear.weight)
     torch.testing.assert_close(linear(rows), expected)

@@ -28,7 +28,7 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
-from .layout import InputMajorLinears, is_input_major, store_linears_input_major
+from .layout import InputMajorLinears, is_input_major, lay_out_linears
 from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
@@ -83,6 +83,7 @@ __all__ = [
     "export_to_transformers",
     "from_pretrained_or_convert",
     "is_input_major",
+    "lay_out_linears",
     "lean_sample",
     "load_checked",
     "position_ids_from_padding_mask",
@@ -93,6 +94,5 @@ __all__ = [
     "safetensors_problem",
     "sdpa_attention_forward",
     "sinusoidal_position_embedding",
-    "store_linears_input_major",
     "to_additive_mask",
 ]
