@@ -14,14 +14,14 @@ is imported in ``build_model`` only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
 from scratchformers.training.vision import ImageClassificationRecipe
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from transformers import PreTrainedModel
 
     from scratchformers.training.pretrained import Pretrained
@@ -213,3 +213,55 @@ class ViTRecipe(ImageClassificationRecipe):
         from scratchformers.vit import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' ViT (the default), and timm's ``VisionTransformer``."""
+        return {
+            **super().export_formats(),
+            "timm": ExportFormat(
+                write=self.export_to_timm,
+                usage=self.timm_usage,
+                help="timm's VisionTransformer: config.json and model.safetensors as timm "
+                "saves them for the Hub",
+            ),
+        }
+
+    def export_to_timm(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """timm's Hub folder of the model (``export_to_timm``), normalised as the image
+        processor saved beside the trained model says."""
+        from scratchformers.vit import export_to_timm
+
+        return export_to_timm(model, out_dir, **_preprocessing(Path(model.name_or_path)))  # type: ignore[arg-type]
+
+    def timm_usage(self, out: Path) -> list[str]:
+        """How to load a folder written by ``export_to_timm``."""
+        config = json.loads((out / "config.json").read_text())
+        return [
+            f"exported to {out} for timm's VisionTransformer; load it with",
+            f'  timm.create_model("local-dir:{out}", pretrained=True)',
+            "or by name, with config.json's model_args:",
+            f'  timm.create_model("{config["architecture"]}", pretrained=True, '
+            f'pretrained_cfg_overlay=dict(file="{out / "model.safetensors"}", '
+            f"num_classes={config['num_classes']}), **model_args)",
+        ]
+
+
+# transformers' image processors name their resize filter with PIL's codes; timm with words.
+_INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def _preprocessing(model_dir: Path) -> dict[str, Any]:
+    """``export_to_timm``'s normalisation and resize filter from the image processor saved in
+    ``model_dir`` (the recipe saves one with every model); its defaults without one."""
+    path = model_dir / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    processor = json.loads(path.read_text())
+    options: dict[str, Any] = {}
+    if processor.get("image_mean") is not None:
+        options["image_mean"] = processor["image_mean"]
+    if processor.get("image_std") is not None:
+        options["image_std"] = processor["image_std"]
+    if processor.get("resample") in _INTERPOLATIONS:
+        options["interpolation"] = _INTERPOLATIONS[processor["resample"]]
+    return options

@@ -332,8 +332,6 @@ TIMM_LAYER_NORM_EPS = 1e-6
 # shape, which the export's model_args replace entirely; this one has a pretrained config for
 # pretrained=True to read the file through.
 TIMM_ARCHITECTURE = "vit_base_patch16_224"
-# transformers' ViTImageProcessor resamples with PIL's codes; timm names them.
-PIL_INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def timm_model_args(config: ViTConfig) -> dict[str, Any]:
@@ -361,17 +359,8 @@ def timm_model_args(config: ViTConfig) -> dict[str, Any]:
             f"layer_norm_eps={config.layer_norm_eps!r}: timm's ViT normalises with eps "
             f"{TIMM_LAYER_NORM_EPS} and its config.json cannot say another"
         )
-    width, mlp_width = config.hidden_size, config.intermediate_size
-    mlp_ratio = mlp_width / width
-    if int(width * mlp_ratio) != mlp_width:
-        # timm truncates width * mlp_ratio, which can land just below the integer (21 * 51/21
-        # is 50.999...): half a unit more truncates to it.
-        mlp_ratio = (mlp_width + 0.5) / width
-    if int(width * mlp_ratio) != mlp_width:  # never seen: the check keeps a wrong MLP out
-        raise ValueError(
-            f"intermediate_size={mlp_width}: timm builds int(embed_dim * mlp_ratio) MLP units "
-            f"and no mlp_ratio gives {mlp_width} at embed_dim={width}"
-        )
+    width = config.hidden_size
+    mlp_ratio = mlp_ratio_for(width, config.intermediate_size, "intermediate_size")
     after_pooling = config.final_norm_position == "after_pooling"
     args: dict[str, Any] = {
         "num_classes": config.num_labels,
@@ -392,6 +381,22 @@ def timm_model_args(config: ViTConfig) -> dict[str, Any]:
     if activation is not None:
         args["act_layer"] = activation
     return args
+
+
+def mlp_ratio_for(width: int, mlp_width: int, field: str = "intermediate_size") -> float:
+    """The ``mlp_ratio`` from which timm and open_clip, which build ``int(width * mlp_ratio)``
+    MLP units, build ``mlp_width``; a ``ValueError`` naming ``field`` if none would."""
+    mlp_ratio = mlp_width / width
+    if int(width * mlp_ratio) != mlp_width:
+        # The product can land just below the integer (21 * (51 / 21) is 50.999...): half a
+        # unit more truncates to it.
+        mlp_ratio = (mlp_width + 0.5) / width
+    if int(width * mlp_ratio) != mlp_width:  # never seen: the check keeps a wrong MLP out
+        raise ValueError(
+            f"{field}={mlp_width}: timm and open_clip build int(width * mlp_ratio) MLP units "
+            f"and no mlp_ratio gives {mlp_width} at width {width}"
+        )
+    return mlp_ratio
 
 
 def _int_or_pair(value: int | list[int] | tuple[int, ...]) -> int | list[int]:
