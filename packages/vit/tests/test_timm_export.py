@@ -135,7 +135,7 @@ def test_the_export_reads_back_with_from_timm(
     [
         ({"patch_bias": False}, "patch_bias=False"),
         ({"hidden_act": "gelu_new"}, "hidden_act='gelu_new'"),
-        ({"layer_norm_eps": 1e-5}, "layer_norm_eps=1e-05"),
+        ({"layer_norm_eps": 1e-12}, "layer_norm_eps=1e-12"),
     ],
     ids=["patch-bias", "activation", "epsilon"],
 )

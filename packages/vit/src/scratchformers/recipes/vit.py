@@ -121,6 +121,9 @@ class ViTRecipe(ImageClassificationRecipe):
             num_hidden_layers=options.num_hidden_layers,
             num_attention_heads=options.num_attention_heads,
             intermediate_size=4 * options.hidden_size,
+            # The original ViT's and timm's epsilon, not transformers' default 1e-12: timm's
+            # ViT cannot be told another, and with it --format timm gives the same logits.
+            layer_norm_eps=1e-6,
             pooling=options.pooling,
             **self.label_config(data),
         )

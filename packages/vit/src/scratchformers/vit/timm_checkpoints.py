@@ -326,7 +326,8 @@ TIMM_ACTIVATIONS = {
     "relu": "relu",
     "silu": "silu",
 }
-# The LayerNorm epsilon timm's ViT builds; its config.json has no way to say another.
+# The LayerNorm epsilon timm's ViT builds; its config.json has no way to say another
+# (model_args can name a norm layer, not its epsilon).
 TIMM_LAYER_NORM_EPS = 1e-6
 # The timm entry point the export names. timm's ViT entry points differ only in the default
 # shape, which the export's model_args replace entirely; this one has a pretrained config for
@@ -340,9 +341,8 @@ def timm_model_args(config: ViTConfig) -> dict[str, Any]:
 
     Raises a ``ValueError`` naming the config field and its value where timm's ViT cannot
     compute it: no bias on the patch projection (``patch_bias=False``), an activation timm does
-    not name, or a LayerNorm epsilon above timm's 1e-6. A smaller epsilon (transformers'
-    1e-12) is accepted: it only matters for tokens of nearly zero variance (see the README for
-    the measured difference).
+    not name, or a LayerNorm epsilon other than timm's 1e-6 (transformers' default, 1e-12,
+    included: on images with flat patches the two differ by 5e-4 in a trained model's logits).
     """
     if not config.patch_bias:
         raise ValueError(
@@ -354,10 +354,13 @@ def timm_model_args(config: ViTConfig) -> dict[str, Any]:
             f"hidden_act={config.hidden_act!r} has no timm act_layer; timm builds "
             f"{sorted(TIMM_ACTIVATIONS)} of ours"
         )
-    if config.layer_norm_eps > TIMM_LAYER_NORM_EPS:
+    if not math.isclose(config.layer_norm_eps, TIMM_LAYER_NORM_EPS, rel_tol=1e-9):
+        # Not a rounding matter: a patch of one colour has nearly no variance, and there
+        # transformers' 1e-12 and timm's 1e-6 move a trained ViT's logits by 5e-4.
         raise ValueError(
-            f"layer_norm_eps={config.layer_norm_eps!r}: timm's ViT normalises with eps "
-            f"{TIMM_LAYER_NORM_EPS} and its config.json cannot say another"
+            f"layer_norm_eps={config.layer_norm_eps!r}: timm's VisionTransformer normalises "
+            f"with eps={TIMM_LAYER_NORM_EPS} and its config.json cannot say another (a model "
+            "built with transformers' default, 1e-12, has no timm equivalent)"
         )
     width = config.hidden_size
     mlp_ratio = mlp_ratio_for(width, config.intermediate_size, "intermediate_size")
