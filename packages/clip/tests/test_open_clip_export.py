@@ -15,6 +15,7 @@ import pytest
 import torch
 from open_clip.model import CLIP
 from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerFast
 
 import scratchformers.clip as ours
 
@@ -33,13 +34,38 @@ def match_tolerance() -> float:
 
 
 @pytest.fixture
-def captions() -> dict[str, torch.Tensor]:
-    """The captions through the clip recipe's tokenizer (<pad> 0, <bos> 2, <eos> 3), padded
-    on the right to the longest."""
-    tokenizer = ours.train_caption_tokenizer(CAPTIONS, model_max_length=CONTEXT)
+def caption_tokenizer() -> PreTrainedTokenizerFast:
+    """The clip recipe's tokenizer (<pad> 0, <unk> 1, <bos> 2, <eos> 3) of the captions."""
+    return ours.train_caption_tokenizer(CAPTIONS, model_max_length=CONTEXT)
+
+
+@pytest.fixture
+def captions(caption_tokenizer: PreTrainedTokenizerFast) -> dict[str, torch.Tensor]:
+    """The captions through the caption tokenizer, padded on the right to the longest."""
+    tokenizer = caption_tokenizer
     batch = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
     assert tokenizer.eos_token_id == 3 and int(batch["input_ids"].max()) > 3
     return dict(batch)
+
+
+def test_open_clip_tokenizes_as_the_model_was_trained(
+    caption_clip: Callable,
+    caption_tokenizer: PreTrainedTokenizerFast,
+    captions: dict,
+    tmp_path: Path,
+) -> None:
+    """With the tokenizer given, ``open_clip.get_tokenizer("local-dir:...")`` is an
+    HFTokenizer of the folder's files: open_clip alone tokenizes, embeds and pools."""
+    model = caption_clip()
+    out = ours.export_to_open_clip(model, tmp_path / "open_clip", tokenizer=caption_tokenizer)
+    tokenize = open_clip.get_tokenizer(f"local-dir:{out}")
+    ids = tokenize(CAPTIONS)
+    assert ids.shape == (len(CAPTIONS), CONTEXT)
+    assert torch.equal(ids, to_context(captions["input_ids"]))
+    theirs = open_clip.create_model(f"local-dir:{out}").eval()
+    with torch.no_grad():
+        difference = theirs.encode_text(ids) - model.get_text_features(**captions).pooler_output
+    assert float(difference.abs().max()) <= 1e-5
 
 
 def to_context(input_ids: torch.Tensor) -> torch.Tensor:

@@ -30,12 +30,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .configuration import CLIPConfig
 from .modeling import CLIPModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Entries of OpenAI's state dicts that are not weights: OpenAI's TorchScript files carry the
 # shape as scalars, open_clip keeps the causal mask as a buffer in old versions.
@@ -393,6 +396,7 @@ def export_to_open_clip(
     image_mean: tuple[float, ...] | list[float] = OPENAI_IMAGE_MEAN,
     image_std: tuple[float, ...] | list[float] = OPENAI_IMAGE_STD,
     interpolation: str = "bicubic",
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> Path:
     """Write ``model`` as open_clip's Hub folder: ``open_clip_model.safetensors`` (OpenAI's
     layout, :func:`export_to_openai`) and ``open_clip_config.json`` (``model_cfg`` from
@@ -410,6 +414,12 @@ def export_to_open_clip(
             ``CLIPImageProcessor``'s.
         interpolation: the resize filter for ``preprocess_cfg`` (``"bicubic"``, CLIP's, or
             ``"bilinear"``).
+        tokenizer: the model's tokenizer, saved in the folder and named in ``text_cfg``'s
+            ``hf_tokenizer_name`` (its ``name_or_path``), so that
+            ``open_clip.get_tokenizer("local-dir:" + out_dir)`` tokenizes as the model was
+            trained (an ``HFTokenizer`` of the folder's files, padded to the context length);
+            without one open_clip would use OpenAI's BPE. For a Hub repo of the folder, set
+            ``hf_tokenizer_name`` to the repo's id.
 
     Raises:
         ValueError: open_clip's ``CLIP`` cannot compute ``model`` (see
@@ -419,9 +429,15 @@ def export_to_open_clip(
     for name, values in (("image_mean", image_mean), ("image_std", image_std)):
         if len(values) != 3:
             raise ValueError(f"{name} has {len(values)} values; open_clip's CLIP reads 3 channels")
+    if tokenizer is not None:
+        # open_clip's get_tokenizer takes an HFTokenizer when this names one, and for a
+        # local-dir: load reads the tokenizer files of the folder itself.
+        model_cfg["text_cfg"]["hf_tokenizer_name"] = str(tokenizer.name_or_path or "tokenizer")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     export_to_openai(model, out / OPEN_CLIP_WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
     open_clip_config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": {

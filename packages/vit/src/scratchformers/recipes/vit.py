@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
-from scratchformers.training.vision import ImageClassificationRecipe
+from scratchformers.training.vision import ImageClassificationRecipe, saved_preprocessing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -234,7 +234,7 @@ class ViTRecipe(ImageClassificationRecipe):
         processor saved beside the trained model says."""
         from scratchformers.vit import export_to_timm
 
-        return export_to_timm(model, out_dir, **_preprocessing(Path(model.name_or_path)))  # type: ignore[arg-type]
+        return export_to_timm(model, out_dir, **saved_preprocessing(Path(model.name_or_path)))  # type: ignore[arg-type]
 
     def timm_usage(self, out: Path) -> list[str]:
         """How to load a folder written by ``export_to_timm``."""
@@ -247,24 +247,3 @@ class ViTRecipe(ImageClassificationRecipe):
             f'pretrained_cfg_overlay=dict(file="{out / "model.safetensors"}", '
             f"num_classes={config['num_classes']}), **model_args)",
         ]
-
-
-# transformers' image processors name their resize filter with PIL's codes; timm with words.
-_INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-
-
-def _preprocessing(model_dir: Path) -> dict[str, Any]:
-    """``export_to_timm``'s normalisation and resize filter from the image processor saved in
-    ``model_dir`` (the recipe saves one with every model); its defaults without one."""
-    path = model_dir / "preprocessor_config.json"
-    if not path.is_file():
-        return {}
-    processor = json.loads(path.read_text())
-    options: dict[str, Any] = {}
-    if processor.get("image_mean") is not None:
-        options["image_mean"] = processor["image_mean"]
-    if processor.get("image_std") is not None:
-        options["image_std"] = processor["image_std"]
-    if processor.get("resample") in _INTERPOLATIONS:
-        options["interpolation"] = _INTERPOLATIONS[processor["resample"]]
-    return options
