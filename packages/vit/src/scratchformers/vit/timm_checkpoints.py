@@ -1,4 +1,5 @@
-"""timm's ``VisionTransformer`` weights -> our ``ViTForImageClassification``.
+"""timm's ``VisionTransformer`` weights <-> our ``ViTForImageClassification``: ``from_timm``
+reads them, ``export_to_timm`` writes our classifier as timm's Hub folder.
 
 timm's plain ViT is the same computation as ours (pre-norm blocks, one strided convolution for
 the patches, learned positions), in other names and with one fused projection:
@@ -20,6 +21,14 @@ keyword arguments, with timm's defaults: the head count (12), the LayerNorm epsi
 where transformers' ViT uses 1e-12) and the activation (exact GELU). Parts of timm's ViT that
 ours does not build (register tokens, layer scale, a norm before the blocks, query/key norms,
 attention pooling, a distillation token) are refused by name rather than dropped.
+
+The renames are one list in transformers' vocabulary (``TIMM_CONVERTERS``, as every
+conversion here is stated for ``core_attention.interop``), applied forwards by ``from_timm``
+and backwards by ``export_to_timm``. The export's ``config.json`` is the one timm's
+``save_for_hf`` writes, built without timm (a test dependency only): ``model_args`` carries
+the whole shape, so timm's ``local-dir:`` loader, or any ViT entry point given them, builds the
+same model. What timm's config cannot say (no patch bias, an activation it does not name, a
+LayerNorm epsilon other than its 1e-6) is refused before anything is written.
 """
 
 from __future__ import annotations
