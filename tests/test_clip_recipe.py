@@ -1,7 +1,8 @@
 """End to end for clip: train the recipe briefly in-process on the captioned shapes, check that
 zero-shot accuracy on the held-out colour and shape pairs (never seen together in training)
 is far above chance, evaluate the folder again with ``scratchformers eval``, classify with
-transformers' zero-shot pipeline straight from the folder, and export to transformers' CLIP.
+transformers' zero-shot pipeline straight from the folder, and export to transformers' CLIP
+and (``scratchformers export --format open_clip``) to open_clip.
 
 Marked ``slow``: it runs in the ``distributed`` nox session (part of the default run).
 """

@@ -1,7 +1,8 @@
 """End to end for vit: train the recipe briefly in-process on the generated shapes, check that
 it learned the shapes and not where they sit on the patch grid, evaluate the folder again with
 ``scratchformers eval``, classify through ``pipeline("image-classification")``, and hand the
-model to transformers' ViTForImageClassification.
+model to transformers' ViTForImageClassification and, with ``scratchformers export --format
+timm``, to timm.
 
 Marked ``slow``: it runs in the ``distributed`` nox session (part of the default run).
 """
