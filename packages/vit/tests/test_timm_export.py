@@ -115,6 +115,27 @@ def test_timm_builds_the_export_with_our_logits(
             assert_matches(theirs.eval()(pixels), expected, what="timm export logit")
 
 
+def test_by_name_timm_drops_the_head_unless_the_overlay_gives_num_classes(
+    make_ours: Callable, images: Callable, tmp_path: Path
+) -> None:
+    """What the README warns of: by name, timm compares the file with the architecture's own
+    pretrained config (1000 classes), and without ``num_classes`` in the overlay starts the
+    head afresh."""
+    ours = make_ours().eval()
+    out = export_to_timm(ours, tmp_path / "timm")
+    config = json.loads((out / "config.json").read_text())
+    overlay = {"file": str(out / "model.safetensors")}
+    theirs = timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay=overlay,
+        **config["model_args"],
+    )
+    pixels = images(batch=2, height=20, width=28)
+    with torch.no_grad():
+        assert float((theirs.eval()(pixels) - ours(pixels).logits).abs().max()) > 1e-2
+
+
 def test_the_export_reads_back_with_from_timm(
     make_ours: Callable, images: Callable, tmp_path: Path
 ) -> None:
