@@ -1,7 +1,8 @@
 """End to end for clip: train the recipe briefly in-process on the captioned shapes, check that
 zero-shot accuracy on the held-out colour and shape pairs (never seen together in training)
 is far above chance, evaluate the folder again with ``scratchformers eval``, classify with
-transformers' zero-shot pipeline straight from the folder, and export to transformers' CLIP.
+transformers' zero-shot pipeline straight from the folder, and export to transformers' CLIP
+and (``scratchformers export --format open_clip``) to open_clip.
 
 Marked ``slow``: it runs in the ``distributed`` nox session (part of the default run).
 """
@@ -90,3 +91,51 @@ def test_the_pipeline_runs_from_the_folder_and_the_export_matches(
     with torch.no_grad():
         difference = ours(**inputs).logits_per_image - theirs(**inputs).logits_per_image
     assert float(difference.abs().max()) <= 1e-4
+
+
+def test_export_for_open_clip_gives_open_clip_our_features(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scratchformers export RUN OUT --format open_clip``: open_clip alone (its
+    ``local-dir:`` model, transforms and tokenizer) gives the run's image and text features,
+    though the caption tokenizer's <eos> is not its highest id."""
+    import open_clip
+
+    from scratchformers.clip import CLIPModel
+    from scratchformers.training.shapes import draw_shape
+
+    out = tmp_path / "open_clip"
+    capsys.readouterr()
+    assert main(["export", str(trained), str(out), "--format", "open_clip"]) == 0
+    assert f'open_clip.create_model_and_transforms("local-dir:{out}")' in capsys.readouterr().out
+
+    theirs, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    tokenize = open_clip.get_tokenizer(f"local-dir:{out}")
+    ours = CLIPModel.from_pretrained(trained).eval()
+    processor = transformers.AutoProcessor.from_pretrained(trained)
+    captions = ["a large red circle in the centre", "a small blue square at the top"]
+    images = [
+        draw_shape("circle", "red", "large", "centre", image_size=24),
+        Image.new("RGB", (24, 24)),
+    ]
+    inputs = processor(text=captions, images=images, return_tensors="pt", padding=True)
+    assert processor.tokenizer.eos_token_id < int(inputs["input_ids"].max())
+    pixels = torch.stack([preprocess(image) for image in images])
+    assert float((pixels - inputs["pixel_values"]).abs().max()) <= 1e-6
+    with torch.no_grad():
+        image_difference = (
+            theirs.eval().encode_image(pixels)
+            - ours.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        )
+        text_difference = (
+            theirs.encode_text(tokenize(captions))
+            - ours.get_text_features(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).pooler_output
+        )
+    assert float(image_difference.abs().max()) <= 1e-5
+    assert float(text_difference.abs().max()) <= 1e-5
+    print(
+        f"open_clip export of the clip run: image {float(image_difference.abs().max()):.2e}, "
+        f"text {float(text_difference.abs().max()):.2e}"
+    )

@@ -1,7 +1,8 @@
 """End to end for vit: train the recipe briefly in-process on the generated shapes, check that
 it learned the shapes and not where they sit on the patch grid, evaluate the folder again with
 ``scratchformers eval``, classify through ``pipeline("image-classification")``, and hand the
-model to transformers' ViTForImageClassification.
+model to transformers' ViTForImageClassification and, with ``scratchformers export --format
+timm``, to timm.
 
 Marked ``slow``: it runs in the ``distributed`` nox session (part of the default run).
 """
@@ -113,3 +114,35 @@ def test_the_pipeline_and_transformers_agree_with_our_model(trained: Path, tmp_p
         difference = (ours(pixel_values=pixels).logits - theirs(pixel_values=pixels).logits).abs()
     assert float(difference.max()) <= 1e-4
     assert theirs.config.id2label == dict(enumerate(SHAPES))
+
+
+def test_export_for_timm_gives_timm_our_logits_and_preprocessing(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scratchformers export RUN OUT --format timm``: timm alone (its ``local-dir:`` load
+    and its own eval transform from the folder's pretrained_cfg) gives the run's logits."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from scratchformers.vit import ViTForImageClassification
+
+    out = tmp_path / "timm"
+    capsys.readouterr()
+    assert main(["export", str(trained), str(out), "--format", "timm"]) == 0
+    printed = capsys.readouterr().out
+    assert f'timm.create_model("local-dir:{out}", pretrained=True)' in printed
+    assert sorted(path.name for path in out.iterdir()) == ["config.json", "model.safetensors"]
+
+    theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    ours = ViTForImageClassification.from_pretrained(trained).eval()
+    assert json.loads((out / "config.json").read_text())["label_names"] == list(SHAPES)
+    processor = transformers.AutoImageProcessor.from_pretrained(trained)
+    transform = create_transform(**resolve_data_config({}, model=theirs))
+    unseen = list(shapes_dataset(7, 24, seed="timm")["image"])
+    pixels = processor(unseen, return_tensors="pt")["pixel_values"]
+    timm_pixels = torch.stack([transform(image.convert("RGB")) for image in unseen])
+    assert float((timm_pixels - pixels).abs().max()) <= 1e-6
+    with torch.no_grad():
+        difference = (theirs(timm_pixels) - ours(pixel_values=pixels).logits).abs().max()
+    assert float(difference) <= 1e-5, float(difference)
+    print(f"timm export of the vit run: largest logit difference {float(difference):.2e}")

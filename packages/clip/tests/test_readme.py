@@ -37,6 +37,10 @@ def test_readme_snippets_classify_load_and_export(
         actual = model.get_image_features(pixel_values).pooler_output
     assert float((actual - expected).abs().max()) <= 1e-4
     assert (tmp_path / "back-to-openai.safetensors").is_file()
+    assert (tmp_path / "for-open-clip" / "open_clip_config.json").is_file()
+    with torch.no_grad():
+        again = namespace["again"].eval().encode_image(pixel_values)
+    assert float((again - actual).abs().max()) <= 1e-5
 
 
 def test_root_readme_snippet_classifies_zero_shot(

@@ -432,3 +432,21 @@ def test_the_trained_folder_works_in_an_image_classification_pipeline(
         answer[0]["label"] == shape for answer, shape in zip(answers, shapes["shape"], strict=True)
     )
     assert right / len(shapes) > 1 / len(SHAPES) + 0.2, right
+
+
+def test_saved_preprocessing_reads_the_processor_for_the_exports(tmp_path: Path) -> None:
+    """What ``--format timm`` / ``open_clip`` write as the model's normalisation: the saved
+    image processor's mean, std and resize filter (PIL's code as timm's and open_clip's word)."""
+    from transformers import ViTImageProcessor
+
+    from scratchformers.training.vision import saved_preprocessing
+
+    assert saved_preprocessing(tmp_path) == {}  # no processor: the exports' defaults
+    ViTImageProcessor(
+        image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6], resample=3
+    ).save_pretrained(tmp_path)
+    assert saved_preprocessing(tmp_path) == {
+        "image_mean": [0.1, 0.2, 0.3],
+        "image_std": [0.4, 0.5, 0.6],
+        "interpolation": "bicubic",
+    }

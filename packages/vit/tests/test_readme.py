@@ -28,6 +28,8 @@ def test_readme_snippets_classify_load_and_export(
     assert (tmp_path / "vit-exported" / "model.safetensors").is_file()
     assert type(namespace["back"]).__module__.startswith("transformers.")
     assert type(namespace["ours"]).__name__ == "ViTForImageClassification"
+    assert (tmp_path / "vit-for-timm" / "config.json").is_file()
+    assert type(namespace["again"]).__name__ == "VisionTransformer"
 
 
 def test_root_readme_snippet_classifies_an_image(

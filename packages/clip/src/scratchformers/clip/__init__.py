@@ -20,7 +20,7 @@ from .modeling import (
     CLIPVisionTransformer,
     contrastive_loss,
 )
-from .openai_checkpoints import export_to_openai
+from .openai_checkpoints import export_to_open_clip, export_to_openai, open_clip_model_config
 from .tokenizer import train_caption_tokenizer
 from .zero_shot import zero_shot_classify
 
@@ -41,8 +41,10 @@ __all__ = [
     "CLIPVisionEmbeddings",
     "CLIPVisionTransformer",
     "contrastive_loss",
+    "export_to_open_clip",
     "export_to_openai",
     "export_to_transformers",
+    "open_clip_model_config",
     "train_caption_tokenizer",
     "zero_shot_classify",
 ]

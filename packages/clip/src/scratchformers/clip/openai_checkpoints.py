@@ -25,16 +25,20 @@ Files are read without unpickling code: ``.safetensors``, or a plain state dict 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .configuration import CLIPConfig
 from .modeling import CLIPModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Entries of OpenAI's state dicts that are not weights: OpenAI's TorchScript files carry the
 # shape as scalars, open_clip keeps the causal mask as a buffer in old versions.
@@ -300,3 +304,149 @@ def export_to_openai(model: CLIPModel, path: str | os.PathLike[str]) -> Path:
         )
     save_file(state_to_openai(model), path)
     return path
+
+
+# OpenAI's normalisation (transformers' CLIPImageProcessor's default, open_clip's for OpenAI
+# and most LAION weights).
+OPENAI_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+# The activations open_clip's CLIP builds: model_cfg's quick_gelu switches both towers.
+OPEN_CLIP_ACTIVATIONS = {"quick_gelu": True, "gelu": False}
+# The file names open_clip's factory reads in a Hub folder (or a local-dir: one).
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+
+
+def open_clip_model_config(model: CLIPModel) -> dict[str, Any]:
+    """The ``model_cfg`` with which open_clip's ``CLIP`` computes what ``model`` computes:
+    ``embed_dim``, ``quick_gelu``, and the towers' ``vision_cfg`` and ``text_cfg`` (widths,
+    layers, heads, MLP ratios, norm epsilons; the text is read at its first ``eos_id``,
+    ``pool_type="eos"``, or for a legacy config with ``eos_token_id == 2`` at its highest
+    token id, open_clip's ``"argmax"``).
+
+    Raises a ``ValueError`` naming the config field and its value where open_clip's ``CLIP``
+    cannot compute it: an activation other than ``quick_gelu`` or ``gelu``, or the towers
+    with different ones, or images of other than 3 channels.
+    """
+    from scratchformers.vit.timm_checkpoints import mlp_ratio_for
+
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    if vision.hidden_act != text.hidden_act:
+        raise ValueError(
+            f"vision_config.hidden_act={vision.hidden_act!r} and text_config.hidden_act="
+            f"{text.hidden_act!r}: open_clip's CLIP builds one activation for both towers"
+        )
+    if text.hidden_act not in OPEN_CLIP_ACTIVATIONS:
+        raise ValueError(
+            f"hidden_act={text.hidden_act!r}: open_clip's CLIP builds "
+            f"{sorted(OPEN_CLIP_ACTIVATIONS)}"
+        )
+    if vision.num_channels != 3:
+        raise ValueError(
+            f"vision_config.num_channels={vision.num_channels}: open_clip's CLIP reads "
+            "3-channel images"
+        )
+    height, width = (int(side) for side in _as_pair(vision.image_size))
+    patch_height, patch_width = (int(side) for side in _as_pair(vision.patch_size))
+    vision_cfg = {
+        "image_size": height if height == width else [height, width],
+        "patch_size": patch_height if patch_height == patch_width else [patch_height, patch_width],
+        "width": vision.hidden_size,
+        "layers": vision.num_hidden_layers,
+        "head_width": vision.hidden_size // vision.num_attention_heads,
+        "mlp_ratio": mlp_ratio_for(
+            vision.hidden_size, vision.intermediate_size, "vision_config.intermediate_size"
+        ),
+        "norm_kwargs": {"eps": vision.layer_norm_eps},
+    }
+    # transformers' rule, which ours keeps: eos_token_id == 2 marks a config written before
+    # the field was right, whose texts are read at their highest id (OpenAI's vocabulary).
+    legacy = text.eos_token_id == 2
+    text_cfg = {
+        "context_length": text.max_position_embeddings,
+        "vocab_size": text.vocab_size,
+        "width": text.hidden_size,
+        "heads": text.num_attention_heads,
+        "layers": text.num_hidden_layers,
+        "mlp_ratio": mlp_ratio_for(
+            text.hidden_size, text.intermediate_size, "text_config.intermediate_size"
+        ),
+        "pool_type": "argmax" if legacy else "eos",
+        "eos_id": text.eos_token_id,
+        "pad_id": text.pad_token_id if text.pad_token_id is not None else 0,
+        "norm_kwargs": {"eps": text.layer_norm_eps},
+    }
+    return {
+        "embed_dim": config.projection_dim,
+        "quick_gelu": OPEN_CLIP_ACTIVATIONS[text.hidden_act],
+        "vision_cfg": vision_cfg,
+        "text_cfg": text_cfg,
+    }
+
+
+def _as_pair(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def export_to_open_clip(
+    model: CLIPModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    image_mean: tuple[float, ...] | list[float] = OPENAI_IMAGE_MEAN,
+    image_std: tuple[float, ...] | list[float] = OPENAI_IMAGE_STD,
+    interpolation: str = "bicubic",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> Path:
+    """Write ``model`` as open_clip's Hub folder: ``open_clip_model.safetensors`` (OpenAI's
+    layout, :func:`export_to_openai`) and ``open_clip_config.json`` (``model_cfg`` from
+    :func:`open_clip_model_config`, ``preprocess_cfg`` with the normalisation), so that
+    ``open_clip.create_model("local-dir:" + out_dir)`` builds a ``CLIP`` whose
+    ``encode_image`` and ``encode_text`` give our image and text features (fp32, within 1e-5)
+    with no other argument, the text pooling included: open_clip's default reads a text at its
+    highest token id, which is the end-of-text token only in OpenAI's vocabulary.
+
+    Args:
+        model: the model to write.
+        out_dir: the folder to write (made if missing; its files of these names are replaced).
+        image_mean, image_std: the normalisation the model expects, for ``preprocess_cfg``
+            (open_clip's transforms read it); the default is OpenAI's, transformers'
+            ``CLIPImageProcessor``'s.
+        interpolation: the resize filter for ``preprocess_cfg`` (``"bicubic"``, CLIP's, or
+            ``"bilinear"``).
+        tokenizer: the model's tokenizer, saved in the folder and named in ``text_cfg``'s
+            ``hf_tokenizer_name`` (its ``name_or_path``), so that
+            ``open_clip.get_tokenizer("local-dir:" + out_dir)`` tokenizes as the model was
+            trained (an ``HFTokenizer`` of the folder's files, padded to the context length);
+            without one open_clip would use OpenAI's BPE. For a Hub repo of the folder, set
+            ``hf_tokenizer_name`` to the repo's id.
+
+    Raises:
+        ValueError: open_clip's ``CLIP`` cannot compute ``model`` (see
+            :func:`open_clip_model_config`), before anything is written.
+    """
+    model_cfg = open_clip_model_config(model)
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if len(values) != 3:
+            raise ValueError(f"{name} has {len(values)} values; open_clip's CLIP reads 3 channels")
+    if tokenizer is not None:
+        # open_clip's get_tokenizer takes an HFTokenizer when this names one, and for a
+        # local-dir: load reads the tokenizer files of the folder itself.
+        model_cfg["text_cfg"]["hf_tokenizer_name"] = str(tokenizer.name_or_path or "tokenizer")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    export_to_openai(model, out / OPEN_CLIP_WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    open_clip_config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {
+            "mean": [float(value) for value in image_mean],
+            "std": [float(value) for value in image_std],
+            "interpolation": interpolation,
+            # CLIP's processors resize the shortest edge, then crop the centre.
+            "resize_mode": "shortest",
+        },
+    }
+    (out / OPEN_CLIP_CONFIG).write_text(json.dumps(open_clip_config, indent=2) + "\n")
+    return out

@@ -32,12 +32,15 @@ torch and the model package come in inside the hooks.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scratchformers.training.recipe import (
     EvalResults,
     Evaluation,
+    ExportFormat,
     ModelFlag,
     Preset,
     Recipe,
@@ -45,10 +48,9 @@ from scratchformers.training.recipe import (
     example_counts,
 )
 from scratchformers.training.rundir import write_json
+from scratchformers.training.vision import saved_preprocessing
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import torch
     from transformers import PreTrainedModel
 
@@ -660,3 +662,43 @@ class CLIPRecipe(Recipe):
         from scratchformers.clip import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' CLIP (the default), and open_clip's."""
+        return {
+            **super().export_formats(),
+            "open_clip": ExportFormat(
+                write=self.export_to_open_clip,
+                usage=self.open_clip_usage,
+                help="open_clip's CLIP: open_clip_model.safetensors (OpenAI's layout) and "
+                "open_clip_config.json (its shape, text pooling and normalisation), with the "
+                "tokenizer",
+                copies_processor=True,
+            ),
+        }
+
+    def export_to_open_clip(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """open_clip's Hub folder of the model (``export_to_open_clip``), with the tokenizer
+        and the normalisation of the processor saved beside the trained model."""
+        from transformers import AutoProcessor
+
+        from scratchformers.clip import export_to_open_clip
+
+        model_dir = Path(model.name_or_path)
+        return export_to_open_clip(
+            model,  # type: ignore[arg-type]
+            out_dir,
+            tokenizer=AutoProcessor.from_pretrained(model_dir).tokenizer,
+            **saved_preprocessing(model_dir),
+        )
+
+    def open_clip_usage(self, out: Path) -> list[str]:
+        """How to load a folder written by ``export_to_open_clip``."""
+        text_cfg = json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
+        return [
+            f"exported to {out} for open_clip's CLIP; load it with",
+            f'  model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{out}")',
+            f'  tokenizer = open_clip.get_tokenizer("local-dir:{out}")',
+            "(open_clip.model.CLIP built by hand needs text_cfg's "
+            f'pool_type="{text_cfg["pool_type"]}", eos_id={text_cfg["eos_id"]})',
+        ]

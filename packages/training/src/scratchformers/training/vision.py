@@ -10,6 +10,7 @@ the hooks.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -476,3 +477,25 @@ def confusion_counts(labels: list[int], predictions: list[int], classes: int) ->
     for true, predicted in zip(labels, predictions, strict=True):
         counts[true][predicted] += 1
     return counts
+
+
+# transformers' image processors name their resize filter with PIL's codes; timm with words.
+_INTERPOLATIONS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def saved_preprocessing(model_dir: Path) -> dict[str, Any]:
+    """The normalisation and resize filter of the image processor saved in ``model_dir`` (the
+    image recipes save one with every model), as the keywords ``image_mean``, ``image_std``
+    and ``interpolation`` that the exports for timm and open_clip take; none without one."""
+    path = model_dir / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    processor = json.loads(path.read_text())
+    options: dict[str, Any] = {}
+    if processor.get("image_mean") is not None:
+        options["image_mean"] = processor["image_mean"]
+    if processor.get("image_std") is not None:
+        options["image_std"] = processor["image_std"]
+    if processor.get("resample") in _INTERPOLATIONS:
+        options["interpolation"] = _INTERPOLATIONS[processor["resample"]]
+    return options

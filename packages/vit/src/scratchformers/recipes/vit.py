@@ -14,14 +14,14 @@ is imported in ``build_model`` only.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
-from scratchformers.training.vision import ImageClassificationRecipe
+from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
+from scratchformers.training.vision import ImageClassificationRecipe, saved_preprocessing
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from transformers import PreTrainedModel
 
     from scratchformers.training.pretrained import Pretrained
@@ -121,6 +121,9 @@ class ViTRecipe(ImageClassificationRecipe):
             num_hidden_layers=options.num_hidden_layers,
             num_attention_heads=options.num_attention_heads,
             intermediate_size=4 * options.hidden_size,
+            # The original ViT's and timm's epsilon, not transformers' default 1e-12: timm's
+            # ViT cannot be told another, and with it --format timm gives the same logits.
+            layer_norm_eps=1e-6,
             pooling=options.pooling,
             **self.label_config(data),
         )
@@ -213,3 +216,34 @@ class ViTRecipe(ImageClassificationRecipe):
         from scratchformers.vit import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' ViT (the default), and timm's ``VisionTransformer``."""
+        return {
+            **super().export_formats(),
+            "timm": ExportFormat(
+                write=self.export_to_timm,
+                usage=self.timm_usage,
+                help="timm's VisionTransformer: config.json and model.safetensors as timm "
+                "saves them for the Hub",
+            ),
+        }
+
+    def export_to_timm(self, model: PreTrainedModel, out_dir: Path) -> Path:
+        """timm's Hub folder of the model (``export_to_timm``), normalised as the image
+        processor saved beside the trained model says."""
+        from scratchformers.vit import export_to_timm
+
+        return export_to_timm(model, out_dir, **saved_preprocessing(Path(model.name_or_path)))  # type: ignore[arg-type]
+
+    def timm_usage(self, out: Path) -> list[str]:
+        """How to load a folder written by ``export_to_timm``."""
+        config = json.loads((out / "config.json").read_text())
+        return [
+            f"exported to {out} for timm's VisionTransformer; load it with",
+            f'  timm.create_model("local-dir:{out}", pretrained=True)',
+            "or by name, with config.json's model_args:",
+            f'  timm.create_model("{config["architecture"]}", pretrained=True, '
+            f'pretrained_cfg_overlay=dict(file="{out / "model.safetensors"}", '
+            f"num_classes={config['num_classes']}), **model_args)",
+        ]

@@ -1,6 +1,6 @@
 """scratchformers.vit: the Vision Transformer from scratch, which loads transformers' ViT
 checkpoints (the bare model, with or without its pooler, and the image classifier) and timm's
-``VisionTransformer`` weights, and matches both.
+``VisionTransformer`` weights, matches both, and writes its classifier back for either.
 
 Importing this package registers the classes with transformers' Auto classes.
 """
@@ -23,7 +23,7 @@ from .modeling import (
     resize_position_grid,
 )
 from .resize import with_image_size
-from .timm_checkpoints import from_timm, options_from_timm_config
+from .timm_checkpoints import export_to_timm, from_timm, options_from_timm_config
 
 AutoConfig.register(ViTConfig.model_type, ViTConfig, exist_ok=True)
 AutoModel.register(ViTConfig, ViTModel, exist_ok=True)
@@ -40,6 +40,7 @@ __all__ = [
     "ViTPatchEmbeddings",
     "ViTPooler",
     "ViTPreTrainedModel",
+    "export_to_timm",
     "export_to_transformers",
     "from_timm",
     "options_from_timm_config",
