@@ -28,6 +28,7 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
+from .hub import FOLDER_PLACEHOLDER, CarriesModelCard, forget_card_source, hub_card
 from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
@@ -49,7 +50,9 @@ from .positions import (
 from .quantize import Int8WeightOnlyLinear, quantize_int8
 
 __all__ = [
+    "FOLDER_PLACEHOLDER",
     "Attention",
+    "CarriesModelCard",
     "CheckpointConverter",
     "ChecksCheckpoints",
     "ConvertsCheckpoints",
@@ -78,6 +81,8 @@ __all__ = [
     "create_masks_for_generate",
     "cross_attention_mask",
     "eager_attention_forward",
+    "forget_card_source",
+    "hub_card",
     "export_to_transformers",
     "from_pretrained_or_convert",
     "lean_sample",
