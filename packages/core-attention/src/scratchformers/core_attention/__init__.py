@@ -11,6 +11,7 @@ from .functional import (
     repeat_kv,
     sdpa_attention_forward,
 )
+from .hub import FOLDER_PLACEHOLDER, CarriesModelCard, forget_card_source, hub_card
 from .inputs import (
     TokenEmbedding,
     check_classification_labels,
@@ -28,7 +29,6 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
-from .hub import FOLDER_PLACEHOLDER, CarriesModelCard, forget_card_source, hub_card
 from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
@@ -81,10 +81,10 @@ __all__ = [
     "create_masks_for_generate",
     "cross_attention_mask",
     "eager_attention_forward",
-    "forget_card_source",
-    "hub_card",
     "export_to_transformers",
+    "forget_card_source",
     "from_pretrained_or_convert",
+    "hub_card",
     "lean_sample",
     "load_checked",
     "position_ids_from_padding_mask",

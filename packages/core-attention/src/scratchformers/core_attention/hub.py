@@ -18,8 +18,8 @@ with; a model loaded from it and saved again, or pushed, would lose both.
   image processor, through ``AutoProcessor``, as ``scratchformers export`` copies it) beside
   the weights, leaving alone a README.md or processor that the target folder holds already;
 * ``push_to_hub`` uploads them: the card replaces the one transformers made up, keeps the
-  tags transformers adds (``tags=``, the model's ``model_tags``), and its loading snippet's
-  ``path/to/this/folder`` becomes the repository id.
+  tags transformers adds (``tags=``, the model's ``model_tags``), and its loading snippet
+  loads the repository id instead of ``path/to/this/folder`` (:func:`hub_card`).
 
 The hook for the upload is transformers' ``_upload_modified_files``, which both upload paths
 call with the folder they are about to commit: the one place where the card can be put in
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ CARD_FILE = "README.md"
 # The folder a card's loading snippet names until it has a real place: a push puts the
 # repository id there (scratchformers' cards and exports write this text).
 FOLDER_PLACEHOLDER = "path/to/this/folder"
+# Only loaders that take a Hub id as well as a folder: a file path under the folder (an
+# ONNX session's model.onnx, say) keeps the placeholder, since a Hub id is no path.
+_LOADS_FOLDER = re.compile(
+    r'(from_pretrained\(|model=|SentenceTransformer\()"' + FOLDER_PLACEHOLDER + '"'
+)
 # What save_pretrained of a tokenizer, image processor or processor writes: one of them in a
 # folder means it holds a processor.
 PROCESSOR_FILES = (
@@ -124,12 +130,14 @@ def forget_card_source(model: Any) -> None:
 
 
 def hub_card(card_path: Path, repo_id: str, tags: list[str] | None = None) -> ModelCard | None:
-    """The card at ``card_path`` as it goes to the Hub repository ``repo_id``: its loading
-    snippet's ``path/to/this/folder`` replaced by ``repo_id``, ``tags`` added to its own.
-    ``None`` when there is no card there."""
+    """The card at ``card_path`` as it goes to the Hub repository ``repo_id``: where its
+    loading snippet hands ``"path/to/this/folder"`` to a loader that takes a Hub id as well
+    (``from_pretrained(...)``, ``pipeline(..., model=...)``, ``SentenceTransformer(...)``), it
+    hands ``repo_id``; ``tags`` are added to its own. ``None`` when there is no card there."""
     if not card_path.is_file():
         return None
-    card = ModelCard(card_path.read_text(encoding="utf-8").replace(FOLDER_PLACEHOLDER, repo_id))
+    text = _LOADS_FOLDER.sub(lambda match: f'{match[1]}"{repo_id}"', card_path.read_text("utf-8"))
+    card = ModelCard(text)
     for tag in tags or ():
         card.data.tags = card.data.tags or []
         if tag not in card.data.tags:
@@ -141,8 +149,11 @@ def write_carried_files(source: Path, target: Path, *, card: bool = True) -> Non
     """Copy ``source``'s README.md (when ``card``) and its processor into ``target``. What
     ``target`` holds of either already is kept: it may be the user's, or the same files."""
     if not source.is_dir():
-        logger.warning("%s, where the model was loaded from, is gone: no card or processor "
-                       "was written to %s", source, target)
+        logger.warning(
+            "%s, where the model was loaded from, is gone: no card or processor was written to %s",
+            source,
+            target,
+        )
         return
     if card and (source / CARD_FILE).is_file():
         destination = target / CARD_FILE
