@@ -531,7 +531,8 @@ def write_export_card(
     run's model before the export); ``library_name`` becomes the export's. The text says
     that this is an export, in which format and of which run, and shows the export's own
     loading snippet, from the format's ``usage(out)`` lines: lines that start with a space are
-    code, the others prose, and ``out`` itself reads ``path/to/this/folder``. Below it, the
+    code (with an ``import`` of each module they call by name), the others prose, and ``out``
+    itself reads ``path/to/this/folder``. Below it, the
     run's card follows without its own "Use" section (which loads the run's folder, not this
     one), the figures it shows copied beside it. A run without a card gives the export a
     card of the export alone. Returns the card.
@@ -561,7 +562,14 @@ def write_export_card(
         "",
     ]
     if code:
-        lines += ["```python", *[_replace_folder(line, out) for line in code], "```", ""]
+        # The usage lines call modules by name (transformers.pipeline(...)); a card's snippet
+        # is copied whole, so it imports them first unless it does so itself.
+        modules = dict.fromkeys(
+            match[1] for line in code if (match := re.match(r"([A-Za-z_]\w*)\.", line))
+        )
+        imports = [f"import {module}" for module in modules if f"import {module}" not in code]
+        imports += [""] if imports else []
+        lines += ["```python", *imports, *[_replace_folder(line, out) for line in code], "```", ""]
     if run_sections:
         lines += ["## The run", "", *run_sections, ""]
     for figure in _IMAGE_LINK.findall("\n".join(run_sections)):
@@ -584,6 +592,8 @@ def _run_card_parts(body: str) -> tuple[str | None, list[str]]:
         if skipping:
             continue
         kept.append("#" + line if line.startswith("##") else line)
+    while kept and not kept[0].strip():
+        kept.pop(0)
     return title, kept
 
 
