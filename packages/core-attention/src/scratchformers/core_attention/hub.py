@@ -24,9 +24,10 @@ with; a model loaded from it and saved again, or pushed, would lose both.
 The hook for the upload is transformers' ``_upload_modified_files``, which both upload paths
 call with the folder they are about to commit: the one place where the card can be put in
 without writing transformers' push again (its repository, revision, pull-request and token
-handling stay its own). A test pushes through it offline
-(``tests/test_commands.py``), so a transformers release that moves it
-fails there rather than silently uploading the generic card.
+handling stay its own). Tests push through it offline
+(``packages/core-attention/tests/test_hub.py``, and a trained run in
+``tests/test_commands.py``), so a transformers release that moves it fails there rather than
+silently uploading the generic card.
 """
 
 from __future__ import annotations
