@@ -19,7 +19,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..reporting import write_export_card
 from .modeldir import CONFIG_FILE, command, open_model_folder
 
 
@@ -73,6 +72,8 @@ def run(arguments: argparse.Namespace) -> int:
     check_target(out)
 
     import transformers
+
+    from ..reporting import write_export_card  # with torch: not at the top (--help)
 
     transformers.logging.disable_progress_bar()
     model = recipe.load_model(folder.path, folder.settings()).eval()
