@@ -236,6 +236,10 @@ def test_push_uploads_a_run_without_its_internals(
     (folder / ".run.json.123-abcd.tmp").write_text("{")
     (folder / "checkpoints" / ".partial-checkpoint-0000030").mkdir(parents=True)
     (folder / "extra.pt").write_bytes(b"\x80")
+    code, printed, err = scratchformers(capsys, "push", folder, "me/gpt2-tiny", "--dry-run")
+    assert code == 0, err
+    assert hub.repos == [] and hub.commits == []  # --dry-run: nothing reached the Hub
+    assert "  model.safetensors\n" in printed and 'from_pretrained("me/gpt2-tiny")' in printed
     code, printed, err = scratchformers(
         capsys, "push", folder, "me/gpt2-tiny", "--revision", "try", "--commit-message", "hi"
     )
