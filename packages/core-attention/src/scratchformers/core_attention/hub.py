@@ -16,7 +16,9 @@ with; a model loaded from it and saved again, or pushed, would lose both.
   folder converted on load does not, since its card describes another library's model;
 * ``save_pretrained`` then writes the folder's README.md and its processor (tokenizer or
   image processor, through ``AutoProcessor``, as ``scratchformers export`` copies it) beside
-  the weights, leaving alone a README.md or processor that the target folder holds already;
+  the weights, leaving alone a README.md or processor that the target folder holds already
+  (a model changed since, fine-tuned in a loop of one's own, still carries the card that
+  describes the folder: :func:`forget_card_source` before saving it, as ``--init-from`` does);
 * ``push_to_hub`` uploads them: the card replaces the one transformers made up, keeps the
   tags transformers adds (``tags=``, the model's ``model_tags``), and its loading snippet
   loads the repository id instead of ``path/to/this/folder`` (:func:`hub_card`).
@@ -80,7 +82,8 @@ class CarriesModelCard:
         beside the weights (by the main process only, as transformers saves)."""
         result = super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
-        if self._card_source is not None and is_main_process:
+        # transformers logs and returns when save_directory is a file: nothing to add there.
+        if self._card_source is not None and is_main_process and Path(save_directory).is_dir():
             write_carried_files(self._card_source, Path(save_directory))
         return result
 
