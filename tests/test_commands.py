@@ -8,6 +8,7 @@ transformers' own GPT2LMHeadModel and ``pipeline("text-generation")``.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,3 +158,202 @@ def test_export_of_a_model_that_mirrors_nothing_says_so(
         "nothing to export them to; load the folder itself with from_pretrained"
     )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["basicformer"]  # nothing left
+
+
+# The Hub, offline: the network calls of huggingface_hub's HfApi are replaced by recorders of
+# what would have been uploaded; everything before them (transformers' push_to_hub, the card
+# it looks for in the repository, offline here, and its commit operations) is the real code.
+RUN_FILES = [
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "loss_curve.png",
+    "metrics.jsonl",
+    "model.safetensors",
+    "run.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+]
+
+
+class Upload:
+    """What reached the Hub boundary: the repositories made, the branches, and each commit's
+    files by their path in the repository (with their bytes)."""
+
+    def __init__(self) -> None:
+        self.repos: list[tuple[str, dict[str, object]]] = []
+        self.branches: list[str] = []
+        self.commits: list[dict[str, object]] = []
+
+    def files(self) -> dict[str, bytes]:
+        (commit,) = self.commits
+        return commit["files"]  # type: ignore[return-value]
+
+    def card(self) -> str:
+        return self.files()["README.md"].decode()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Upload:
+    from huggingface_hub import CommitInfo, HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    upload = Upload()
+
+    def create_repo(self: HfApi, repo_id: str, **options: object) -> RepoUrl:
+        upload.repos.append((repo_id, options))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_branch(self: HfApi, repo_id: str, *, branch: str, **options: object) -> None:
+        upload.branches.append(branch)
+
+    def create_commit(self: HfApi, repo_id: str, operations: list, **options: object) -> object:
+        files = {}
+        for operation in operations:
+            content = operation.path_or_fileobj
+            files[operation.path_in_repo] = (
+                Path(content).read_bytes() if isinstance(content, (str, Path)) else bytes(content)
+            )
+        upload.commits.append({"repo_id": repo_id, "files": files, **options})
+        url = f"https://huggingface.co/{repo_id}/commit/0"
+        return CommitInfo(commit_url=url, commit_message="", commit_description="", oid="0")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return upload
+
+
+def test_push_uploads_a_run_without_its_internals(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], hub: Upload
+) -> None:
+    from huggingface_hub import ModelCard
+
+    # A copy, with what a run may hold besides: a file half-written by write_json, a partial
+    # checkpoint, a stray pickle.
+    folder = tmp_path / "run"
+    shutil.copytree(gpt2_run, folder)
+    (folder / ".run.json.123-abcd.tmp").write_text("{")
+    (folder / "checkpoints" / ".partial-checkpoint-0000030").mkdir(parents=True)
+    (folder / "extra.pt").write_bytes(b"\x80")
+    code, printed, err = scratchformers(capsys, "push", folder, "me/gpt2-tiny", "--dry-run")
+    assert code == 0, err
+    assert hub.repos == [] and hub.commits == []  # --dry-run: nothing reached the Hub
+    assert "  model.safetensors\n" in printed and 'from_pretrained("me/gpt2-tiny")' in printed
+    code, printed, err = scratchformers(
+        capsys, "push", folder, "me/gpt2-tiny", "--revision", "try", "--commit-message", "hi"
+    )
+    assert code == 0, err
+    assert hub.repos == [("me/gpt2-tiny", {"private": True, "exist_ok": True})]
+    assert hub.branches == ["try"]
+    assert sorted(hub.files()) == RUN_FILES
+    commit = hub.commits[0]
+    assert commit["commit_message"] == "hi" and commit["revision"] == "try"
+    for name in RUN_FILES[1:]:
+        assert hub.files()[name] == (folder / name).read_bytes(), name
+    for left in ("checkpoints/", "tensorboard/", ".run.json.123-abcd.tmp", "extra.pt"):
+        assert f"  {left}  (" in printed
+    # The card is the run's, loading the repository where it loaded "path/to/this/folder".
+    run_card = (folder / "README.md").read_text()
+    assert 'from_pretrained("path/to/this/folder")' in run_card
+    assert hub.card() == run_card.replace("path/to/this/folder", "me/gpt2-tiny")
+    metadata = ModelCard(hub.card()).data
+    assert metadata.library_name == "transformers" and metadata.tags == ["scratchformers", "gpt2"]
+    assert metadata.eval_results  # the run's held-out results, as model-index
+
+    hub.commits.clear()
+    code, _, err = scratchformers(capsys, "push", folder, "me/gpt2-tiny", "--public")
+    assert code == 0, err
+    assert hub.repos[-1] == ("me/gpt2-tiny", {"private": False, "exist_ok": True})
+
+
+def test_push_refuses_what_is_no_finished_model_folder(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], hub: Upload
+) -> None:
+    def push(folder: Path) -> str:
+        code, _, err = scratchformers(capsys, "push", folder, "me/x")
+        assert code == 2
+        return err.strip().splitlines()[-1]
+
+    assert push(tmp_path / "nowhere") == f"error: {tmp_path / 'nowhere'} does not exist"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("# notes\n")
+    assert push(tmp_path / "notes") == (
+        f"error: {tmp_path / 'notes'} is not a model folder: it holds no weights (no "
+        "*.safetensors or *.onnx file)"
+    )
+    folder = tmp_path / "run"
+    shutil.copytree(gpt2_run, folder)
+    (folder / ".scratchformers-run.lock").write_text("pid 1")
+    assert f"holds a run's lock file ({folder / '.scratchformers-run.lock'})" in push(folder)
+    (folder / ".scratchformers-run.lock").unlink()
+    (folder / "README.md").unlink()
+    assert f"error: {folder} has no model card (README.md)" in push(folder)
+    assert hub.repos == [] and hub.commits == []  # nothing reached the Hub
+
+
+def test_an_export_has_a_card_of_its_own_and_pushes(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], hub: Upload
+) -> None:
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "gpt2-hf"
+    code, _, err = scratchformers(capsys, "export", gpt2_run, out)
+    assert code == 0, err
+    card, run_card = ModelCard.load(out / "README.md"), ModelCard.load(gpt2_run / "README.md")
+    assert card.data.library_name == "transformers"
+    # The run's metadata holds for the same weights: task, tags, results.
+    for field in ("pipeline_tag", "tags", "metrics", "eval_results", "license", "datasets"):
+        assert getattr(card.data, field) == getattr(run_card.data, field), field
+    assert card.text.startswith("\n# gpt2-tiny (transformers export)\n")
+    assert "written by `scratchformers export --format transformers`" in card.text
+    assert '\ntransformers.AutoModelForCausalLM.from_pretrained("path/to/this/folder")\n' in (
+        card.text
+    )
+    assert '\ntransformers.pipeline("text-generation", model="path/to/this/folder")\n' in (
+        card.text
+    )
+    assert "import scratchformers" not in card.text  # the export needs transformers alone
+    assert "## The run\n" in card.text and "### Training\n" in card.text
+    assert (out / "loss_curve.png").read_bytes() == (gpt2_run / "loss_curve.png").read_bytes()
+
+    code, _, err = scratchformers(capsys, "push", out, "me/gpt2-hf")
+    assert code == 0, err
+    assert sorted(hub.files()) == [
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "loss_curve.png",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    assert 'AutoModelForCausalLM.from_pretrained("me/gpt2-hf")' in hub.card()
+    assert 'pipeline("text-generation", model="me/gpt2-hf")' in hub.card()
+
+
+def test_a_model_loaded_from_a_run_saves_and_pushes_its_card_and_tokenizer(
+    gpt2_run: Path, tmp_path: Path, hub: Upload
+) -> None:
+    from huggingface_hub import ModelCard
+
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(gpt2_run)
+    model.save_pretrained(tmp_path / "saved")
+    run_card = (gpt2_run / "README.md").read_text()
+    assert (tmp_path / "saved" / "README.md").read_text() == run_card
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
+    saved = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert saved(PROMPT)["input_ids"] == tokenizer(PROMPT)["input_ids"]
+
+    model.push_to_hub("me/from-python", tags=["mine"])
+    assert hub.repos[0][0] == "me/from-python"
+    files = hub.files()
+    assert {"README.md", "model.safetensors", "config.json", "tokenizer.json"} <= set(files)
+    assert files["tokenizer.json"] == (gpt2_run / "tokenizer.json").read_bytes()
+    card = hub.card()
+    assert "This is the model card of a 🤗 transformers model" not in card
+    expected = run_card.replace("path/to/this/folder", "me/from-python")
+    assert card.split("---", 2)[2] == expected.split("---", 2)[2]  # the text: the run's
+    assert ModelCard(card).data.tags == ["scratchformers", "gpt2", "mine"]

@@ -333,3 +333,98 @@ def test_a_training_run_and_its_resume_warn_about_nothing(
         train(recipe, settings_for(recipe, corpus, tmp_path / "run", *flags))
     # accelerate's note that the tied lm_head is saved once is being fixed elsewhere.
     assert [line for line in caught if "Removed shared tensor" not in line] == []
+
+
+RUN_CARD = """---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-classification
+datasets:
+- me/shapes
+tags:
+- scratchformers
+- vit
+model-index:
+- name: vit-tiny
+  results:
+  - task:
+      type: image-classification
+    dataset:
+      name: me/shapes (held-out part)
+      type: me/shapes
+    metrics:
+    - type: accuracy
+      value: 0.75
+      name: accuracy
+---
+
+# vit-tiny
+
+Trained from scratch with scratchformers: recipe `vit`, preset `tiny`.
+
+## Results
+
+- **accuracy**: 0.75
+
+![loss curve](loss_curve.png)
+
+![confusion matrix](confusion_matrix.png)
+
+## Use
+
+```python
+model = AutoModelForImageClassification.from_pretrained("path/to/this/folder")
+```
+"""
+
+
+def test_an_export_card_keeps_the_runs_metadata_for_any_format(tmp_path: Path) -> None:
+    from scratchformers.core_attention import hub_card
+    from scratchformers.training.reporting import write_export_card
+
+    run, out = tmp_path / "run", tmp_path / "onnx-out"
+    run.mkdir()
+    out.mkdir()
+    (run / "README.md").write_text(RUN_CARD)
+    for figure in ("loss_curve.png", "confusion_matrix.png"):
+        (run / figure).write_bytes(figure.encode())
+    usage = [
+        f"exported to {out} as ONNX; run it with",
+        f'  onnxruntime.InferenceSession("{out}/model.onnx")',
+    ]
+    write_export_card(out, source=run, format_name="onnx", library_name="onnx", usage=usage)
+
+    card, run_card = ModelCard.load(out / "README.md"), ModelCard(RUN_CARD)
+    assert card.data.library_name == "onnx"
+    for field in ("license", "datasets", "pipeline_tag", "tags", "eval_results"):
+        assert getattr(card.data, field) == getattr(run_card.data, field), field
+    text = card.text
+    assert text.startswith("\n# vit-tiny (onnx export)\n")
+    assert "written by `scratchformers export --format onnx`" in text
+    assert "exported to path/to/this/folder as ONNX; run it with" in text
+    assert (
+        '```python\nimport onnxruntime\n\nonnxruntime.InferenceSession("path/to/this/folder/'
+        in (text)
+    )
+    # The run's card, its headings under "The run", without its snippet for the run's folder.
+    assert "## The run\n\nTrained from scratch" in text and "### Results\n" in text
+    assert "AutoModelForImageClassification" not in text
+    for figure in ("loss_curve.png", "confusion_matrix.png"):
+        assert (out / figure).read_bytes() == figure.encode()
+    # On the Hub a file path under the folder stays a path: a Hub id is none.
+    pushed = str(hub_card(out / "README.md", "me/vit-onnx"))
+    assert 'InferenceSession("path/to/this/folder/model.onnx")' in pushed
+
+
+def test_an_export_of_a_folder_without_a_card_gets_one(tmp_path: Path) -> None:
+    from scratchformers.training.reporting import write_export_card
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    run.mkdir()
+    out.mkdir()
+    usage = [f"exported to {out}; load it with", f'  timm.create_model("hf-hub:{out}")']
+    write_export_card(out, source=run, format_name="timm", library_name="timm", usage=usage)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "timm" and card.data.tags == ["scratchformers"]
+    assert card.text.startswith("\n# run (timm export)\n")
+    assert "## The run" not in card.text

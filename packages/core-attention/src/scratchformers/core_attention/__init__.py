@@ -11,6 +11,7 @@ from .functional import (
     repeat_kv,
     sdpa_attention_forward,
 )
+from .hub import FOLDER_PLACEHOLDER, CarriesModelCard, forget_card_source, hub_card
 from .inputs import (
     TokenEmbedding,
     check_classification_labels,
@@ -50,7 +51,9 @@ from .positions import (
 from .quantize import Int8WeightOnlyLinear, quantize_int8
 
 __all__ = [
+    "FOLDER_PLACEHOLDER",
     "Attention",
+    "CarriesModelCard",
     "CheckpointConverter",
     "ChecksCheckpoints",
     "ConvertsCheckpoints",
@@ -81,7 +84,9 @@ __all__ = [
     "cross_attention_mask",
     "eager_attention_forward",
     "export_to_transformers",
+    "forget_card_source",
     "from_pretrained_or_convert",
+    "hub_card",
     "is_input_major",
     "lay_out_linears",
     "lean_sample",

@@ -34,6 +34,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils.hub import DownloadKwargs
 
 from .files import SAFE_WEIGHTS_INDEX_NAME, check_safetensors, check_weight_files
+from .hub import CarriesModelCard, remember_card_source
 
 # How many mismatched weights a message describes in full (the rest are counted).
 _SHOWN = 3
@@ -42,10 +43,12 @@ _LISTED = 8  # and how many more it names
 _NOT_SIZES = ("id2label", "label2id", "task_specific_params")
 
 
-class ChecksCheckpoints:
+class ChecksCheckpoints(CarriesModelCard):
     """Mixed into a model class, before ``PreTrainedModel``: its ``from_pretrained`` checks the
     weight files first and names the file, tensor, shapes and config fields when they do not
-    fit (:func:`load_checked`). Arguments and results are transformers' own."""
+    fit (:func:`load_checked`). Arguments and results are transformers' own. Through
+    :class:`~.hub.CarriesModelCard`, a model loaded from one of our folders saves and pushes
+    that folder's model card and processor with it."""
 
     @classmethod
     def from_pretrained(
@@ -124,6 +127,7 @@ def load_checked(
     if mismatched and not ignore_mismatched:
         defaulted = _defaulted_fields(cls, model.config, pretrained_model_name_or_path, kwargs)
         raise ValueError(_mismatch_message(where, cls, model.config, mismatched, files, *defaulted))
+    remember_card_source(model, pretrained_model_name_or_path, kwargs)
     return (model, info) if wants_info else model
 
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "continue a prompt with a trained model, printing as it goes"),
     "eval": ("evaluation", "a trained model's held-out metrics, as its recipe computes them"),
     "export": ("export", "write a trained model as the transformers class it mirrors"),
+    "push": ("push", "upload a trained model's folder or an export to the Hugging Face Hub"),
 }
 
 

@@ -179,6 +179,11 @@ def load_pretrained(
     if new_heads and _labels_changed(config, config_changes):
         fresh |= set(reinitialise(model, new_heads))
     fresh = sorted(fresh)
+    # The model becomes the run's: its card and processor are the run's own, written at its
+    # end, not the checkpoint folder's (which a model loaded from it would carry otherwise).
+    from scratchformers.core_attention import forget_card_source
+
+    forget_card_source(model)
     model.train()
     pretrained = Pretrained(model=model, source=source, path=path, format=described, fresh=fresh)
     status(f"starting from {pretrained.describe()}")

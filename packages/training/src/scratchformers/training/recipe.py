@@ -133,13 +133,17 @@ class ExportFormat:
     hidden place and renames it once ``write`` returns, so a failure leaves nothing).
     ``usage(out)`` gives the lines that tell the user how to load the finished folder ``out``.
     ``copies_processor`` adds the trained folder's tokenizer or image processor beside it,
-    saved as transformers' Auto classes load it.
+    saved as transformers' Auto classes load it. Every export gets a model card (README.md,
+    :func:`~.reporting.write_export_card`): its loading snippet is ``usage``'s lines (those
+    that start with a space are code), and its Hub ``library_name`` is ``library_name``, or
+    the format's name when that is the Hub's name for the library ("timm", "onnx").
     """
 
     write: Callable[[PreTrainedModel, Path], Any]
     usage: Callable[[Path], list[str]]
     help: str
     copies_processor: bool = False
+    library_name: str | None = None
 
 
 class Recipe:

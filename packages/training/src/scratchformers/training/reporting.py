@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,6 +27,11 @@ from .rundir import write_text_atomically
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
+# Where a card's loading snippet points until the folder has a place of its own; a push hands
+# the repository id instead (scratchformers.core_attention.hub.FOLDER_PLACEHOLDER, spelled out
+# here so that this module stays without torch).
+CARD_FOLDER = "path/to/this/folder"
+_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 
 class MetricsLog:
@@ -498,11 +505,109 @@ def write_model_card(
         f"from transformers import {auto_class}, {processor_class}",
         *_registering_import(recipe, model_type),
         "",
-        f'model = {auto_class}.from_pretrained("path/to/this/folder")',
-        f'{processor_name} = {processor_class}.from_pretrained("path/to/this/folder")',
+        f'model = {auto_class}.from_pretrained("{CARD_FOLDER}")',
+        f'{processor_name} = {processor_class}.from_pretrained("{CARD_FOLDER}")',
         "```",
         "",
     ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     card.save(path)
     return card
+
+
+def write_export_card(
+    out: Path,
+    *,
+    source: Path,
+    format_name: str,
+    library_name: str,
+    usage: Sequence[str],
+) -> ModelCard:
+    """The README.md of an export, written into ``out``: the card of the run in ``source``,
+    turned into the card of the export.
+
+    The run's metadata stays where it still holds, since the weights are the run's: license,
+    datasets, base model, pipeline tag, tags, metrics and model-index results (measured on the
+    run's model before the export); ``library_name`` becomes the export's. The text says
+    that this is an export, in which format and of which run, and shows the export's own
+    loading snippet, from the format's ``usage(out)`` lines: lines that start with a space are
+    code (with an ``import`` of each module they call by name), the others prose, and ``out``
+    itself reads ``path/to/this/folder``. Below it, the
+    run's card follows without its own "Use" section (which loads the run's folder, not this
+    one), the figures it shows copied beside it. A run without a card gives the export a
+    card of the export alone. Returns the card.
+    """
+    run_card = source / "README.md"
+    if run_card.is_file():
+        loaded = ModelCard.load(run_card)
+        data, body = loaded.data, loaded.text
+    else:
+        data, body = ModelCardData(tags=["scratchformers"]), ""
+    data.library_name = library_name
+    title, run_sections = _run_card_parts(body)
+    name = title or source.name
+    prose = [line for line in usage if line and not line[0].isspace()]
+    code = [line.strip() for line in usage if line[:1].isspace()]
+    lines = [
+        f"# {name} ({format_name} export)",
+        "",
+        f"An export of the scratchformers model `{name}` (the run folder `{source.name}`) "
+        f"for {library_name}, written by `scratchformers export --format {format_name}`. The "
+        "weights are the run's; the results in the metadata and below were measured on the "
+        "run's model before the export.",
+        "",
+        "## Use",
+        "",
+        *[_replace_folder(line, out) for line in prose],
+        "",
+    ]
+    if code:
+        # The usage lines call modules by name (transformers.pipeline(...)); a card's snippet
+        # is copied whole, so it imports them first unless it does so itself.
+        modules = dict.fromkeys(
+            match[1] for line in code if (match := re.match(r"([A-Za-z_]\w*)\.", line))
+        )
+        imports = [f"import {module}" for module in modules if f"import {module}" not in code]
+        imports += [""] if imports else []
+        lines += ["```python", *imports, *[_replace_folder(line, out) for line in code], "```", ""]
+    if run_sections:
+        lines += ["## The run", "", *run_sections, ""]
+    for figure in _IMAGE_LINK.findall("\n".join(run_sections)):
+        _copy_figure(source, out, figure)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines).rstrip() + "\n")
+    card.save(out / "README.md")
+    return card
+
+
+def _run_card_parts(body: str) -> tuple[str | None, list[str]]:
+    """A run card's title, and its lines after the title without its "Use" section, each
+    heading one level down (they sit under the export card's "The run")."""
+    title, kept, skipping = None, [], False
+    for line in body.strip().splitlines():
+        if title is None and line.startswith("# "):
+            title = line[2:].strip()
+            continue
+        if line.startswith("## "):
+            skipping = line[3:].strip() == "Use"
+        if skipping:
+            continue
+        kept.append("#" + line if line.startswith("##") else line)
+    while kept and not kept[0].strip():
+        kept.pop(0)
+    return title, kept
+
+
+def _replace_folder(line: str, out: Path) -> str:
+    # The usage lines name the folder they were asked about, a path on this machine.
+    return line.replace(str(out), CARD_FOLDER)
+
+
+def _copy_figure(source: Path, out: Path, link: str) -> None:
+    """Copy the image a card shows at ``link`` from ``source`` into ``out``, when it is a file
+    of the run folder itself (never a URL, an absolute path or one outside it)."""
+    relative = Path(link)
+    if "://" in link or relative.is_absolute() or ".." in relative.parts:
+        return
+    if (source / relative).is_file() and not (out / relative).exists():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / relative, out / relative)

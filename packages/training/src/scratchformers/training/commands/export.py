@@ -2,6 +2,9 @@
 another tool. The default format, ``transformers``, is the transformers class the model
 mirrors (GPT-2's ``GPT2LMHeadModel``, say) with its tokenizer, so that transformers alone
 loads it and ``pipeline(...)`` runs it; a recipe offers others (ViT's ``timm``, say).
+Every export gets a model card (README.md) made from the run's: it says that it is an export,
+in which format and of which run, shows the format's own loading snippet and keeps the run's
+Hub metadata (:func:`~scratchformers.training.reporting.write_export_card`).
 
 The recipe says which formats there are and how each is written
 (:meth:`~scratchformers.training.Recipe.export_formats`). OUT is written in a hidden folder
@@ -70,6 +73,8 @@ def run(arguments: argparse.Namespace) -> int:
 
     import transformers
 
+    from ..reporting import write_export_card  # with torch: not at the top (--help)
+
     transformers.logging.disable_progress_bar()
     model = recipe.load_model(folder.path, folder.settings()).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +85,13 @@ def run(arguments: argparse.Namespace) -> int:
         export_format.write(model, staging)
         if export_format.copies_processor:
             _copy_processor(folder.path, staging)
+        write_export_card(
+            staging,
+            source=folder.path,
+            format_name=arguments.format,
+            library_name=export_format.library_name or arguments.format,
+            usage=export_format.usage(staging),
+        )
         # rename() replaces an empty folder, and only an empty one: a folder that filled up
         # meanwhile is refused by the system, not overwritten.
         staging.rename(out)
