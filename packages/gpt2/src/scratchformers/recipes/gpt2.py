@@ -5,7 +5,8 @@
 
 The result is a scratchformers GPT-2; ``scratchformers export`` (or
 ``scratchformers.gpt2.export_to_transformers``) turns it into a directory for transformers'
-``GPT2LMHeadModel`` and ``pipeline("text-generation")``. This module is what
+``GPT2LMHeadModel`` and ``pipeline("text-generation")``, and ``--format onnx`` into
+``model.onnx`` for onnxruntime (``input_ids``, ``attention_mask`` -> ``logits``). This module is what
 ``scratchformers train gpt2 --help`` imports, so the model package is imported in
 ``build_model`` only.
 """
@@ -13,9 +14,10 @@ The result is a scratchformers GPT-2; ``scratchformers export`` (or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.onnx_export import OnnxGraph, onnx_format, token_example
+from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
 from scratchformers.training.text import CausalLMRecipe
 
 if TYPE_CHECKING:
@@ -23,6 +25,12 @@ if TYPE_CHECKING:
 
     from scratchformers.gpt2 import GPT2LMHeadModel
     from scratchformers.training.settings import TrainingSettings
+
+# The text-generation inputs of the ONNX graph, both (batch, sequence).
+TEXT_AXES = {
+    "input_ids": {0: "batch", 1: "sequence"},
+    "attention_mask": {0: "batch", 1: "sequence"},
+}
 
 
 class GPT2Recipe(CausalLMRecipe):
@@ -112,3 +120,50 @@ class GPT2Recipe(CausalLMRecipe):
         from scratchformers.gpt2 import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' GPT-2, and ONNX: ``model.onnx`` (see :func:`onnx_graphs`)."""
+        return {
+            **super().export_formats(),
+            "onnx": onnx_format(onnx_graphs, onnx_info, help="model.onnx: logits, for onnxruntime"),
+        }
+
+
+def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
+    """GPT-2 as one ONNX graph: ``input_ids`` and ``attention_mask`` ``(batch, sequence)``,
+    both axes dynamic, -> ``logits`` ``(batch, sequence, vocab)``, without a KV cache (a
+    decoding loop feeds the whole sequence at each step; see the gpt2 README). Prompts are
+    padded on the left, as for ``generate``: positions follow the mask."""
+    config = model.config
+
+    def forward(input_ids: Any, attention_mask: Any) -> dict[str, Any]:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return {"logits": logits}
+
+    def example(batch: int, length: int) -> dict[str, Any]:
+        return token_example(
+            config.vocab_size, batch, length, padding="left", pad_token_id=config.pad_token_id
+        )
+
+    return [
+        OnnxGraph(
+            name="model",
+            module=model,
+            forward=forward,
+            example=example,
+            dynamic_axes=TEXT_AXES,
+            real_positions={"logits": "attention_mask"},
+            max_length=config.n_positions,
+            description="next-token logits at every position (no KV cache)",
+        )
+    ]
+
+
+def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
+    """What a decoding loop needs beside the graph: the special tokens and the context."""
+    config = model.config
+    return {
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "max_length": config.n_positions,
+    }
