@@ -8,6 +8,7 @@ transformers' own GPT2LMHeadModel and ``pipeline("text-generation")``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import transformers
 from scratchformers.training.cli import main
 
 PROMPT = "The return statement"
+ROOT = Path(__file__).parents[1]
 
 
 def scratchformers(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -79,6 +81,53 @@ def test_export_gives_transformers_gpt2_with_our_logits(
     # A second export into the same folder is refused.
     code, _, err = scratchformers(capsys, "export", gpt2_run, out)
     assert code == 2 and f"{out} already holds a model" in err
+
+
+def readme_onnx_loop() -> str:
+    """The gpt2 README's greedy decoding loop in onnxruntime, as the README shows it."""
+    readme = (ROOT / "packages/gpt2/README.md").read_text()
+    blocks = [
+        b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "onnxruntime" in b
+    ]
+    assert len(blocks) == 1, "the gpt2 README shows one onnxruntime loop"
+    return blocks[0]
+
+
+def test_export_to_onnx_and_the_readme_s_greedy_loop(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    out = tmp_path / "gpt2-onnx"
+    code, printed, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 0, err
+    assert "model.onnx: input_ids, attention_mask -> logits" in printed
+    assert f'onnxruntime.InferenceSession("{out / "model.onnx"}")' in printed
+    files = {path.name for path in out.iterdir()}
+    assert {"model.onnx", "onnx.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    graph = json.loads((out / "onnx.json").read_text())["graphs"]["model"]
+    assert graph["inputs"]["input_ids"]["shape"] == ["batch", "sequence"]
+    assert graph["max_abs_difference"]["logits"] <= 1e-4
+
+    # The README's loop, run as written but for the folder, gives generate()'s greedy tokens.
+    loop = readme_onnx_loop()
+    assert loop.count('folder = "gpt2-onnx"') == 1 and f'tokenizer("{PROMPT}"' in loop
+    namespace: dict[str, object] = {}
+    exec(loop.replace('folder = "gpt2-onnx"', f"folder = {str(out)!r}"), namespace)
+    printed = capsys.readouterr().out
+    ours = GPT2LMHeadModel.from_pretrained(gpt2_run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
+    with torch.no_grad():
+        greedy = ours.generate(
+            **tokenizer(PROMPT, return_tensors="pt"), max_new_tokens=8, do_sample=False
+        )
+    assert namespace["ids"].tolist() == greedy.tolist()  # type: ignore[attr-defined]
+    assert printed == tokenizer.decode(greedy[0]) + "\n"
+    assert greedy.shape[1] > len(tokenizer(PROMPT)["input_ids"]) + 1  # it did decode
+
+    # A second export into the same folder is refused, in any format.
+    code, _, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 2 and f"{out} is not empty" in err
 
 
 def test_generate_and_eval_of_a_gpt2_run(
