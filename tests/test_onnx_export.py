@@ -145,7 +145,7 @@ def encdec() -> torch.nn.Module:
 
 # recipe name -> (the model, the graph files the recipe writes)
 MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], tuple[str, ...]]] = {
-    "gpt2": ("gpt2", gpt2, ("model",)),
+    "gpt2": ("gpt2", gpt2, ("model", "model_with_past")),
     "bert-mlm": ("bert-mlm", bert_mlm, ("model",)),
     "bert-classifier": ("lora", bert_classifier, ("model",)),
     "vit": ("vit", vit, ("model",)),
@@ -190,8 +190,24 @@ def test_onnxruntime_gives_the_model_s_outputs(kind: str, tmp_path: Path) -> Non
     with torch.no_grad():
         if kind == "gpt2":
             inputs = token_example(VOCAB, BATCH, LENGTH, padding="left")
+            expected = model(**inputs).logits
+            mask = inputs["attention_mask"]
             (logits,) = run("model", **inputs)
-            compared.append(("logits", logits, model(**inputs).logits, inputs["attention_mask"]))
+            compared.append(("logits", logits, expected, mask))
+            # With the cache: the first 6 tokens from an empty cache (5 heads of 8), then the
+            # rest fed with the cache that call gave, against the whole forward's logits.
+            names = [f"{layer}.{kv}" for layer in range(2) for kv in ("key", "value")]
+            ids, cut = inputs["input_ids"], 6
+            empty = {f"past_key_values.{name}": torch.zeros(BATCH, 5, 0, 8) for name in names}
+            first = run(
+                "model_with_past", input_ids=ids[:, :cut], attention_mask=mask[:, :cut], **empty
+            )
+            presents = zip(names, first[1:], strict=True)
+            cache = {f"past_key_values.{n}": torch.from_numpy(v) for n, v in presents}
+            second = run("model_with_past", input_ids=ids[:, cut:], attention_mask=mask, **cache)
+            assert second[1].shape == (BATCH, 5, LENGTH, 8)  # present.0.key: every position
+            both = np.concatenate([first[0], second[0]], axis=1)
+            compared.append(("logits from the cache", both, expected, mask))
         elif kind.startswith("bert"):
             inputs = token_example(VOCAB, BATCH, LENGTH)
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
