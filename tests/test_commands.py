@@ -83,14 +83,14 @@ def test_export_gives_transformers_gpt2_with_our_logits(
     assert code == 2 and f"{out} already holds a model" in err
 
 
-def readme_onnx_loop() -> str:
-    """The gpt2 README's greedy decoding loop in onnxruntime, as the README shows it."""
+def readme_onnx_loops() -> list[str]:
+    """The gpt2 README's greedy decoding loops in onnxruntime, as the README shows them:
+    without the cache and with it."""
     readme = (ROOT / "packages/gpt2/README.md").read_text()
-    blocks = [
-        b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "onnxruntime" in b
-    ]
-    assert len(blocks) == 1, "the gpt2 README shows one onnxruntime loop"
-    return blocks[0]
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    loops = [block for block in blocks if "onnxruntime" in block]
+    assert len(loops) == 2, "the gpt2 README shows two onnxruntime loops"
+    return loops
 
 
 def test_export_to_onnx_and_the_readme_s_greedy_loop(
@@ -102,28 +102,31 @@ def test_export_to_onnx_and_the_readme_s_greedy_loop(
     code, printed, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
     assert code == 0, err
     assert "model.onnx: input_ids, attention_mask -> logits" in printed
+    assert (
+        "model_with_past.onnx: input_ids, attention_mask, past_key_values.<layer>.key, "
+        "past_key_values.<layer>.value -> logits, present.<layer>.key, present.<layer>.value"
+    ) in printed
     assert f'onnxruntime.InferenceSession("{out / "model.onnx"}")' in printed
     files = {path.name for path in out.iterdir()}
-    assert {"model.onnx", "onnx.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {"model.onnx", "model_with_past.onnx", "onnx.json", "tokenizer.json"} <= files
     graph = json.loads((out / "onnx.json").read_text())["graphs"]["model"]
     assert graph["inputs"]["input_ids"]["shape"] == ["batch", "sequence"]
     assert graph["max_abs_difference"]["logits"] <= 1e-4
 
-    # The README's loop, run as written but for the folder, gives generate()'s greedy tokens.
-    loop = readme_onnx_loop()
-    assert loop.count('folder = "gpt2-onnx"') == 1 and f'tokenizer("{PROMPT}"' in loop
-    namespace: dict[str, object] = {}
-    exec(loop.replace('folder = "gpt2-onnx"', f"folder = {str(out)!r}"), namespace)
-    printed = capsys.readouterr().out
+    # The README's loops, run as written but for the folder, give generate()'s greedy tokens.
     ours = GPT2LMHeadModel.from_pretrained(gpt2_run).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
     with torch.no_grad():
         greedy = ours.generate(
             **tokenizer(PROMPT, return_tensors="pt"), max_new_tokens=8, do_sample=False
         )
-    assert namespace["ids"].tolist() == greedy.tolist()  # type: ignore[attr-defined]
-    assert printed == tokenizer.decode(greedy[0]) + "\n"
     assert greedy.shape[1] > len(tokenizer(PROMPT)["input_ids"]) + 1  # it did decode
+    for loop in readme_onnx_loops():
+        assert loop.count('folder = "gpt2-onnx"') == 1 and f'tokenizer("{PROMPT}"' in loop
+        namespace: dict[str, object] = {}
+        exec(loop.replace('folder = "gpt2-onnx"', f"folder = {str(out)!r}"), namespace)
+        assert namespace["ids"].tolist() == greedy.tolist()  # type: ignore[attr-defined]
+        assert capsys.readouterr().out == tokenizer.decode(greedy[0]) + "\n"
 
     # A second export into the same folder is refused, in any format.
     code, _, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ def onnx_usage(out: Path) -> list[str]:
     metadata = json.loads((out / METADATA_FILE).read_text())
     lines = [f"exported to {out} as ONNX ({METADATA_FILE} describes the graphs):"]
     for graph in metadata["graphs"].values():
-        inputs, outputs = ", ".join(graph["inputs"]), ", ".join(graph["outputs"])
+        inputs, outputs = _names(graph["inputs"]), _names(graph["outputs"])
         difference = max(graph["max_abs_difference"].values(), default=0.0)
         lines.append(
             f"  {graph['file']}: {inputs} -> {outputs} (onnxruntime matches PyTorch to "
@@ -276,6 +277,11 @@ def onnx_usage(out: Path) -> list[str]:
     first = next(iter(metadata["graphs"].values()))["file"]
     lines.append(f'run it with onnxruntime.InferenceSession("{out / first}")')
     return lines
+
+
+def _names(names: list[str]) -> str:
+    """Names for a line of text, one per layer said once: ``past_key_values.<layer>.key``."""
+    return ", ".join(dict.fromkeys(re.sub(r"\.\d+\.", ".<layer>.", name) for name in names))
 
 
 def token_example(
