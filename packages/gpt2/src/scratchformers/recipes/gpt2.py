@@ -6,9 +6,9 @@
 The result is a scratchformers GPT-2; ``scratchformers export`` (or
 ``scratchformers.gpt2.export_to_transformers``) turns it into a directory for transformers'
 ``GPT2LMHeadModel`` and ``pipeline("text-generation")``, and ``--format onnx`` into
-``model.onnx`` for onnxruntime (``input_ids``, ``attention_mask`` -> ``logits``). This module is what
-``scratchformers train gpt2 --help`` imports, so the model package is imported in
-``build_model`` only.
+``model.onnx`` and ``model_with_past.onnx`` (with a KV cache) for onnxruntime
+(:func:`onnx_graphs`). This module is what ``scratchformers train gpt2 --help`` imports, so
+the model package is imported in ``build_model`` only.
 """
 
 from __future__ import annotations
