@@ -122,7 +122,8 @@ def clip() -> torch.nn.Module:
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
 
 
-def encdec() -> torch.nn.Module:
+def encdec(**options: Any) -> torch.nn.Module:
+    """BART's options, or what ``options`` changes."""
     from scratchformers.encdec import EncDecConfig, EncDecForConditionalGeneration
 
     config = EncDecConfig(
@@ -139,8 +140,21 @@ def encdec() -> torch.nn.Module:
         bos_token_id=0,
         eos_token_id=2,
         decoder_start_token_id=2,
+        **options,
     )
     return EncDecForConditionalGeneration(config)
+
+
+def marian() -> torch.nn.Module:
+    """Marian's options: sinusoidal positions (a table computed, not stored), scaled
+    embeddings, swish, and pre-norm layers as a trained-here variant may have."""
+    return encdec(
+        position_embedding_type="sinusoidal",
+        scale_embedding=True,
+        activation_function="swish",
+        layernorm_embedding=False,
+        norm_position="pre",
+    )
 
 
 # recipe name -> (the model, the graph files the recipe writes)
@@ -151,6 +165,7 @@ MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], tuple[str, ...]]] = 
     "vit": ("vit", vit, ("model",)),
     "clip": ("clip", clip, ("text_model", "vision_model")),
     "encdec": ("encdec", encdec, ("encoder", "decoder")),
+    "encdec-marian": ("encdec", marian, ("encoder", "decoder")),
 }
 
 
@@ -161,7 +176,12 @@ def real(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return values[mask.astype(bool)]
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize(
+    "kind",
+    # Marian's options take the same graph code as BART's: their run goes to the slow session,
+    # to keep the integration session's time for what only it covers.
+    [pytest.param(k, marks=pytest.mark.slow) if k == "encdec-marian" else k for k in MODELS],
+)
 def test_onnxruntime_gives_the_model_s_outputs(kind: str, tmp_path: Path) -> None:
     recipe_name, build, names = MODELS[kind]
     model = randomize(build(), seed=1).eval()
