@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,16 @@ def test_export_to_onnx_and_the_readme_s_greedy_loop(
     from scratchformers.gpt2 import GPT2LMHeadModel
 
     out = tmp_path / "gpt2-onnx"
+    # Without the [onnx] extra: one line that says how to install it, and no OUT.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+        code, _, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: --format onnx needs onnxruntime, which the training package's [onnx] extra "
+        "installs: pip install 'scratchformers-training[onnx]'"
+    )
+    assert not out.exists()
+
     code, printed, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
     assert code == 0, err
     assert "model.onnx: input_ids, attention_mask -> logits" in printed

@@ -750,6 +750,6 @@ def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
     """The temperature that turns the towers' embeddings into CLIP's logits, and the image
     size the vision graph takes."""
     return {
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": float(model.logit_scale.detach().exp()),
         "image_size": model.config.vision_config.image_size,
     }

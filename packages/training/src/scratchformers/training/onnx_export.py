@@ -55,9 +55,16 @@ SINGLE_FILE_LIMIT = 1_800_000_000
 OPSET = 18
 
 
-class OnnxExportError(RuntimeError):
-    """The ONNX export failed a check: onnx.checker's, or onnxruntime's outputs differing
-    from PyTorch's."""
+# Both errors are ValueErrors so that ``scratchformers export`` ends with its one line,
+# ``error: ...``, and exit code 2, as for any other refusal.
+class OnnxExportError(ValueError):
+    """The ONNX export failed: torch's exporter, onnx.checker, or onnxruntime's outputs
+    differing from PyTorch's."""
+
+
+class OnnxMissingError(ImportError, ValueError):
+    """onnx, onnxruntime or onnxscript is not installed (the training package's ``[onnx]``
+    extra)."""
 
 
 class OnnxMismatchError(OnnxExportError):
@@ -104,8 +111,8 @@ class OnnxGraph:
 
 
 def require_onnx() -> None:
-    """Import onnx, onnxruntime and onnxscript, or raise an ``ImportError`` that says which
-    is missing and how to install them."""
+    """Import onnx, onnxruntime and onnxscript, or raise :class:`OnnxMissingError` (an
+    ``ImportError``) that says which is missing and how to install them."""
     missing = []
     for name in ("onnx", "onnxruntime", "onnxscript"):
         try:
@@ -113,7 +120,7 @@ def require_onnx() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise ImportError(
+        raise OnnxMissingError(
             f"--format onnx needs {', '.join(missing)}, which the training package's [onnx] "
             f"extra installs: {INSTALL_HINT}"
         )
@@ -192,23 +199,32 @@ def export_graph(graph: OnnxGraph, path: Path) -> None:
     wrapper = _graph_module_class()(graph, list(example)).eval()
     # One entry, a tuple of the inputs' axes: the wrapper's forward takes them as *tensors.
     dynamic_shapes = (tuple(dict(graph.dynamic_axes.get(name, {})) for name in example),)
-    large = sum(p.numel() * p.element_size() for p in graph.module.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in graph.module.parameters())
     with torch.no_grad(), warnings.catch_warnings():
         # Two axes the export proves equal (input_ids' and attention_mask's batch) get one
         # name; the exporter warns about the name it drops, which says nothing to a user.
         warnings.filterwarnings("ignore", message=".*The axis name.*will not be used")
-        torch.onnx.export(
-            wrapper,
-            tuple(example.values()),
-            str(path),
-            input_names=list(example),
-            output_names=list(graph.forward(**example)),
-            dynamic_shapes=dynamic_shapes,
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=large > SINGLE_FILE_LIMIT,
-            verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                wrapper,
+                tuple(example.values()),
+                str(path),
+                input_names=list(example),
+                output_names=list(graph.forward(**example)),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=weight_bytes > SINGLE_FILE_LIMIT,
+                verbose=False,
+            )
+        except Exception as error:
+            # torch's message is pages long; its first line says what failed, and the
+            # chained exception keeps the rest.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise OnnxExportError(
+                f"{path.name}: torch's ONNX exporter could not export the {graph.name} graph "
+                f"({type(error).__name__}: {reason})"
+            ) from error
     try:
         # By path, so that a graph with external data is checked whole.
         onnx.checker.check_model(str(path), full_check=True)
