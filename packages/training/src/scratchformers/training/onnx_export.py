@@ -6,7 +6,8 @@ tensors that returns named outputs, example inputs of any batch size and length,
 that stay dynamic). :func:`onnx_format` turns the recipe's graphs into the ``"onnx"`` entry of
 its :meth:`~scratchformers.training.Recipe.export_formats`; :func:`write_onnx` does the work:
 
-1. each graph is exported with torch's exporter to ``<name>.onnx``, one self-contained file;
+1. each graph is exported with torch's exporter to ``<name>.onnx``, one self-contained file
+   (above 1.8 GB of weights, protobuf's limit, they go to ``<name>.onnx.data`` beside it);
 2. ``onnx.checker`` checks the file;
 3. onnxruntime runs it on inputs of other shapes than the export's (batch 3 and 2, lengths
    11 and 5 against the export's 2 x 7, rows padded to unequal lengths), and every output must
@@ -51,7 +52,8 @@ EXPORT_SHAPE = (2, 7)
 CHECK_SHAPES = ((3, 11), (2, 5))
 # A graph above this size goes to an external data file beside it (protobuf stops at 2 GiB).
 SINGLE_FILE_LIMIT = 1_800_000_000
-# The onnx operator set the graphs use: onnxruntime 1.20 and later run it.
+# The onnx operator set the graphs use: older than torch's default, so that onnxruntime
+# releases older than the one the tests run also load the graphs.
 OPSET = 18
 
 
