@@ -52,8 +52,8 @@ EXPORT_SHAPE = (2, 7)
 CHECK_SHAPES = ((3, 11), (2, 5))
 # A graph above this size goes to an external data file beside it (protobuf stops at 2 GiB).
 SINGLE_FILE_LIMIT = 1_800_000_000
-# The onnx operator set the graphs use: older than torch's default, so that onnxruntime
-# releases older than the one the tests run also load the graphs.
+# The onnx operator set the graphs use: the one torch's exporter writes natively (torchlib's),
+# pinned so that a torch upgrade cannot raise what an onnxruntime must support unnoticed.
 OPSET = 18
 
 
