@@ -132,10 +132,11 @@ def bert_onnx_format() -> ExportFormat:
 
 def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
     """A BERT as one ONNX graph: ``input_ids``, ``attention_mask`` and ``token_type_ids``
-    ``(batch, sequence)`` (what its tokenizer returns), both axes dynamic, -> ``logits``:
-    ``(batch, sequence, vocab)`` for a ``BertForMaskedLM`` (fill-mask: read them at the
-    ``[MASK]`` positions), ``(batch, num_labels)`` for a ``BertForSequenceClassification``
-    (its ``config.id2label`` names the classes)."""
+    ``(batch, sequence)``, both axes dynamic, as a BERT tokenizer returns them (for one text
+    ``token_type_ids`` are zeros, which the project's own tokenizers leave out), ->
+    ``logits``: ``(batch, sequence, vocab)`` for a ``BertForMaskedLM`` (fill-mask: read them
+    at the ``[MASK]`` positions), ``(batch, num_labels)`` for a
+    ``BertForSequenceClassification`` (its ``config.id2label`` names the classes)."""
     config = model.config
     masked_lm = type(model).__name__ == "BertForMaskedLM"
 
