@@ -8,7 +8,9 @@ transformers' own GPT2LMHeadModel and ``pipeline("text-generation")``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import transformers
 from scratchformers.training.cli import main
 
 PROMPT = "The return statement"
+ROOT = Path(__file__).parents[1]
 
 
 def scratchformers(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -80,6 +83,66 @@ def test_export_gives_transformers_gpt2_with_our_logits(
     # A second export into the same folder is refused.
     code, _, err = scratchformers(capsys, "export", gpt2_run, out)
     assert code == 2 and f"{out} already holds a model" in err
+
+
+def readme_onnx_loops() -> list[str]:
+    """The gpt2 README's greedy decoding loops in onnxruntime, as the README shows them:
+    without the cache and with it."""
+    readme = (ROOT / "packages/gpt2/README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    loops = [block for block in blocks if "onnxruntime" in block]
+    assert len(loops) == 2, "the gpt2 README shows two onnxruntime loops"
+    return loops
+
+
+def test_export_to_onnx_and_the_readme_s_greedy_loop(
+    gpt2_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scratchformers.gpt2 import GPT2LMHeadModel
+
+    out = tmp_path / "gpt2-onnx"
+    # Without the [onnx] extra: one line that says how to install it, and no OUT.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+        code, _, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "error: --format onnx needs onnxruntime, which the training package's [onnx] extra "
+        "installs: pip install 'scratchformers-training[onnx]'"
+    )
+    assert not out.exists()
+
+    code, printed, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 0, err
+    assert "model.onnx: input_ids, attention_mask -> logits" in printed
+    assert (
+        "model_with_past.onnx: input_ids, attention_mask, past_key_values.<layer>.key, "
+        "past_key_values.<layer>.value -> logits, present.<layer>.key, present.<layer>.value"
+    ) in printed
+    assert f'onnxruntime.InferenceSession("{out / "model.onnx"}")' in printed
+    files = {path.name for path in out.iterdir()}
+    assert {"model.onnx", "model_with_past.onnx", "onnx.json", "tokenizer.json"} <= files
+    graph = json.loads((out / "onnx.json").read_text())["graphs"]["model"]
+    assert graph["inputs"]["input_ids"]["shape"] == ["batch", "sequence"]
+    assert graph["max_abs_difference"]["logits"] <= 1e-4
+
+    # The README's loops, run as written but for the folder, give generate()'s greedy tokens.
+    ours = GPT2LMHeadModel.from_pretrained(gpt2_run).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gpt2_run)
+    with torch.no_grad():
+        greedy = ours.generate(
+            **tokenizer(PROMPT, return_tensors="pt"), max_new_tokens=8, do_sample=False
+        )
+    assert greedy.shape[1] > len(tokenizer(PROMPT)["input_ids"]) + 1  # it did decode
+    for loop in readme_onnx_loops():
+        assert loop.count('folder = "gpt2-onnx"') == 1 and f'tokenizer("{PROMPT}"' in loop
+        namespace: dict[str, object] = {}
+        exec(loop.replace('folder = "gpt2-onnx"', f"folder = {str(out)!r}"), namespace)
+        assert namespace["ids"].tolist() == greedy.tolist()  # type: ignore[attr-defined]
+        assert capsys.readouterr().out == tokenizer.decode(greedy[0]) + "\n"
+
+    # A second export into the same folder is refused, in any format.
+    code, _, err = scratchformers(capsys, "export", gpt2_run, out, "--format", "onnx")
+    assert code == 2 and f"{out} is not empty" in err
 
 
 def test_generate_and_eval_of_a_gpt2_run(

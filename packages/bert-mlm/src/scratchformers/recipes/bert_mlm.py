@@ -7,13 +7,17 @@ WordPiece, ``[CLS] ... [SEP]`` blocks and BERT's dynamic masking come from the s
 ``MaskedLMRecipe``; the metrics are masked-token accuracy and MLM loss on a held-out split,
 beside the accuracy of always predicting the most frequent token. This module is what
 ``--help`` imports, so the model package is imported in ``build_model`` only.
+
+``scratchformers export --format onnx`` writes ``model.onnx`` (:func:`onnx_graphs`): the
+masked LM's logits here, and the classifier's for the lora recipe's fine-tuned BERT.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from scratchformers.training.recipe import ModelFlag, Preset, RecipeData
+from scratchformers.training.onnx_export import OnnxGraph, onnx_format, token_example
+from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
 from scratchformers.training.text import MaskedLMRecipe
 
 if TYPE_CHECKING:
@@ -23,6 +27,11 @@ if TYPE_CHECKING:
 
     from scratchformers.bert_mlm import BertForMaskedLM
     from scratchformers.training.settings import TrainingSettings
+
+# BERT's inputs as its tokenizer gives them, each (batch, sequence).
+TEXT_AXES = {
+    name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")
+}
 
 
 class BertMLMRecipe(MaskedLMRecipe):
@@ -108,3 +117,64 @@ class BertMLMRecipe(MaskedLMRecipe):
         from scratchformers.bert_mlm import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' BERT, and ONNX: ``model.onnx`` (see :func:`onnx_graphs`)."""
+        return {**super().export_formats(), "onnx": bert_onnx_format()}
+
+
+def bert_onnx_format() -> ExportFormat:
+    """The ``"onnx"`` export of a BERT with either head (this recipe's and lora's)."""
+    return onnx_format(
+        onnx_graphs, onnx_info, help="model.onnx: the head's logits, for onnxruntime"
+    )
+
+
+def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
+    """A BERT as one ONNX graph: ``input_ids``, ``attention_mask`` and ``token_type_ids``
+    ``(batch, sequence)``, both axes dynamic, as a BERT tokenizer returns them (for one text
+    ``token_type_ids`` are zeros, which the project's own tokenizers leave out), ->
+    ``logits``: ``(batch, sequence, vocab)`` for a ``BertForMaskedLM`` (fill-mask: read them
+    at the ``[MASK]`` positions), ``(batch, num_labels)`` for a
+    ``BertForSequenceClassification`` (its ``config.id2label`` names the classes)."""
+    config = model.config
+    masked_lm = type(model).__name__ == "BertForMaskedLM"
+
+    def forward(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:
+        outputs = model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        return {"logits": outputs.logits}
+
+    def example(batch: int, length: int) -> dict[str, Any]:
+        import torch
+
+        inputs = token_example(config.vocab_size, batch, length, pad_token_id=config.pad_token_id)
+        # A second segment on the back half of each row, as a sentence pair has.
+        token_type_ids = torch.zeros_like(inputs["input_ids"])
+        token_type_ids[:, length // 2 :] = min(1, config.type_vocab_size - 1)
+        return {**inputs, "token_type_ids": token_type_ids * inputs["attention_mask"]}
+
+    return [
+        OnnxGraph(
+            name="model",
+            module=model,
+            forward=forward,
+            example=example,
+            dynamic_axes=TEXT_AXES,
+            # A classifier reads the first token only, never a padded one.
+            real_positions={"logits": "attention_mask"} if masked_lm else {},
+            max_length=config.max_position_embeddings,
+            description="masked-LM logits at every position"
+            if masked_lm
+            else "class logits, named by config.id2label",
+        )
+    ]
+
+
+def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
+    """A classifier's class names, by logit index, for ``onnx.json`` (a masked LM's logits
+    are indexed by the tokenizer's vocabulary: nothing to add)."""
+    if type(model).__name__ == "BertForMaskedLM":
+        return {}
+    return {"id2label": {str(k): v for k, v in model.config.id2label.items()}}

@@ -27,6 +27,11 @@ colour and the shape it picks, and ``retrieval_accuracy`` (each image finds its 
 in its batch), and the recalls. At the end ``zero_shot.json`` and ``similarity.png``, the image-text
 similarities of held-out images and their captions. This module is what ``--help`` imports, so
 torch and the model package come in inside the hooks.
+
+``scratchformers export --format onnx`` writes the two towers (:func:`onnx_graphs`):
+``text_model.onnx`` (``input_ids``, ``attention_mask`` -> ``text_embeds``) and
+``vision_model.onnx`` (``pixel_values`` -> ``image_embeds``), normalised, with the
+temperature in ``onnx.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from scratchformers.training.onnx_export import (
+    OnnxGraph,
+    image_example,
+    onnx_format,
+    token_example,
+)
 from scratchformers.training.recipe import (
     EvalResults,
     Evaluation,
@@ -664,7 +675,8 @@ class CLIPRecipe(Recipe):
         return export_to_transformers(model, out_dir)
 
     def export_formats(self) -> dict[str, ExportFormat]:
-        """transformers' CLIP (the default), and open_clip's."""
+        """transformers' CLIP (the default), open_clip's, and ONNX: one graph per tower (see
+        :func:`onnx_graphs`)."""
         return {
             **super().export_formats(),
             "open_clip": ExportFormat(
@@ -674,6 +686,11 @@ class CLIPRecipe(Recipe):
                 "open_clip_config.json (its shape, text pooling and normalisation), with the "
                 "tokenizer",
                 copies_processor=True,
+            ),
+            "onnx": onnx_format(
+                onnx_graphs,
+                onnx_info,
+                help="text_model.onnx and vision_model.onnx: normalised embeddings",
             ),
         }
 
@@ -702,3 +719,73 @@ class CLIPRecipe(Recipe):
             "(open_clip.model.CLIP built by hand needs text_cfg's "
             f'pool_type="{text_cfg["pool_type"]}", eos_id={text_cfg["eos_id"]})',
         ]
+
+
+def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
+    """CLIP's two towers as two ONNX graphs, each giving normalised embeddings in the shared
+    space, so that ``logit_scale * image_embeds @ text_embeds.T`` (``onnx.json`` holds
+    ``logit_scale``, already exponentiated) is ``logits_per_image``:
+
+    * ``text_model``: ``input_ids``, ``attention_mask`` ``(batch, sequence)``, padded on the
+      right, each text ending in its end-of-text token (the tokenizer adds it) ->
+      ``text_embeds`` ``(batch, projection_dim)``;
+    * ``vision_model``: ``pixel_values`` ``(batch, channels, height, width)`` at the model's
+      image size -> ``image_embeds`` ``(batch, projection_dim)``.
+
+    Both batch axes, and the text's length, are dynamic.
+    """
+    import torch.nn.functional as F
+
+    text, vision = model.config.text_config, model.config.vision_config
+
+    def text_forward(input_ids: Any, attention_mask: Any) -> dict[str, Any]:
+        features = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return {"text_embeds": F.normalize(features.pooler_output, dim=-1)}
+
+    def text_example(batch: int, length: int) -> dict[str, Any]:
+        return token_example(
+            text.vocab_size,
+            batch,
+            length,
+            pad_token_id=text.pad_token_id,
+            end_token_id=text.eos_token_id,
+        )
+
+    def image_forward(pixel_values: Any) -> dict[str, Any]:
+        features = model.get_image_features(pixel_values=pixel_values)
+        return {"image_embeds": F.normalize(features.pooler_output, dim=-1)}
+
+    def images(batch: int, length: int) -> dict[str, Any]:
+        return image_example(batch, vision.num_channels, vision.image_size)
+
+    return [
+        OnnxGraph(
+            name="text_model",
+            module=model,
+            forward=text_forward,
+            example=text_example,
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+            },
+            max_length=text.max_position_embeddings,
+            description="normalised text embeddings",
+        ),
+        OnnxGraph(
+            name="vision_model",
+            module=model,
+            forward=image_forward,
+            example=images,
+            dynamic_axes={"pixel_values": {0: "batch"}},
+            description="normalised image embeddings",
+        ),
+    ]
+
+
+def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
+    """The temperature that turns the towers' embeddings into CLIP's logits, and the image
+    size the vision graph takes."""
+    return {
+        "logit_scale": float(model.logit_scale.detach().exp()),
+        "image_size": model.config.vision_config.image_size,
+    }

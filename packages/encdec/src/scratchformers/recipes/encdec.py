@@ -28,6 +28,9 @@ source (``copy_bleu``, ``copy_exact_match``: what a model that learnt nothing bu
 its input would get). At the end ``translations.json`` (the final figures and every held-out
 translation) and ``bleu.png`` (BLEU over the steps against the copy baseline). This module is
 what ``--help`` imports, so torch and the model package come in inside the hooks.
+
+``scratchformers export --format onnx`` writes ``encoder.onnx`` and ``decoder.onnx``
+(:func:`onnx_graphs`), for a greedy or beam loop in onnxruntime.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from scratchformers.training.onnx_export import OnnxGraph, onnx_format, token_example
 from scratchformers.training.recipe import (
     EvalResults,
     Evaluation,
+    ExportFormat,
     ModelFlag,
     Preset,
     Recipe,
@@ -601,6 +606,17 @@ class EncDecRecipe(Recipe):
 
         return export_to_transformers(model, out_dir)
 
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' BART, and ONNX: the encoder and the decoder (see :func:`onnx_graphs`)."""
+        return {
+            **super().export_formats(),
+            "onnx": onnx_format(
+                onnx_graphs,
+                onnx_info,
+                help="encoder.onnx and decoder.onnx (logits), for onnxruntime",
+            ),
+        }
+
     def load_model(self, model_dir: Path, settings: TrainingSettings) -> PreTrainedModel:
         from transformers import AutoTokenizer
 
@@ -735,3 +751,95 @@ def plot_bleu(records: list[dict[str, Any]], path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
+    """The encoder-decoder as two ONNX graphs, without a KV cache (a decoding loop runs the
+    encoder once and the decoder on the whole target so far at each step):
+
+    * ``encoder``: ``input_ids``, ``attention_mask`` ``(batch, source)``, padded on the
+      right -> ``last_hidden_state`` ``(batch, source, d_model)``;
+    * ``decoder``: ``decoder_input_ids`` ``(batch, target)`` (starting with
+      ``decoder_start_token_id``), ``encoder_hidden_states`` (the encoder's
+      ``last_hidden_state``) and ``encoder_attention_mask`` (its ``attention_mask``) ->
+      ``logits`` ``(batch, target, vocab)``.
+
+    Batch, source and target lengths are all dynamic.
+    """
+    import torch
+
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+
+    def encode(input_ids: Any, attention_mask: Any) -> dict[str, Any]:
+        encoder = model.get_encoder()
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return {"last_hidden_state": hidden}
+
+    def source(batch: int, length: int) -> dict[str, Any]:
+        return token_example(config.vocab_size, batch, length, pad_token_id=config.pad_token_id)
+
+    def decode(
+        decoder_input_ids: Any, encoder_hidden_states: Any, encoder_attention_mask: Any
+    ) -> dict[str, Any]:
+        outputs = model(
+            attention_mask=encoder_attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            encoder_outputs=(encoder_hidden_states,),
+            use_cache=False,
+        )
+        return {"logits": outputs.logits}
+
+    def target(batch: int, length: int) -> dict[str, Any]:
+        # A source three tokens longer than the target: the export must keep them apart.
+        encoder_mask = source(batch, length + 3)["attention_mask"]
+        states = torch.randn(batch, length + 3, config.d_model, generator=generator)
+        ids = token_example(config.vocab_size, batch, length, pad_token_id=None)["input_ids"]
+        ids[:, 0] = config.decoder_start_token_id
+        return {
+            "decoder_input_ids": ids,
+            "encoder_hidden_states": states,
+            "encoder_attention_mask": encoder_mask,
+        }
+
+    longest = config.max_position_embeddings
+    return [
+        OnnxGraph(
+            name="encoder",
+            module=model,
+            forward=encode,
+            example=source,
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "source"},
+                "attention_mask": {0: "batch", 1: "source"},
+            },
+            real_positions={"last_hidden_state": "attention_mask"},
+            max_length=longest,
+            description="the encoder's last hidden state",
+        ),
+        OnnxGraph(
+            name="decoder",
+            module=model,
+            forward=decode,
+            example=target,
+            dynamic_axes={
+                "decoder_input_ids": {0: "batch", 1: "target"},
+                "encoder_hidden_states": {0: "batch", 1: "source"},
+                "encoder_attention_mask": {0: "batch", 1: "source"},
+            },
+            max_length=longest - 3,
+            description="next-token logits at every target position (no KV cache)",
+        ),
+    ]
+
+
+def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
+    """What a decoding loop needs beside the graphs: the special tokens and the longest
+    target."""
+    config = model.config
+    return {
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "max_length": config.max_position_embeddings,
+    }

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from scratchformers.training.recipe import (
     EvalResults,
     Evaluation,
+    ExportFormat,
     ModelFlag,
     Preset,
     Recipe,
@@ -593,3 +594,11 @@ class LoraRecipe(Recipe):
         from scratchformers.bert_mlm import export_to_transformers
 
         return export_to_transformers(model, out_dir)
+
+    def export_formats(self) -> dict[str, ExportFormat]:
+        """transformers' BERT classifier, and ONNX: ``model.onnx``, ``input_ids``,
+        ``attention_mask``, ``token_type_ids`` -> class ``logits`` (the bert-mlm recipe's
+        graph, which takes either head)."""
+        from scratchformers.recipes.bert_mlm import bert_onnx_format
+
+        return {**super().export_formats(), "onnx": bert_onnx_format()}

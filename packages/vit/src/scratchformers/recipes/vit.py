@@ -10,14 +10,18 @@ their augmentation, the image processor saved with the model, top-1 accuracy aga
 most-frequent-class baseline and the confusion matrix come from the shared
 ``ImageClassificationRecipe``. This module is what ``--help`` imports, so the model package
 is imported in ``build_model`` only.
+
+``scratchformers export --format onnx`` writes ``model.onnx`` (:func:`onnx_graphs`):
+``pixel_values`` -> class ``logits``, for onnxruntime.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from scratchformers.training.onnx_export import OnnxGraph, image_example, onnx_format
 from scratchformers.training.recipe import ExportFormat, ModelFlag, Preset, RecipeData
 from scratchformers.training.vision import ImageClassificationRecipe, saved_preprocessing
 
@@ -218,7 +222,8 @@ class ViTRecipe(ImageClassificationRecipe):
         return export_to_transformers(model, out_dir)
 
     def export_formats(self) -> dict[str, ExportFormat]:
-        """transformers' ViT (the default), and timm's ``VisionTransformer``."""
+        """transformers' ViT (the default), timm's ``VisionTransformer``, and ONNX:
+        ``model.onnx`` (see :func:`onnx_graphs`)."""
         return {
             **super().export_formats(),
             "timm": ExportFormat(
@@ -226,6 +231,9 @@ class ViTRecipe(ImageClassificationRecipe):
                 usage=self.timm_usage,
                 help="timm's VisionTransformer: config.json and model.safetensors as timm "
                 "saves them for the Hub",
+            ),
+            "onnx": onnx_format(
+                onnx_graphs, onnx_info, help="model.onnx: class logits, for onnxruntime"
             ),
         }
 
@@ -247,3 +255,42 @@ class ViTRecipe(ImageClassificationRecipe):
             f'pretrained_cfg_overlay=dict(file="{out / "model.safetensors"}", '
             f"num_classes={config['num_classes']}), **model_args)",
         ]
+
+
+def onnx_graphs(model: PreTrainedModel) -> list[OnnxGraph]:
+    """A ViT classifier as one ONNX graph: ``pixel_values`` ``(batch, channels, height,
+    width)`` at the model's image size (as its image processor makes them), the batch
+    dynamic, -> ``logits`` ``(batch, num_labels)``."""
+    config = model.config
+    height, width = _pair(config.image_size)
+
+    def forward(pixel_values: Any) -> dict[str, Any]:
+        return {"logits": model(pixel_values=pixel_values).logits}
+
+    def example(batch: int, length: int) -> dict[str, Any]:
+        return image_example(batch, config.num_channels, (height, width))
+
+    return [
+        OnnxGraph(
+            name="model",
+            module=model,
+            forward=forward,
+            example=example,
+            dynamic_axes={"pixel_values": {0: "batch"}},
+            description="class logits, named by config.id2label",
+        )
+    ]
+
+
+def onnx_info(model: PreTrainedModel) -> dict[str, Any]:
+    """The class names by logit index, and the image size the graph takes."""
+    config = model.config
+    return {
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "image_size": list(_pair(config.image_size)),
+    }
+
+
+def _pair(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an ``image_size`` field (an int is square)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
