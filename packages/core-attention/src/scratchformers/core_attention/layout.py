@@ -28,7 +28,14 @@ in-place updates (optimizer steps, peft merges); ``save_pretrained`` writes the 
 either way (safetensors stores values, not strides).
 
 A weight shared with an embedding (a tied LM head) stays as it is: an embedding looks up
-rows, which must stay contiguous.
+rows, which must stay contiguous. safetensors' own ``save_file`` refuses a tensor that is not
+contiguous: after a float32 decode, save with ``save_pretrained`` or accelerate (which copy),
+or call ``lay_out_linears(model, input_major=False)`` first.
+
+Not done: the query, key and value weights as blocks of one tensor, read by one product per
+layer (at GPT-2 124M shape, the 12 layers' three 768 x 768 products took 6.0 ms a token
+against 4.5 for one 768 x 2304). Parameters that share storage are taken for tied weights
+by the savers: accelerate's ``save`` dropped the key and value weights from the file.
 """
 
 from __future__ import annotations
