@@ -131,7 +131,16 @@ def test_export_for_timm_gives_timm_our_logits_and_preprocessing(
     assert main(["export", str(trained), str(out), "--format", "timm"]) == 0
     printed = capsys.readouterr().out
     assert f'timm.create_model("local-dir:{out}", pretrained=True)' in printed
-    assert sorted(path.name for path in out.iterdir()) == ["config.json", "model.safetensors"]
+    # timm's two files, and the export's card with the figures it shows.
+    written = {path.name for path in out.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md"} <= written
+    assert all(
+        name.endswith(".png")
+        for name in written - {"config.json", "model.safetensors", "README.md"}
+    )
+    card = (out / "README.md").read_text()
+    assert "library_name: timm" in card
+    assert "scratchformers export --format timm" in card
 
     theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     ours = ViTForImageClassification.from_pretrained(trained).eval()
