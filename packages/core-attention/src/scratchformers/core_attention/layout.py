@@ -11,9 +11,9 @@ CPUs MKL's one-row product reads an input-major matrix faster than an output-maj
 GPT-2 (124M) shape, the 48 block matrices took 23.4 ms input-major against 29.5 ms
 output-major (one interleaved run here), and a greedy decode went from 23.0 to 25.7 tokens/s:
 transformers' GPT-2, whose ``Conv1D`` weights are input-major, had the lead only for that
-reason. Batched products (training, prefill) gain nothing measurable, and the gradient of
-an input-major weight comes out input-major too, so training after a decode keeps the order
-without a copy.
+reason. Batched products (training, prefill) were not timed on a quiet machine in this
+order; what is certain is that the gradient of an input-major weight comes out input-major
+too, so training after a decode keeps the order without a copy.
 
 Why not always: the bf16 kernels prefer the other order (the same GPT-2 decode under bf16
 autocast: 48.0 tokens/s contiguous, 42.8 input-major, best of 5), FSDP refuses parameters
