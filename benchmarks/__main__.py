@@ -61,7 +61,7 @@ from .measure import (
     matmul_peak_flops,
     training_step,
 )
-from .memory import measure_in_subprocess
+from .memory import training_step_peak_mb
 from .report import output_problem, plot_paths, results_json, write_report
 from .rows import ROWS, SIZES, Row
 
@@ -240,19 +240,10 @@ def speed_rows(
         device,
     )
     add_speed(results, row, "training step", rate, {s: items / t for s, t in seconds.items()})
-    # Memory in a fresh process per side: a process that already ran a step reuses its memory.
+    # The first step of a fresh copy: gradients and the optimizer's state are allocated in it.
     memory = {
-        side: measure_in_subprocess(
-            row.name,
-            args.size,
-            side,
-            args.batch,
-            args.length,
-            args.device,
-            repeats=min(5, args.repeats),
-            precision=args.precision,
-        )
-        for side in sides
+        side: training_step_peak_mb(model, training_inputs, device, args.precision)
+        for side, model in sides.items()
     }
     if all(memory.values()):
         add_speed(results, row, "training step peak memory", "MB", memory, lower_is_better=True)

@@ -8,12 +8,9 @@ reported.
 from __future__ import annotations
 
 import contextlib
-import gc
-import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -103,34 +100,6 @@ def masked_lm_flops(n_layer: int, n_embd: int, vocab_size: int, batch: int, leng
     transform (2 * d^2 per token) before its decoder over the vocabulary."""
     tokens = batch * length
     return causal_lm_flops(n_layer, n_embd, vocab_size, batch, length) + 2 * n_embd**2 * tokens
-
-
-def _proc_status_mb(key: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) / 1024
-
-
-def peak_memory_mb(run: Callable[[], object], device: torch.device) -> float | None:
-    """Peak memory of one call above what was in use before it.
-
-    On a GPU, the CUDA allocator's peak. On the CPU, PyTorch keeps no such statistic, so Linux's
-    resident-set high-water mark is reset (``/proc/self/clear_refs``) and read back after the
-    call; ``None`` where that is not available.
-    """
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        run()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _proc_status_mb("VmRSS")
-    except OSError:
-        return None
-    run()
-    return max(0.0, _proc_status_mb("VmHWM") - before)
 
 
 def training_step(

@@ -1,85 +1,92 @@
-"""Peak memory of one training step, measured in a fresh process for each side of a row.
+"""Peak memory of one training step: the most bytes of tensors it held at once.
 
-A fresh process matters on the CPU: freed memory stays in the process (the allocator keeps it),
-so after a first step the resident-set peak no longer moves. Run by the benchmark as
-``python -m benchmarks.memory <row> <size> <side> <batch> <length> <device> <precision>``;
-prints megabytes. With precision ``bf16`` the step's forward runs under bf16 autocast, as the
-timed training step does.
+On a GPU this is the CUDA allocator's own count (``max_memory_allocated``). On the CPU PyTorch
+keeps no such count, so :class:`TensorBytes` keeps one: a dispatch mode that sees every op the
+step runs (forward, backward, optimizer), adds the storage of each tensor an op newly creates,
+and takes it off when Python frees that storage. The first step is measured, with a fresh
+optimizer, so the gradients and AdamW's two moments are counted as well as the activations.
 
-The weights are copied into the process's own memory before the step. A side loaded with
-``from_pretrained`` (ours, in most rows: converted from the folder transformers' class saved)
-holds its weights in the safetensors file's memory map, paged in as the step first reads them;
-the step's resident-set peak then counted the weights themselves on that side only (25 MB of
-encdec's 206, which read as 0.86 of transformers' memory until this copy).
+Why not the process's resident-set peak, which these rows read until 2026-12-07: it measures
+glibc's allocator as much as the model. Fresh processes of one side read vitmae at 63-68 MB and
+vit at 61-64 MB, and the two sides' medians differed by up to 3 MB (ratios 0.95-0.99 for bert-mlm,
+clip, encdec, lora, vit and vitmae), while the tensor peaks of the two sides were equal to within
+0.01 MB in every one of those rows. Memory a model can save (a smaller activation, a buffer not
+kept for the backward) shows in the tensor peak; how malloc reuses freed pages does not belong to
+either side. What the count leaves out: scratch memory a kernel allocates and frees inside one op
+(the same kernels run on both sides here), and the weights, which exist before the step.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import statistics
-import subprocess
-import sys
+import copy
+import weakref
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from .measure import PRECISIONS, peak_memory_mb, training_step
-from .rows import ROWS, SIZES
-
-
-def measure_in_subprocess(
-    row: str,
-    size: str,
-    side: str,
-    batch: int,
-    length: int,
-    device: str,
-    repeats: int = 5,
-    precision: str = "fp32",
-) -> float | None:
-    """Median over ``repeats`` fresh processes: the resident-set peak moves by several MB from
-    run to run on a CPU."""
-    runs = [
-        _measure_once(row, size, side, batch, length, device, precision) for _ in range(repeats)
-    ]
-    if any(run is None for run in runs):
-        return None
-    return statistics.median(runs)
+from .measure import PRECISIONS, training_step
 
 
-def _measure_once(
-    row: str, size: str, side: str, batch: int, length: int, device: str, precision: str
-) -> float | None:
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.memory",
-        row,
-        size,
-        side,
-        str(batch),
-        str(length),
-        device,
-        precision,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class TensorBytes(TorchDispatchMode):
+    """Counts the bytes of the tensors that ops create while the mode is active, and their peak.
+
+    A tensor that shares storage with one of its op's inputs (an in-place op, a view) is no new
+    memory; storage that existed before the mode is never counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._counted: dict[int, int] = {}  # storage address -> bytes
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {
+            leaf.untyped_storage().data_ptr()
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor)
+        }
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._count(leaf.untyped_storage(), inputs)
+        return out
+
+    def _count(self, storage: torch.UntypedStorage, inputs: set[int]) -> None:
+        address, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or address in inputs or address in self._counted:
+            return
+        self._counted[address] = size
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        # A storage's Python object lives exactly as long as the storage itself.
+        weakref.finalize(storage, self._release, address)
+
+    def _release(self, address: int) -> None:
+        self.live -= self._counted.pop(address, 0)
 
 
-def main() -> None:
-    row_name, size, side, batch, length, device_name, precision = sys.argv[1:]
-    device = torch.device(device_name)
-    row = ROWS[row_name](SIZES[size])
-    model = (row.ours if side == "ours" else row.theirs).to(device).train()
-    with torch.no_grad():  # out of any memory map: see the module docstring
-        for tensor in itertools.chain(model.parameters(), model.buffers()):
-            tensor.data = tensor.data.clone()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = row.training_inputs(row.inputs(int(batch), int(length), device))
+def training_step_peak_mb(
+    model: nn.Module, inputs: dict[str, object], device: torch.device, precision: str = "fp32"
+) -> float:
+    """Peak memory, in MB, of the first training step (AdamW) of a copy of ``model`` on
+    ``inputs``, above what was in use before it; under bf16 autocast for ``precision="bf16"``,
+    as the timed training step runs."""
+    trainee = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-4)
     dtype = PRECISIONS[precision]
-    step = lambda: training_step(model, optimizer, inputs, dtype)  # noqa: E731
-    print(json.dumps(peak_memory_mb(step, device)))
-
-
-if __name__ == "__main__":
-    main()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        training_step(trainee, optimizer, inputs, dtype)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    counter = TensorBytes()
+    with counter:
+        training_step(trainee, optimizer, inputs, dtype)
+    return counter.peak / 2**20

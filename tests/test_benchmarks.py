@@ -266,3 +266,26 @@ def test_the_int8_floor_multiplies_by_the_stored_int8_weight_and_its_scales() ->
     assert weight is layer.weight_int8 and scales.data_ptr() == layer.scales.data_ptr()
     ((product, nbytes),) = _matvecs(torch.nn.Sequential(layer))
     assert product().shape == (1, 48) and nbytes == 48 * 32 + 48 * 4
+
+
+def test_tensor_bytes_counts_new_storage_at_its_peak_and_nothing_aliased() -> None:
+    """The CPU memory row's counter: a new tensor adds its bytes, an in-place op or a view of
+    it adds none, freeing it takes them off, and storage from before the mode never counts."""
+    from benchmarks.memory import TensorBytes
+
+    megabyte = 2**20
+    existing = torch.zeros(megabyte // 4)
+    counter = TensorBytes()
+    with counter:
+        existing.add_(1)  # in place on storage from before: no new memory
+        first = torch.ones(megabyte // 4)  # 1 MB
+        first.mul_(2)
+        view = first[: megabyte // 8]
+        second = first * 3  # 2 MB live
+        del first, view
+        third = second + 1  # first freed before: 2 MB live again
+        del second, third
+        fourth = torch.empty(megabyte // 8)  # 0.5 MB
+    assert counter.peak == 2 * megabyte
+    assert counter.live == megabyte // 2
+    assert fourth.numel() == megabyte // 8

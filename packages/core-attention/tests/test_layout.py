@@ -1,7 +1,9 @@
 """Input-major linear weights: a float32 ``generate()`` on a CPU stores them in the other
 memory order, with the same values, shapes, results and parameter objects, and a bf16 one
 puts them back; the order is kept through training and saving; tied weights and distributed
-processes are left alone."""
+processes are left alone. While ``generate()`` runs, each self-attention computes its query,
+key and value with one product over a stacked copy of the three weights, with the same
+results, and the copy is gone afterwards."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from scratchformers.core_attention import (
+    Attention,
     ChecksCheckpoints,
     InputMajorLinears,
     is_input_major,
     lay_out_linears,
+    packed_query_key_value,
 )
 
 
@@ -144,3 +148,69 @@ def test_the_product_is_the_same_in_either_order(dtype: torch.dtype) -> None:
     lay_out_linears(linear, input_major=True)
     assert is_input_major(linear.weight)
     torch.testing.assert_close(linear(rows), expected)
+
+
+class AttentionModel(InputMajorLinears, nn.Module, Generates):
+    """Self attention with grouped key/value heads, then cross attention over a fixed memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(11, 24)
+        self.self_attention = Attention(24, 4, 2, is_causal=True, layer_idx=0)
+        self.cross_attention = Attention(24, 4, is_cross_attention=True, key_value_size=10)
+        self.memory = nn.Parameter(torch.randn(1, 5, 10))
+        self.stacked: list[bool] = []
+        for layer in (self.self_attention, self.cross_attention):
+            layer.register_forward_pre_hook(
+                lambda layer, args: self.stacked.append(layer.packed_qkv is not None)
+            )
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids)
+        hidden = hidden + self.self_attention(hidden)[0]
+        memory = self.memory.expand(len(input_ids), -1, -1)
+        return hidden + self.cross_attention(hidden, key_value_states=memory)[0]
+
+
+@pytest.mark.parametrize("input_major", [True, False])
+def test_stacked_query_key_value_give_the_same_attention_and_are_dropped_after(
+    input_major: bool,
+) -> None:
+    model = AttentionModel().eval()
+    expected = model(IDS)
+    with torch.no_grad(), packed_query_key_value(model, input_major=input_major) as stacked:
+        assert stacked == 1  # cross attention reads two inputs: nothing to stack
+        weight, bias = model.self_attention.packed_qkv
+        assert weight.shape == (24 + 12 + 12, 24) and bias.shape == (48,)
+        assert is_input_major(weight) == input_major
+        torch.testing.assert_close(model(IDS), expected, rtol=1e-6, atol=1e-6)
+    assert model.stacked[-2:] == [True, False]
+    assert model.self_attention.packed_qkv is None
+    assert not any("packed" in name for name, _ in model.named_parameters())
+    assert not any("packed" in name for name in model.state_dict())
+
+
+def test_generate_stacks_query_key_value_in_its_precision_and_not_under_peft_like_layers() -> None:
+    model = AttentionModel().eval()
+    model.generate(IDS)
+    assert model.stacked == [True, False]
+    assert model.self_attention.packed_qkv is None
+
+    model.stacked.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with packed_query_key_value(model, input_major=False, dtype=torch.bfloat16):
+            # autocast would cast a copy at every step; the copy is made in its dtype once
+            assert model.self_attention.packed_qkv[0].dtype == torch.bfloat16
+            assert model.self_attention.packed_qkv[0].is_contiguous()
+        model.generate(IDS)
+    assert model.stacked == [True, False]
+
+    class Adapted(nn.Linear):  # what peft's LoRA or an int8 layer puts in a projection's place
+        pass
+
+    adapted = Adapted(24, 12)
+    adapted.load_state_dict(model.self_attention.k_proj.state_dict())
+    model.self_attention.k_proj = adapted
+    model.stacked.clear()
+    model.generate(IDS)
+    assert model.stacked == [False, False]

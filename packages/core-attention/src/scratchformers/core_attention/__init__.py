@@ -29,7 +29,7 @@ from .interop import (
     export_to_transformers,
     from_pretrained_or_convert,
 )
-from .layout import InputMajorLinears, is_input_major, lay_out_linears
+from .layout import InputMajorLinears, is_input_major, lay_out_linears, packed_query_key_value
 from .loading import ChecksCheckpoints, load_checked
 from .masks import (
     build_attention_mask,
@@ -91,6 +91,7 @@ __all__ = [
     "lay_out_linears",
     "lean_sample",
     "load_checked",
+    "packed_query_key_value",
     "position_ids_from_padding_mask",
     "prepare_attention_inputs",
     "quantize_int8",

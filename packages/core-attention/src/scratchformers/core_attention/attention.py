@@ -13,6 +13,7 @@ tool work unchanged.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
@@ -99,6 +100,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(key_value_size, num_key_value_heads * head_dim, bias=k_bias)
         self.v_proj = nn.Linear(key_value_size, num_key_value_heads * head_dim, bias=v_bias)
         self.o_proj = nn.Linear(num_attention_heads * head_dim, hidden_size, bias=o_bias)
+        # (weight, bias) of q, k and v stacked, set only while a generate() runs on a CPU: one
+        # product instead of three (see layout.packed_query_key_value).
+        self.packed_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @property
     def attn_implementation(self) -> str:
@@ -141,12 +145,11 @@ class Attention(nn.Module):
         if cache is not None and self.layer_idx is None:
             raise ValueError("a cache was passed to an Attention built without layer_idx")
 
-        query = self._split_heads(self.q_proj(hidden_states))
         if self.is_cross_attention:
+            query = self._split_heads(self.q_proj(hidden_states))
             key, value = self._cross_attention_keys_values(key_value_states, cache)
         else:
-            key = self._split_heads(self.k_proj(hidden_states))
-            value = self._split_heads(self.v_proj(hidden_states))
+            query, key, value = map(self._split_heads, self._query_key_value(hidden_states))
             if position_embeddings is not None:
                 query, key = apply_rotary(query, key, *position_embeddings)
             if cache is not None:
@@ -182,6 +185,16 @@ class Attention(nn.Module):
         if requested is None:
             requested = getattr(self.config, "output_attentions", False)
         return bool(requested)
+
+    def _query_key_value(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.packed_qkv is None:
+            return (
+                self.q_proj(hidden_states),
+                self.k_proj(hidden_states),
+                self.v_proj(hidden_states),
+            )
+        widths = (self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features)
+        return F.linear(hidden_states, *self.packed_qkv).split(widths, dim=-1)
 
     def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
         """``(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)``."""
