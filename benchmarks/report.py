@@ -141,7 +141,9 @@ def write_report(results: Results, path: Path) -> None:
         f"`generate()` adds {settings['new_tokens']} tokens to a {settings['prompt']}-token prompt, greedy. "
         f"Medians of {settings['repeats']} repeats, ours and theirs interleaved in one run."
         f"{autocast_note} "
-        "**Ratio above 1.0 means ours is faster** (for memory: uses less).",
+        "**Ratio above 1.0 means ours is faster** (for memory: uses less). Peak memory is the "
+        "most bytes of tensors held at once during a first training step with a fresh AdamW "
+        "(on a CPU counted op by op, `benchmarks/memory.py`; on a GPU the CUDA allocator's peak).",
         "",
         "| machine | |",
         "| --- | --- |",

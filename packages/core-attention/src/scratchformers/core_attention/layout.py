@@ -126,12 +126,10 @@ def packed_query_key_value(
                 if isinstance(module, Attention) and not module.is_cross_attention
                 else ()
             )
-            if not projections or any(type(p) is not nn.Linear for p in projections):
+            if not _stackable(projections):
                 continue
-            biases = [p.bias for p in projections]
-            if any(b is None for b in biases) and any(b is not None for b in biases):
-                continue  # some biased, some not: no stacked bias to add
             weights = [p.weight for p in projections]
+            biases = [p.bias for p in projections]
             if input_major:  # stacked as the transpose of a contiguous (in, q + k + v) tensor
                 weight = torch.cat([w.t() for w in weights], dim=1).t()
             else:
@@ -144,6 +142,19 @@ def packed_query_key_value(
     finally:
         for module in stacked:
             module.packed_qkv = None
+
+
+def _stackable(projections: tuple[nn.Module, ...]) -> bool:
+    """Plain ``nn.Linear`` layers (not a LoRA or int8 layer in their place) holding plain
+    tensors (not a quantized tensor subclass) of one dtype and device, all with a bias or none."""
+    if not projections or any(type(p) is not nn.Linear for p in projections):
+        return False
+    weights = [p.weight for p in projections]
+    if any(type(w.data) is not torch.Tensor or w.device.type == "meta" for w in weights):
+        return False
+    if len({(w.dtype, w.device) for w in weights}) > 1:
+        return False
+    return len({p.bias is None for p in projections}) == 1
 
 
 class InputMajorLinears:
