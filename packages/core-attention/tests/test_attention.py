@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -402,6 +403,29 @@ def test_repeat_kv_order() -> None:
     for head in range(12):
         assert torch.equal(repeated[:, head], states[:, head // 4])
     assert repeat_kv(states, 1) is states
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_one_query_grouped_by_key_value_head_matches_repeated_keys(per_head: bool) -> None:
+    """Decoding one token with grouped-query attention and a mask, sdpa groups the query heads
+    by their key/value head instead of copying the keys and values: the same output as
+    attending with the keys and values repeated, for a mask shared by the heads or one each."""
+    batch, heads, kv_heads, keys, head_dim = 3, 6, 2, 7, 5
+    query = torch.randn(batch, heads, 1, head_dim)
+    key = torch.randn(batch, kv_heads, keys, head_dim)
+    value = torch.randn(batch, kv_heads, keys, head_dim)
+    mask = torch.randn(batch, heads if per_head else 1, 1, keys)
+    mask[0, ..., :3] = torch.finfo(torch.float32).min  # hidden keys
+    module = SimpleNamespace(is_causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, 3), repeat_kv(value, 3), attn_mask=mask
+    ).transpose(1, 2)
+    copying = "scratchformers.core_attention.functional.repeat_kv"
+    with mock.patch(copying, side_effect=AssertionError("keys and values were copied")):
+        output, _ = sdpa_attention_forward(module, query, key, value, mask)
+    torch.testing.assert_close(output, expected, atol=1e-6, rtol=1e-6)
+    eager, _ = eager_attention_forward(module, query, key, value, mask)
+    torch.testing.assert_close(output, eager, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", BACKENDS)

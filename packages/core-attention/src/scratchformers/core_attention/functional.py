@@ -101,18 +101,30 @@ def sdpa_attention_forward(
     PyTorch picks a fused kernel (flash, memory-efficient, or its CPU flash kernel) where it
     can. It cannot return probabilities, so the second result is ``None``.
     """
-    groups = query.shape[1] // key.shape[1]
+    batch, heads, query_length, head_dim = query.shape
+    groups = heads // key.shape[1]
     gqa: dict[str, bool] = {}
+    grouped_queries = False
     if groups > 1:
         # Without a mask sdpa's native GQA keeps the fused kernels; with one, several kernels
         # only support equal head counts, so expand keys and values instead.
         if attention_mask is None:
             gqa["enable_gqa"] = True
+        elif query_length == 1 and _shared_or_per_head(attention_mask, heads):
+            # Decoding one token: the query heads sharing a key/value head become that head's
+            # `groups` queries, so the cached keys and values are read where they are rather
+            # than copied `groups` times at every step.
+            query = query.reshape(batch, heads // groups, groups, head_dim)
+            if attention_mask.shape[1] == heads:
+                attention_mask = attention_mask.reshape(
+                    -1, heads // groups, groups, attention_mask.shape[-1]
+                )
+            grouped_queries = True
         else:
             key, value = repeat_kv(key, groups), repeat_kv(value, groups)
 
     if is_causal is None:
-        is_causal = _is_causal(module, attention_mask, query.shape[2])
+        is_causal = _is_causal(module, attention_mask, query_length)
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         # Clamp before casting: float32's most negative value is -inf in bfloat16 and float16.
         hidden = torch.finfo(query.dtype).min
@@ -128,7 +140,19 @@ def sdpa_attention_forward(
         is_causal=is_causal,
         **gqa,
     )
+    if grouped_queries:
+        output = output.reshape(batch, heads, query_length, head_dim)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _shared_or_per_head(attention_mask: torch.Tensor, heads: int) -> bool:
+    """A 4-D mask for one query, the same for every head or one per head (what grouping the
+    queries by key/value head can rearrange)."""
+    return (
+        attention_mask.dim() == 4
+        and attention_mask.shape[1] in (1, heads)
+        and attention_mask.shape[2] == 1
+    )
 
 
 OUR_IMPLEMENTATIONS: dict[str, AttentionFunction] = {
