@@ -159,10 +159,13 @@ class AttentionModel(InputMajorLinears, nn.Module, Generates):
         self.self_attention = Attention(24, 4, 2, is_causal=True, layer_idx=0)
         self.cross_attention = Attention(24, 4, is_cross_attention=True, key_value_size=10)
         self.memory = nn.Parameter(torch.randn(1, 5, 10))
-        self.stacked: list[bool] = []
+        # Per call: the stacked weight's dtype, or None where the layer ran its three products.
+        self.stacked: list[torch.dtype | None] = []
         for layer in (self.self_attention, self.cross_attention):
             layer.register_forward_pre_hook(
-                lambda layer, args: self.stacked.append(layer.packed_qkv is not None)
+                lambda layer, args: self.stacked.append(
+                    None if layer.packed_qkv is None else layer.packed_qkv[0].dtype
+                )
             )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -184,7 +187,7 @@ def test_stacked_query_key_value_give_the_same_attention_and_are_dropped_after(
         assert weight.shape == (24 + 12 + 12, 24) and bias.shape == (48,)
         assert is_input_major(weight) == input_major
         torch.testing.assert_close(model(IDS), expected, rtol=1e-6, atol=1e-6)
-    assert model.stacked[-2:] == [True, False]
+    assert model.stacked[-2:] == [torch.float32, None]
     assert model.self_attention.packed_qkv is None
     assert not any("packed" in name for name, _ in model.named_parameters())
     assert not any("packed" in name for name in model.state_dict())
@@ -193,17 +196,17 @@ def test_stacked_query_key_value_give_the_same_attention_and_are_dropped_after(
 def test_generate_stacks_query_key_value_in_its_precision_and_not_under_peft_like_layers() -> None:
     model = AttentionModel().eval()
     model.generate(IDS)
-    assert model.stacked == [True, False]
+    assert model.stacked == [torch.float32, None]
     assert model.self_attention.packed_qkv is None
 
     model.stacked.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with packed_query_key_value(model, input_major=False, dtype=torch.bfloat16):
-            # autocast would cast a copy at every step; the copy is made in its dtype once
-            assert model.self_attention.packed_qkv[0].dtype == torch.bfloat16
-            assert model.self_attention.packed_qkv[0].is_contiguous()
+            assert model.self_attention.packed_qkv[0].is_contiguous()  # bf16 reads it so
+        # autocast would cast a copy at every step: generate makes it in autocast's dtype once
+        model.stacked.clear()
         model.generate(IDS)
-    assert model.stacked == [True, False]
+    assert model.stacked == [torch.bfloat16, None]
 
     class Adapted(nn.Linear):  # what peft's LoRA or an int8 layer puts in a projection's place
         pass
@@ -213,4 +216,4 @@ def test_generate_stacks_query_key_value_in_its_precision_and_not_under_peft_lik
     model.self_attention.k_proj = adapted
     model.stacked.clear()
     model.generate(IDS)
-    assert model.stacked == [False, False]
+    assert model.stacked == [None, None]

@@ -107,7 +107,8 @@ def sdpa_attention_forward(
     grouped_queries = False
     if groups > 1:
         # Without a mask sdpa's native GQA keeps the fused kernels; with one, several kernels
-        # only support equal head counts, so expand keys and values instead.
+        # only support equal head counts, so expand keys and values instead (one decoding
+        # query aside: see below).
         if attention_mask is None:
             gqa["enable_gqa"] = True
         elif query_length == 1 and _shared_or_per_head(attention_mask, heads):
@@ -141,7 +142,7 @@ def sdpa_attention_forward(
         **gqa,
     )
     if grouped_queries:
-        output = output.reshape(batch, heads, query_length, head_dim)
+        output = output.reshape(batch, heads, query_length, -1)  # value's width, per head
     return output.transpose(1, 2).contiguous(), None
 
 
