@@ -139,7 +139,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=128, help="sequence length of those rows")
     parser.add_argument("--prompt", type=int, default=32, help="prompt length for generate()")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generate() adds")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement")
+    parser.add_argument(
+        "--repeats", type=int, default=11, help="timed repeats per measurement (default: 11)"
+    )
     parser.add_argument(
         "--no-compile",
         dest="compile",

@@ -164,8 +164,14 @@ class ViTEmbeddings(nn.Module):
         row order, each with its position added."""
         patches = self.patch_embeddings(pixel_values)
         table = self.position_table(*pixel_values.shape[-2:], interpolate_pos_encoding)
-        patches = patches + table[:, self.num_prefix_tokens :]
-        return self.dropout(self.prepend_class_token(patches, table))
+        # Every slot gets its position, so the table is added whole, in one op: slicing it (as
+        # prepend_class_token must for a subset of the patches) adds two slices to the forward
+        # and two zero-filled gradients to the backward.
+        tokens = patches
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(patches.shape[0], -1, -1)
+            tokens = torch.cat([cls, patches], dim=1)
+        return self.dropout(tokens + table)
 
     def prepend_class_token(self, patches: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """``patches`` (positions already added) with the class token and its position in
