@@ -16,6 +16,11 @@ lean decode loop, ``scratchformers.core_attention.decoding``), peak memory of a 
 utilisation against the machine's matmul peak measured in the same run, and the cost of
 one generated token as the context grows, with and without the cache.
 
+Every run also times identical work, the gpt2 row's training step against an exact copy of
+itself, in three rounds (``noise_band``): how far from 1.0 this run's noise alone moves a
+ratio. The report gives those ratios and shades the band they span in its plot, so that a row
+at parity is not read as a gap or a lead.
+
 ``--precision bf16`` runs all of that under ``torch.autocast(device, dtype=torch.bfloat16)`` on
 both sides, with the same float32 weights (what mixed-precision training runs; the training
 step's backward runs outside autocast), and measures MFU against the bf16 matmul peak. Both
@@ -82,6 +87,8 @@ class Results:
     growth: list[dict[str, object]] = field(default_factory=list)
     # Rows kept from earlier runs -> that run's machine (with its "peak_flops").
     earlier: dict[str, dict[str, object]] = field(default_factory=dict)
+    # The ratios of identical work timed in this run (see noise_band): the machine's noise.
+    noise: dict[str, object] = field(default_factory=dict)
 
     def keep_earlier_rows(self, path: Path) -> None:
         """Add the rows of the earlier run saved at ``path`` that this run did not measure,
@@ -388,6 +395,34 @@ def growth_rows(row: Row, args: argparse.Namespace, device: torch.device, result
         )
 
 
+def noise_band(
+    args: argparse.Namespace, device: torch.device, rounds: int = 3
+) -> dict[str, object]:
+    """How far from 1.0 the ratio of two equal sides lands in this run: the gpt2 row's model
+    against an exact copy of itself, its training step timed as a row's is (interleaved, the
+    same repeats, in ``args.precision``), in ``rounds`` rounds. A row whose ratio lies inside
+    these ratios is at parity within the machine's noise, neither behind nor ahead.
+
+    Measured at the small shape at most: a bigger one only takes longer (a GPT-2 124M step
+    takes seconds), and the noise is the machine's, not the model's."""
+    size = args.size if args.size in ("tiny", "small") else "small"
+    row = ROWS["gpt2"](SIZES[size])
+    inputs = row.training_inputs(row.inputs(args.batch, args.length, device))
+    dtype = PRECISIONS[args.precision]
+    copies = {side: copy.deepcopy(row.ours).to(device).train() for side in ("first", "second")}
+    optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in copies.items()}
+    steps = {s: lambda s=s: training_step(copies[s], optimizers[s], inputs, dtype) for s in copies}
+    ratios = []
+    for _ in range(rounds):
+        seconds = interleaved_medians(steps, max(args.repeats, 15), device)
+        ratios.append(seconds["second"] / seconds["first"])
+    print(f"identical work: ratios {', '.join(f'{r:.3f}' for r in ratios)}")
+    return {
+        "workload": f"gpt2 training step ({size} shape), a copy against itself",
+        "ratios": ratios,
+    }
+
+
 def measure_peaks(device: torch.device) -> dict[str, float]:
     """The fp32 and bf16 matmul peaks of ``device``, measured now, in FLOP/s."""
     peaks = {}
@@ -410,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         peak_flops=peak,
         peaks=peaks,
     )
+    results.noise = noise_band(args, device)
     for name in args.rows:
         # transformers' models share one compiled wrapper (utils/generic.py): without a reset,
         # each row's compiled generate() recompiles that one wrapper, and a few rows in, dynamo's

@@ -153,6 +153,7 @@ def write_report(results: Results, path: Path) -> None:
             for name, peak in (results.peaks or {"fp32": results.peak_flops}).items()
         ],
         *_earlier_runs(results, precision),
+        *_noise_lines(results),
         "",
         "## Speed and memory",
         "",
@@ -173,6 +174,15 @@ def write_report(results: Results, path: Path) -> None:
             f"| {entry['row']} | {entry['workload']}{note} | {entry['ours']:,.1f} | "
             f"{entry['theirs']:,.1f} | {entry['unit']} | **{entry['ratio']:.2f}** |"
         )
+    band = _noise_range(results)
+    if band:
+        lines += [
+            "",
+            f"Identical work landed up to {band[1] - 1.0:.3f} from 1.0 in this run "
+            f"({results.noise['workload']}, timed like a row): a ratio between {band[0]:.3f} "
+            f"and {band[1]:.3f} is parity within this machine's noise, not a lead or a gap. The "
+            "band is shaded in the plot.",
+        ]
     lines += [
         "",
         f"![ratios]({ratios_png.name})",
@@ -220,6 +230,25 @@ def _earlier_runs(results: Results, precision: str) -> list[str]:
     ]
 
 
+def _noise_range(results: Results) -> tuple[float, float] | None:
+    """``1 - d`` and ``1 + d``, where ``d`` is how far from 1.0 a ratio of identical work landed
+    in the run (its true ratio is 1.0, so the noise reaches as far either way); ``None`` for a
+    run from before the band was measured."""
+    ratios = results.noise.get("ratios") if results.noise else None
+    if not ratios:
+        return None
+    reach = max(abs(r - 1.0) for r in ratios)
+    return 1.0 - reach, 1.0 + reach
+
+
+def _noise_lines(results: Results) -> list[str]:
+    """The machine-table line for the ratios of identical work (see ``noise_band``)."""
+    if not results.noise:
+        return []
+    ratios = ", ".join(f"{r:.3f}" for r in results.noise["ratios"])
+    return [f"| ratios of identical work in this run ({results.noise['workload']}) | {ratios} |"]
+
+
 def _plot_ratios(results: Results, path: Path) -> None:
     import matplotlib
 
@@ -232,6 +261,10 @@ def _plot_ratios(results: Results, path: Path) -> None:
     colors = ["tab:green" if r >= 1.0 else "tab:red" for r in ratios]
     axis.barh(range(len(labels)), ratios, color=colors)
     axis.axvline(1.0, color="black", linewidth=1)
+    band = _noise_range(results)
+    if band:
+        axis.axvspan(*band, color="grey", alpha=0.3, label="identical work in this run (noise)")
+        axis.legend(loc="lower right", fontsize=8)
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel("ours / transformers (above 1.0: ours faster or smaller)")

@@ -17,6 +17,8 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not a package
 
+from benchmarks.__main__ import Results  # noqa: E402
+from benchmarks.report import _noise_range  # noqa: E402
 from benchmarks.rows import ROWS, SIZES  # noqa: E402
 
 
@@ -131,8 +133,24 @@ def test_runner_writes_results_and_plots_and_keeps_earlier_rows(tmp_path: Path) 
             assert all(line in first_report for line in rows), name
     assert f"rows kept from an earlier run: {', '.join(sorted(others))} |" in report
     assert "MFU" in report and "matmul peak" in report
+    # Every run times identical work, and its report gives the ratios and the band they span.
+    noise = json.loads((tmp_path / "results.json").read_text())["noise"]
+    assert len(noise["ratios"]) == 3 and all(r > 0 for r in noise["ratios"])
+    assert f"| ratios of identical work in this run ({noise['workload']}) |" in report
+    reach = max(abs(r - 1.0) for r in noise["ratios"])
+    assert f"between {1 - reach:.3f} and {1 + reach:.3f} is parity" in report
     for plot in ("ratios.png", "cost_growth.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_noise_band_reaches_as_far_below_one_as_the_farthest_identical_ratio() -> None:
+    """Identical work's true ratio is 1.0, so a deviation either way is noise: the band is
+    symmetric around 1.0, as wide as the farthest ratio, and absent for a run without one."""
+    results = Results(settings={}, machine={}, peak_flops=1.0)
+    assert _noise_range(results) is None
+    results.noise = {"workload": "w", "ratios": [0.99, 1.03, 1.005]}
+    low, high = _noise_range(results)
+    assert (round(low, 6), round(high, 6)) == (0.97, 1.03)
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_measuring(tmp_path: Path) -> None:
