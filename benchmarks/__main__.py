@@ -18,8 +18,8 @@ one generated token as the context grows, with and without the cache.
 
 Every run also times identical work, the gpt2 row's training step against an exact copy of
 itself, in three rounds (``noise_band``): how far from 1.0 this run's noise alone moves a
-ratio. The report gives those ratios and shades the band they span in its plot, so that a row
-at parity is not read as a gap or a lead.
+ratio. The report gives those ratios and shades 1 +/- the farthest of them in its plot, so
+that a row at parity is not read as a gap or a lead.
 
 ``--precision bf16`` runs all of that under ``torch.autocast(device, dtype=torch.bfloat16)`` on
 both sides, with the same float32 weights (what mixed-precision training runs; the training
@@ -400,8 +400,9 @@ def noise_band(
 ) -> dict[str, object]:
     """How far from 1.0 the ratio of two equal sides lands in this run: the gpt2 row's model
     against an exact copy of itself, its training step timed as a row's is (interleaved, the
-    same repeats, in ``args.precision``), in ``rounds`` rounds. A row whose ratio lies inside
-    these ratios is at parity within the machine's noise, neither behind nor ahead.
+    same repeats, in ``args.precision``), in ``rounds`` rounds. A row whose ratio lies within
+    1 +/- the farthest of them is at parity within the machine's noise, neither behind nor
+    ahead.
 
     Measured at the small shape at most: a bigger one only takes longer (a GPT-2 124M step
     takes seconds), and the noise is the machine's, not the model's."""
