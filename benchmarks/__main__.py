@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +148,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt", type=int, default=32, help="prompt length for generate()")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generate() adds")
     parser.add_argument(
-        "--repeats", type=int, default=11, help="timed repeats per measurement (default: 11)"
+        "--repeats",
+        type=int,
+        default=11,
+        help="timed repeats of generate() and the growth rows (default: 11)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        help="the forward and training-step timings repeat until each side has run about this "
+        "long (at least 15 and at most 200 times; default: 10)",
     )
     parser.add_argument(
         "--no-compile",
@@ -196,6 +207,19 @@ def machine_info(device: torch.device) -> dict[str, str]:
     return info
 
 
+def timed_for_long(
+    workloads: dict[str, Callable[[], object]], args: argparse.Namespace, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of the short workloads (forward, encoders, training step): each side runs
+    for about ``args.seconds`` in all, and at least 15 times. They are cheap, and on a noisy
+    machine their medians need many repeats (see ``interleaved_medians``). Two warm-up rounds:
+    the first step of a fresh model allocates its gradients and optimizer state, and would
+    make the estimate of a step's time too long."""
+    return interleaved_medians(
+        workloads, max(args.repeats, 15), device, warmup=2, seconds=args.seconds
+    )
+
+
 def speed_rows(
     row: Row, args: argparse.Namespace, device: torch.device, peak: float, results: Results
 ) -> None:
@@ -205,13 +229,11 @@ def speed_rows(
     inputs = row.inputs(args.batch, args.length, device)
     items = row.items(args.batch, args.length)
     rate = f"{row.unit}/s"
-    # The short workloads get more repeats: they are cheap, and the machine is noisy.
-    repeats = max(args.repeats, 15)
 
     forward_models = {side: row.forward_model(side) for side in sides}
     with autocast(device, args.precision):
-        seconds = interleaved_medians(
-            {s: lambda m=m: forward(m, inputs) for s, m in forward_models.items()}, repeats, device
+        seconds = timed_for_long(
+            {s: lambda m=m: forward(m, inputs) for s, m in forward_models.items()}, args, device
         )
     add_speed(results, row, "forward", rate, {s: items / t for s, t in seconds.items()})
     flops = row.forward_flops(args.batch, args.length)
@@ -229,9 +251,9 @@ def speed_rows(
         arguments = {key: inputs[key] for key in keys}
         methods = {s: getattr(m, method) for s, m in sides.items()}
         with autocast(device, args.precision):
-            seconds = interleaved_medians(
+            seconds = timed_for_long(
                 {s: lambda f=f, a=arguments: forward_method(f, a) for s, f in methods.items()},
-                repeats,
+                args,
                 device,
             )
         add_speed(results, row, name, rate, {s: items / t for s, t in seconds.items()})
@@ -240,12 +262,12 @@ def speed_rows(
     optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in trainees.items()}
     training_inputs = row.training_inputs(inputs)
     dtype = PRECISIONS[args.precision]  # autocast around the forward and loss only
-    seconds = interleaved_medians(
+    seconds = timed_for_long(
         {
             s: lambda s=s: training_step(trainees[s], optimizers[s], training_inputs, dtype)
             for s in trainees
         },
-        repeats,
+        args,
         device,
     )
     add_speed(results, row, "training step", rate, {s: items / t for s, t in seconds.items()})
@@ -415,7 +437,7 @@ def noise_band(
     steps = {s: lambda s=s: training_step(copies[s], optimizers[s], inputs, dtype) for s in copies}
     ratios = []
     for _ in range(rounds):
-        seconds = interleaved_medians(steps, max(args.repeats, 15), device)
+        seconds = timed_for_long(steps, args, device)
         ratios.append(seconds["second"] / seconds["first"])
     print(f"identical work: ratios {', '.join(f'{r:.3f}' for r in ratios)}")
     return {

@@ -8,6 +8,7 @@ reported.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -37,21 +38,42 @@ def synchronize(device: torch.device) -> None:
 
 
 def interleaved_medians(
-    workloads: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
+    workloads: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    seconds: float = 0.0,
+    most: int = 200,
 ) -> dict[str, float]:
-    """Median seconds of each workload, timed in alternation."""
+    """Median seconds of each workload, timed in alternation, ``repeats`` times; or, with
+    ``seconds``, as many times as lets the slowest workload run about that long in all (judged
+    by the last warm-up round), at least ``repeats`` and at most ``most`` times.
+
+    Why time rather than count: on a shared machine a neighbour's burst slows whichever side is
+    running, and a median over more repeats lets fewer of them tip it. Identical work (the
+    small gpt2 training step against a copy of itself) read 0.93-1.05 with medians of 15 steps
+    and 0.98-1.02 with medians of 60 (ten rounds each, one run); a short workload gets many
+    cheap repeats, a long one stays at ``repeats``.
+    """
+    slowest = 0.0
     for _ in range(warmup):
-        for run in workloads.values():
-            run()
+        slowest = max(_timed(run, device) for run in workloads.values())
+    if seconds > 0 and slowest > 0:
+        repeats = max(repeats, min(most, math.ceil(seconds / slowest)))
     times: dict[str, list[float]] = {name: [] for name in workloads}
     for _ in range(repeats):
         for name, run in workloads.items():
-            synchronize(device)
-            started = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - started)
+            times[name].append(_timed(run, device))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``run`` takes, the device's queued work included."""
+    synchronize(device)
+    started = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def matmul_peak_flops(

@@ -8,6 +8,8 @@ import math
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -18,6 +20,7 @@ ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not a package
 
 from benchmarks.__main__ import Results  # noqa: E402
+from benchmarks.measure import interleaved_medians  # noqa: E402
 from benchmarks.report import _noise_range  # noqa: E402
 from benchmarks.rows import ROWS, SIZES  # noqa: E402
 
@@ -80,7 +83,7 @@ RUNNER_ROWS = ("vit", "clip", "encdec", "gpt2")  # the first is measured again, 
 
 def _run(output: Path, *rows: str) -> str:
     command = [sys.executable, "-m", "benchmarks", "--size", "tiny", "--no-compile"]
-    command += ["--repeats", "1", "--output", str(output), "--rows", *rows]
+    command += ["--repeats", "1", "--seconds", "0", "--output", str(output), "--rows", *rows]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     return output.read_text()
 
@@ -105,6 +108,34 @@ def test_both_sides_of_a_row_compute_the_same_function(name: str) -> None:
             actual = getattr(row.ours, method)(**arguments).pooler_output
             assert float((actual - expected).abs().max()) <= 1e-4
             assert float(expected.std()) > 1e-3
+
+
+def test_timing_by_seconds_repeats_a_short_workload_until_it_has_run_that_long() -> None:
+    """With ``seconds``, the slower workload of the warm-up sets the repeat count for both, in
+    alternation; ``repeats`` is the floor and ``most`` the ceiling."""
+    calls = {"short": 0, "long": 0}
+
+    def workload(name: str, pause: float) -> Callable[[], None]:
+        def run() -> None:
+            calls[name] += 1
+            time.sleep(pause)
+
+        return run
+
+    workloads = {"short": workload("short", 0.001), "long": workload("long", 0.02)}
+    cpu = torch.device("cpu")
+    interleaved_medians(workloads, 3, cpu, warmup=1, seconds=0.2)
+    # One warm-up call each, then 0.2 s / 0.02 s = 10 repeats, fewer if sleep overshoots: more
+    # than the 3 asked for, never more than the long one's time allows.
+    assert calls["short"] == calls["long"] and 4 <= calls["long"] - 1 <= 10
+    for name in calls:
+        calls[name] = 0
+    interleaved_medians(workloads, 3, cpu, warmup=1, seconds=10.0, most=5)
+    assert calls == {"short": 6, "long": 6}
+    for name in calls:
+        calls[name] = 0
+    interleaved_medians(workloads, 4, cpu, warmup=1)  # no seconds: the count alone
+    assert calls == {"short": 5, "long": 5}
 
 
 def test_runner_writes_results_and_plots_and_keeps_earlier_rows(tmp_path: Path) -> None:
