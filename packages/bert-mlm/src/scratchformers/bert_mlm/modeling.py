@@ -63,16 +63,13 @@ class BertEmbeddings(nn.Module):
         token_type_ids: torch.Tensor | None,
     ) -> torch.Tensor:
         if token_type_ids is None:
-            # Segment A everywhere, transformers' default.
-            token_type_ids = torch.zeros(
-                inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device
-            )
-        self._check_token_types(token_type_ids, tuple(inputs_embeds.shape[:2]))
-        embeddings = (
-            inputs_embeds
-            + self.token_type_embeddings(token_type_ids)
-            + self.position_embeddings(position_ids)
-        )
+            # Segment A everywhere, transformers' default: its one row, broadcast, rather than
+            # a lookup of a zero per token (a batch-sized tensor, and a scatter in the backward).
+            token_types = self.token_type_embeddings.weight[0]
+        else:
+            self._check_token_types(token_type_ids, tuple(inputs_embeds.shape[:2]))
+            token_types = self.token_type_embeddings(token_type_ids)
+        embeddings = inputs_embeds + token_types + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
     def _check_token_types(self, token_type_ids: torch.Tensor, shape: tuple[int, int]) -> None:

@@ -188,9 +188,16 @@ class EncDecStack(EncDecPreTrainedModel):
 
     argument = "input_ids"
 
-    def __init__(self, config: EncDecConfig) -> None:
+    def __init__(self, config: EncDecConfig, *, token_table: bool = False) -> None:
         super().__init__(config)
         width = config.d_model
+        if token_table:
+            # BART's and Marian's embeddings keep the padding row at zero, without gradient.
+            # Registered first, so that it is the first parameter, as transformers' `shared`
+            # is: AdamW steps parameters in this order and holds each one's last temporary
+            # until the next one's exists, so the parameter before this, the largest, adds
+            # its size to the step's peak memory.
+            self.embed_tokens = TokenEmbedding(config.vocab_size, width, config.pad_token_id)
         if config.position_embedding_type == "learned":
             self.embed_positions = LearnedPositionalEmbedding(
                 config.max_position_embeddings, width, offset=config.position_offset
@@ -236,9 +243,7 @@ class EncDecEncoder(EncDecStack):
     _can_record_outputs = {"hidden_states": EncDecEncoderLayer, "attentions": Attention}
 
     def __init__(self, config: EncDecConfig) -> None:
-        super().__init__(config)
-        # BART's and Marian's embeddings keep the padding row at zero, without gradient.
-        self.embed_tokens = TokenEmbedding(config.vocab_size, config.d_model, config.pad_token_id)
+        super().__init__(config, token_table=True)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self.layers = nn.ModuleList(
             EncDecEncoderLayer(config, i) for i in range(config.encoder_layers)
