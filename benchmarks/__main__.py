@@ -17,9 +17,9 @@ utilisation against the machine's matmul peak measured in the same run, and the 
 one generated token as the context grows, with and without the cache.
 
 Every run also times identical work, the gpt2 row's training step against an exact copy of
-itself, in three rounds (``noise_band``): how far from 1.0 this run's noise alone moves a
-ratio. The report gives those ratios and shades 1 +/- the farthest of them in its plot, so
-that a row at parity is not read as a gap or a lead.
+itself, in a round before every row and after the last (``IdenticalWork``): how far from 1.0
+this run's noise alone moves a ratio. The report gives those ratios and shades 1 +/- the
+farthest of them in its plot, so that a row at parity is not read as a gap or a lead.
 
 ``--precision bf16`` runs all of that under ``torch.autocast(device, dtype=torch.bfloat16)`` on
 both sides, with the same float32 weights (what mixed-precision training runs; the training
@@ -88,7 +88,7 @@ class Results:
     growth: list[dict[str, object]] = field(default_factory=list)
     # Rows kept from earlier runs -> that run's machine (with its "peak_flops").
     earlier: dict[str, dict[str, object]] = field(default_factory=dict)
-    # The ratios of identical work timed in this run (see noise_band): the machine's noise.
+    # The ratios of identical work timed in this run (see IdenticalWork): the machine's noise.
     noise: dict[str, object] = field(default_factory=dict)
 
     def keep_earlier_rows(self, path: Path) -> None:
@@ -417,33 +417,45 @@ def growth_rows(row: Row, args: argparse.Namespace, device: torch.device, result
         )
 
 
-def noise_band(
-    args: argparse.Namespace, device: torch.device, rounds: int = 3
-) -> dict[str, object]:
+class IdenticalWork:
     """How far from 1.0 the ratio of two equal sides lands in this run: the gpt2 row's model
-    against an exact copy of itself, its training step timed as a row's is (interleaved, the
-    same repeats, in ``args.precision``), in ``rounds`` rounds. A row whose ratio lies within
-    1 +/- the farthest of them is at parity within the machine's noise, neither behind nor
-    ahead.
+    against an exact copy of itself, its training step timed as a row's is (interleaved, for
+    as long, in ``args.precision``). A row whose ratio lies within 1 +/- the farthest of these
+    is at parity within the machine's noise, neither behind nor ahead.
+
+    One round is timed before every row and one after the last, at least three in all, so
+    that the band covers the whole run: the noise of a shared machine changes over minutes
+    (three rounds at the start of a run once read 0.996-0.999, while training steps that run
+    the same ops as transformers' read 0.98-0.99 later in that run).
 
     Measured at the small shape at most: a bigger one only takes longer (a GPT-2 124M step
     takes seconds), and the noise is the machine's, not the model's."""
-    size = args.size if args.size in ("tiny", "small") else "small"
-    row = ROWS["gpt2"](SIZES[size])
-    inputs = row.training_inputs(row.inputs(args.batch, args.length, device))
-    dtype = PRECISIONS[args.precision]
-    copies = {side: copy.deepcopy(row.ours).to(device).train() for side in ("first", "second")}
-    optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in copies.items()}
-    steps = {s: lambda s=s: training_step(copies[s], optimizers[s], inputs, dtype) for s in copies}
-    ratios = []
-    for _ in range(rounds):
-        seconds = timed_for_long(steps, args, device)
-        ratios.append(seconds["second"] / seconds["first"])
-    print(f"identical work: ratios {', '.join(f'{r:.3f}' for r in ratios)}")
-    return {
-        "workload": f"gpt2 training step ({size} shape), a copy against itself",
-        "ratios": ratios,
-    }
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        self.args, self.device = args, device
+        self.size = args.size if args.size in ("tiny", "small") else "small"
+        row = ROWS["gpt2"](SIZES[self.size])
+        inputs = row.training_inputs(row.inputs(args.batch, args.length, device))
+        dtype = PRECISIONS[args.precision]
+        copies = {side: copy.deepcopy(row.ours).to(device).train() for side in ("first", "second")}
+        optimizers = {s: torch.optim.AdamW(m.parameters(), lr=1e-4) for s, m in copies.items()}
+        self.steps = {
+            s: lambda s=s: training_step(copies[s], optimizers[s], inputs, dtype) for s in copies
+        }
+        self.ratios: list[float] = []
+
+    def round(self) -> None:
+        """Time one more round."""
+        seconds = timed_for_long(self.steps, self.args, self.device)
+        self.ratios.append(seconds["second"] / seconds["first"])
+        print(f"identical work: ratio {self.ratios[-1]:.3f}")
+
+    def summary(self) -> dict[str, object]:
+        """What the report shows: the workload and every round's ratio, in the run's order."""
+        return {
+            "workload": f"gpt2 training step ({self.size} shape), a copy against itself",
+            "ratios": self.ratios,
+        }
 
 
 def measure_peaks(device: torch.device) -> dict[str, float]:
@@ -468,8 +480,11 @@ def main(argv: list[str] | None = None) -> None:
         peak_flops=peak,
         peaks=peaks,
     )
-    results.noise = noise_band(args, device)
+    identical = IdenticalWork(args, device)
+    for _ in range(max(0, 3 - len(args.rows) - 1)):  # at least three rounds in all
+        identical.round()
     for name in args.rows:
+        identical.round()
         # transformers' models share one compiled wrapper (utils/generic.py): without a reset,
         # each row's compiled generate() recompiles that one wrapper, and a few rows in, dynamo's
         # recompile limit (8) fails the run (the bf16 run did at gpt2, the sixth row).
@@ -483,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
         speed_rows(row, args, device, peak, results)
         if row.generative:
             growth_rows(row, args, device, results)
+    identical.round()
+    results.noise = identical.summary()
     saved = results_json(args.output)
     results.keep_earlier_rows(saved)
     write_report(results, args.output)

@@ -172,7 +172,7 @@ def write_report(results: Results, path: Path) -> None:
         note = f" (ours: {variants['ours']}, theirs: {variants['theirs']})" if variants else ""
         lines.append(
             f"| {entry['row']} | {entry['workload']}{note} | {entry['ours']:,.1f} | "
-            f"{entry['theirs']:,.1f} | {entry['unit']} | **{entry['ratio']:.2f}** |"
+            f"{entry['theirs']:,.1f} | {entry['unit']} | **{entry['ratio']:.3f}** |"
         )
     band = _noise_range(results)
     if band:
@@ -242,7 +242,7 @@ def _noise_range(results: Results) -> tuple[float, float] | None:
 
 
 def _noise_lines(results: Results) -> list[str]:
-    """The machine-table line for the ratios of identical work (see ``noise_band``)."""
+    """The machine-table line for the ratios of identical work (see ``IdenticalWork``)."""
     if not results.noise:
         return []
     ratios = ", ".join(f"{r:.3f}" for r in results.noise["ratios"])
