@@ -151,7 +151,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=11,
-        help="timed repeats of generate() and the growth rows (default: 11)",
+        help="timed repeats of generate() (at least) and of the growth rows (default: 11)",
     )
     parser.add_argument(
         "--seconds",
@@ -159,6 +159,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="the forward and training-step timings repeat until each side has run about this "
         "long (at least 15 and at most 200 times; default: 10)",
+    )
+    parser.add_argument(
+        "--generate-seconds",
+        type=float,
+        default=4.0,
+        help="the generate() timings repeat until the slowest variant has run about this long "
+        "(at least --repeats times; default: 4)",
     )
     parser.add_argument(
         "--no-compile",
@@ -293,7 +300,11 @@ def speed_rows(
             for side, model in sides.items()
         }
         with autocast(device, args.precision):
-            seconds = interleaved_medians(workloads, args.repeats, device)
+            # Two warm-up rounds: the first compiles the compiled variants, and would make the
+            # estimate of a call's time far too long.
+            seconds = interleaved_medians(
+                workloads, args.repeats, device, warmup=2, seconds=args.generate_seconds
+            )
         rate = {key: new / t for key, t in seconds.items()}
         add_speed(
             results,

@@ -83,7 +83,8 @@ RUNNER_ROWS = ("vit", "clip", "encdec", "gpt2")  # the first is measured again, 
 
 def _run(output: Path, *rows: str) -> str:
     command = [sys.executable, "-m", "benchmarks", "--size", "tiny", "--no-compile"]
-    command += ["--repeats", "1", "--seconds", "0", "--output", str(output), "--rows", *rows]
+    command += ["--repeats", "1", "--seconds", "0", "--generate-seconds", "0"]
+    command += ["--output", str(output), "--rows", *rows]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     return output.read_text()
 
