@@ -8,7 +8,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -19,6 +18,7 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ is a folder of the repository, not a package
 
+from benchmarks import measure  # noqa: E402
 from benchmarks.__main__ import Results  # noqa: E402
 from benchmarks.measure import interleaved_medians  # noqa: E402
 from benchmarks.report import _noise_range  # noqa: E402
@@ -113,30 +113,33 @@ def test_both_sides_of_a_row_compute_the_same_function(name: str) -> None:
 
 def test_timing_by_seconds_repeats_a_short_workload_until_it_has_run_that_long() -> None:
     """With ``seconds``, the slower workload of the warm-up sets the repeat count for both, in
-    alternation; ``repeats`` is the floor and ``most`` the ceiling."""
+    alternation; ``repeats`` is the floor and ``most`` the ceiling. The workloads advance a
+    clock of their own (steps of 1/64 s and 1/1024 s, exact in binary), so the counts are
+    exact whatever the machine is doing."""
+    now = [0.0]
     calls = {"short": 0, "long": 0}
 
-    def workload(name: str, pause: float) -> Callable[[], None]:
+    def workload(name: str, seconds: float) -> Callable[[], None]:
         def run() -> None:
             calls[name] += 1
-            time.sleep(pause)
+            now[0] += seconds
 
         return run
 
-    workloads = {"short": workload("short", 0.001), "long": workload("long", 0.02)}
+    workloads = {"short": workload("short", 1 / 1024), "long": workload("long", 1 / 64)}
     cpu = torch.device("cpu")
-    interleaved_medians(workloads, 3, cpu, warmup=1, seconds=0.2)
-    # One warm-up call each, then 0.2 s / 0.02 s = 10 repeats, fewer if sleep overshoots: more
-    # than the 3 asked for, never more than the long one's time allows.
-    assert calls["short"] == calls["long"] and 4 <= calls["long"] - 1 <= 10
-    for name in calls:
-        calls[name] = 0
-    interleaved_medians(workloads, 3, cpu, warmup=1, seconds=10.0, most=5)
-    assert calls == {"short": 6, "long": 6}
-    for name in calls:
-        calls[name] = 0
-    interleaved_medians(workloads, 4, cpu, warmup=1)  # no seconds: the count alone
-    assert calls == {"short": 5, "long": 5}
+
+    def counts(*args: object, **kwargs: object) -> dict[str, int]:
+        calls.update(short=0, long=0)
+        with mock.patch.object(measure.time, "perf_counter", lambda: now[0]):
+            interleaved_medians(workloads, *args, **kwargs)
+        return dict(calls)
+
+    # One warm-up call each, then 10/64 s over the long one's 1/64 s: 10 repeats, not 3.
+    assert counts(3, cpu, warmup=1, seconds=10 / 64) == {"short": 11, "long": 11}
+    assert counts(3, cpu, warmup=1, seconds=10.0, most=5) == {"short": 6, "long": 6}
+    assert counts(12, cpu, warmup=1, seconds=10 / 64) == {"short": 13, "long": 13}  # the floor
+    assert counts(4, cpu, warmup=1) == {"short": 5, "long": 5}  # no seconds: the count alone
 
 
 def test_runner_writes_results_and_plots_and_keeps_earlier_rows(tmp_path: Path) -> None:

@@ -111,3 +111,22 @@ def test_fresh_adapter_is_peft_initialisation(case: Callable[[str], Any]) -> Non
     assert sorted(our_weights) == sorted(their_weights)
     assert all(torch.equal(our_weights[k], their_weights[k]) for k in our_weights)
     assert torch.equal(c.output(ours), c.output(c.base))
+
+
+def test_under_bf16_autocast_our_adapter_gives_peft_output(
+    case: Callable[[str], Any], randomize_adapter_weights: Callable, tmp_path: Path
+) -> None:
+    """Where the adapter computes in the base's dtype (here bf16 autocast, as mixed-precision
+    training runs it), its update is added inside B's product, one addmm scaled by alpha;
+    peft adds it after. The outputs agree to bf16's rounding, and the adapter still counts."""
+    c = case("gpt2")
+    ours = lora.inject(c.fresh(), lora.LoraConfig(**c.settings))
+    randomize_adapter_weights(ours)
+    lora.save_adapter(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(c.fresh(), tmp_path).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual, base = (c.output(m).float() for m in (theirs, ours, c.base))
+    mask = c.mask.bool()
+    assert float((expected - base)[mask].abs().max()) > 0.1  # the adapter counts
+    scale = float(expected[mask].abs().max())
+    assert float((actual - expected)[mask].abs().max()) <= 2e-2 * scale
